@@ -1,0 +1,208 @@
+"""Pickle-free, atomic checkpoints: safetensors for tensors, JSON for everything else.
+
+A *model directory* holds ``model.safetensors`` and ``config.json`` (the resolved config: task, backbone, training
+options, unmask version). A training *checkpoint* is a model directory plus ``optimizer.safetensors`` and
+``state.json`` (step, optimizer scalars, RNG states). A *run directory* holds ``checkpoints/step-NNNNNNN/`` and a
+``LATEST`` file naming the newest complete one. Every write goes to a temporary directory first and is renamed into
+place, so a crash (even SIGKILL) never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from unmask.core.errors import CheckpointError
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+OPTIM_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+LATEST = "LATEST"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+FORMAT = "unmask-model/1"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_model_dir(
+    out: str | os.PathLike,
+    state_dict: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    *,
+    optimizer: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write a model directory (and optionally the training state) atomically; returns its path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
+        _write_json(tmp / CONFIG_FILE, {"format": FORMAT, **config})
+        if optimizer is not None:
+            opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+            save_file(opt_tensors, str(tmp / OPTIM_FILE), metadata={"format": FORMAT})
+            _write_json(tmp / STATE_FILE, {**(state or {}), "optimizer": opt_meta})
+        elif state is not None:
+            _write_json(tmp / STATE_FILE, state)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    meta_state: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        entry: dict[str, Any] = {}
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v.detach().contiguous().cpu()
+                entry[k] = {"tensor": f"{pid}.{k}"}
+            else:
+                entry[k] = v
+        meta_state[str(pid)] = entry
+    return tensors, {"state": meta_state, "param_groups": sd["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for pid, entry in meta["state"].items():
+        st = {}
+        for k, v in entry.items():
+            st[k] = tensors[v["tensor"]] if isinstance(v, dict) and "tensor" in v else v
+        state[int(pid)] = st
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def refuse_pickle(path: Path) -> None:
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"refusing to load '{path}': it is a pickle file, which can run arbitrary code; unmask checkpoints are "
+            "safetensors + JSON directories (train with `unmask train` or convert the weights to safetensors)"
+        )
+    if path.is_dir():
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles and not (path / MODEL_FILE).exists():
+            raise CheckpointError(
+                f"refusing to load pickle file(s) {', '.join(pickles)} in '{path}'; unmask checkpoints are "
+                "model.safetensors + config.json"
+            )
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """A model directory from a model dir, a checkpoint dir or a run dir (its newest checkpoint)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"model path '{p}' does not exist; pass a model directory, a run directory, .onnx or .plan")
+    refuse_pickle(p)
+    if p.is_file():
+        raise CheckpointError(f"'{p}' is a file; a PyTorch model is a directory with {MODEL_FILE} and {CONFIG_FILE}")
+    if (p / MODEL_FILE).exists():
+        return p
+    latest = latest_checkpoint(p)
+    if latest is None:
+        raise CheckpointError(f"'{p}' holds no {MODEL_FILE} and no checkpoints/; is it a model or run directory?")
+    return latest
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    run = Path(run_dir)
+    ptr = run / LATEST
+    if ptr.is_file():
+        cand = run / "checkpoints" / ptr.read_text().strip()
+        if (cand / MODEL_FILE).exists() and (cand / CONFIG_FILE).exists():
+            return cand
+    ckdir = run / "checkpoints"
+    if not ckdir.is_dir():
+        return None
+    done = sorted(d for d in ckdir.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / CONFIG_FILE).exists())
+    return done[-1] if done else None
+
+
+def mark_latest(run_dir: Path, ckpt: Path) -> None:
+    tmp = run_dir / f".{LATEST}.tmp{os.getpid()}"
+    tmp.write_text(ckpt.name + "\n")
+    os.replace(tmp, run_dir / LATEST)
+
+
+def read_config(model_dir: str | os.PathLike) -> dict[str, Any]:
+    p = Path(model_dir) / CONFIG_FILE
+    try:
+        cfg = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"'{p}' is missing; a model directory needs {CONFIG_FILE}") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"'{p}' is not valid JSON ({exc}); the checkpoint is corrupt") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise CheckpointError(f"'{p}' is not an unmask model config (format {FORMAT!r} expected)")
+    for key in ("task", "backbone"):
+        if key not in cfg:
+            raise CheckpointError(f"'{p}' has no '{key}' section; the checkpoint is corrupt or from another tool")
+    return cfg
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"'{path}' is missing; the checkpoint is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"'{path}' is not a readable safetensors file ({exc}); the checkpoint is corrupt") from None
+
+
+def load_training_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(state.json contents, optimizer state dict or None)."""
+    sp = ckpt / STATE_FILE
+    if not sp.is_file():
+        raise CheckpointError(f"'{ckpt}' has no {STATE_FILE}; it is a model, not a resumable checkpoint")
+    try:
+        state = json.loads(sp.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"'{sp}' is not valid JSON ({exc}); the checkpoint is corrupt") from None
+    opt = None
+    if "optimizer" in state:
+        opt = _unflatten_optimizer(load_tensors(ckpt / OPTIM_FILE), state.pop("optimizer"))
+    return state, opt

@@ -1,0 +1,88 @@
+"""Building and loading models from resolved configs (task + backbone sections)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unmask.core.checkpoint import MODEL_FILE, load_tensors, read_config, resolve_model_dir
+from unmask.core.config import resolve_plugin
+from unmask.core.errors import CheckpointError, ConfigError
+from unmask.core.registry import backbones
+from unmask.core.task import Task, build_task
+
+
+def build_model(task: Task, backbone_section: Any, *, causal: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """(module, resolved backbone section) for ``task``."""
+    from unmask.core.config import plugin_section
+
+    name, plugin, options = resolve_plugin(backbones, backbone_section, "backbone")
+    module = plugin.build(options, task.model_spec(causal=causal))
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"backbone '{name}' build() returned {type(module).__name__}, not a torch.nn.Module")
+    return module, plugin_section(name, options)
+
+
+def objective_of(config: dict[str, Any]) -> str:
+    return str(config.get("train", {}).get("objective", "mdm"))
+
+
+def load_model(path: str | os.PathLike, *, task: Task | None = None) -> tuple[Task, nn.Module, dict[str, Any]]:
+    """(task, module in eval mode on CPU, config) from a model, checkpoint or run directory.
+
+    With ``task`` given, the checkpoint must have been trained for the same task and options.
+    """
+    model_dir = resolve_model_dir(path)
+    config = read_config(model_dir)
+    try:
+        ck_task = build_task(config["task"], "checkpoint task")
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint '{model_dir}' has an unusable task section: {exc}") from None
+    if task is not None:
+        check_task_matches(task, config, str(model_dir))
+    try:
+        module, _ = build_model(ck_task, config["backbone"], causal=objective_of(config) == "arm")
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint '{model_dir}' has an unusable backbone section: {exc}") from None
+    state = load_tensors(Path(model_dir) / MODEL_FILE)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights in '{model_dir / MODEL_FILE}' do not match its config (missing {list(missing)[:3]}, "
+            f"unexpected {list(unexpected)[:3]}); the checkpoint is corrupt or mixed up"
+        )
+    module.eval()
+    return ck_task, module, config
+
+
+def check_task_matches(task: Task, config: dict[str, Any], where: str) -> None:
+    want = task.config_dict()
+    have = config.get("task", {})
+    if have.get("name") != want["name"]:
+        raise CheckpointError(
+            f"model '{where}' was trained for task '{have.get('name')}', not '{want['name']}'; pick a matching model"
+        )
+    layout = ("vocab_size", "seq_len")
+    ck = build_task(have, "checkpoint task")
+    for attr in layout + ("mask_id",):
+        if getattr(ck, attr) != getattr(task, attr):
+            raise CheckpointError(
+                f"model '{where}' has {attr}={getattr(ck, attr)} but task '{task.name}' has {getattr(task, attr)}; "
+                "the model does not fit this task configuration"
+            )
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def autocast_context(device: torch.device, bf16: bool) -> Any:
+    if bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()

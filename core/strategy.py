@@ -1,0 +1,231 @@
+"""The strategy contract and the shared machinery of score-based decoding strategies.
+
+A strategy looks at the model's logits for the rows still being decoded and returns, per row, which masked
+positions to commit and their values (Kim et al., ICML 2025, "Train for the Worst, Plan for the Best", Sec. 4).
+Quotas are per row (a (B,) tensor); scores are "higher = commit first"; only masked, non-given positions are
+candidates. Strategies are plugins registered in ``unmask.core.registry.strategies``.
+
+Randomness always comes from the explicit ``torch.Generator`` passed in. Random numbers are drawn on the
+generator's device and moved to the logits' device, so a CPU generator gives the same decisions on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+import torch
+
+from unmask.core.config import Section, plugin_section
+
+NEG_INF = float("-inf")
+
+
+class StrategyOptions(Section):
+    """Options every built-in strategy shares (PAPER.md, "Decoding")."""
+
+    steps: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 50
+    """T: number of steps on the uniform grid t: 1 -> 0 (linear schedule alpha_t = 1 - t)."""
+    k_rule: Literal["deterministic", "binomial"] = "deterministic"
+    """K = round(|M| / (T - step)) (>= 1), or K ~ Binomial(|M|, 1 / (T - step)) clamped to >= 1."""
+    noise: Literal["none", "gumbel", "gaussian"] = "none"
+    """Noise added to the scores before ranking."""
+    noise_scale: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    """Gumbel coefficient or Gaussian sigma."""
+    noise_anneal: bool = False
+    """Scale the noise by (1 - step / T): strong early, none at the end."""
+    value: Literal["argmax", "sample"] = "argmax"
+    """Committed token: the most likely one, or a sample from softmax(logits / temperature)."""
+    temperature: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
+    block_size: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Semi-autoregressive blocks: when > 0 only masked positions in the first block (of this many positions)
+    that still has masks are candidates; K still follows the row's whole schedule (capped by the block), and the
+    last step commits everything left."""
+
+
+@dataclass
+class StepInput:
+    """What a strategy sees for the rows being decoded this step (B = number of live rows)."""
+
+    logits: torch.Tensor  # (B, L, V) float; the mask token's logit is already -inf
+    tokens: torch.Tensor  # (B, L) int64; masked positions hold the mask id
+    masked: torch.Tensor  # (B, L) bool; positions still to decode
+    given: torch.Tensor  # (B, L) bool; prompt positions, never changed
+    step: torch.Tensor  # (B,) int64; each row's own step index, 0 .. steps-1
+    steps: int  # T
+    generator: torch.Generator
+    mask_id: int
+
+
+@dataclass
+class StepOutput:
+    commit: torch.Tensor  # (B, L) bool; subset of masked, >= 1 per row
+    values: torch.Tensor  # (B, L) int64; read where commit
+    remask: torch.Tensor | None = None  # (B, L) bool; decoded, non-given positions to mask again (remasking)
+    advance: torch.Tensor | None = None  # (B,) int64 steps consumed (default 1 each)
+
+
+class Strategy:
+    """Base class of decoding strategies."""
+
+    Options: ClassVar[type[Section]] = StrategyOptions
+    name: ClassVar[str] = ""
+
+    def __init__(self, options: Section | None = None) -> None:
+        self.options: Any = options if options is not None else self.Options()
+
+    @property
+    def steps(self) -> int:
+        return int(self.options.steps)
+
+    @property
+    def deterministic(self) -> bool:
+        """True when decisions do not depend on the generator (argmax values, no noise, fixed K)."""
+        o = self.options
+        return (
+            getattr(o, "value", "argmax") == "argmax"
+            and getattr(o, "noise", "none") == "none"
+            and getattr(o, "k_rule", "deterministic") == "deterministic"
+        )
+
+    def step(self, x: StepInput) -> StepOutput:
+        raise NotImplementedError
+
+    def config_dict(self) -> dict[str, Any]:
+        return plugin_section(self.name, self.options)
+
+    # -- helpers for subclasses ---------------------------------------------------------------------------------
+    @staticmethod
+    def rand(x: StepInput, shape: tuple[int, ...], kind: str = "uniform") -> torch.Tensor:
+        """Random numbers from the explicit generator, drawn on its device, returned on the logits' device."""
+        dev = x.generator.device
+        if kind == "uniform":
+            r = torch.rand(shape, generator=x.generator, device=dev)
+        else:
+            r = torch.randn(shape, generator=x.generator, device=dev)
+        return r.to(x.logits.device)
+
+    def quota(self, x: StepInput, n_masked: torch.Tensor) -> torch.Tensor:
+        """Per-row K (B,): |M_t| (alpha_s - alpha_t) / (1 - alpha_t) = |M_t| / (T - step) for the linear schedule.
+
+        Rounded (or Binomial), at least 1, and everything left on the row's last step.
+        """
+        remaining = (x.steps - x.step).clamp(min=1)  # (B,)
+        n = n_masked.to(torch.float64)
+        if self.options.k_rule == "binomial":
+            p = (1.0 / remaining.to(torch.float64)).to(x.generator.device)
+            k = torch.binomial(n.to(x.generator.device), p, generator=x.generator).to(n.device)
+        else:
+            k = torch.floor(n / remaining + 0.5)
+        k = k.clamp(min=1).to(torch.int64)
+        k = torch.where(remaining <= 1, n_masked, k)
+        return torch.minimum(k, n_masked)
+
+    def candidates(self, x: StepInput) -> torch.Tensor:
+        """(B, L) bool: masked positions eligible this step (restricted to the current block if blocks are on)."""
+        cand = x.masked & ~x.given
+        bs = int(getattr(self.options, "block_size", 0) or 0)
+        if bs <= 0:
+            return cand
+        L = cand.shape[1]
+        block_of = torch.arange(L, device=cand.device) // bs  # (L,)
+        big = torch.full_like(x.step, L // bs + 1)
+        first = torch.where(cand, block_of.expand_as(cand), big[:, None]).amin(dim=1)  # (B,)
+        in_block = cand & (block_of[None, :] == first[:, None])
+        last = (x.steps - x.step) <= 1
+        return torch.where(last[:, None], cand, in_block)
+
+    def noise_scale(self, x: StepInput) -> torch.Tensor | float:
+        scale = float(self.options.noise_scale)
+        if self.options.noise_anneal:
+            return scale * (1.0 - x.step.to(torch.float32) / x.steps)[:, None]  # (B, 1)
+        return scale
+
+    def add_noise(self, x: StepInput, scores: torch.Tensor) -> torch.Tensor:
+        kind = self.options.noise
+        if kind == "none" or self.options.noise_scale == 0.0:
+            return scores
+        if kind == "gumbel":
+            u = self.rand(x, tuple(scores.shape)).clamp_(1e-10, 1.0 - 1e-7)
+            eps = -torch.log(-torch.log(u))
+        else:
+            eps = self.rand(x, tuple(scores.shape), "normal")
+        return scores + self.noise_scale(x) * eps
+
+    def choose_values(self, x: StepInput, probs: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) committed values: argmax, or sampled from softmax(logits / temperature) with the generator."""
+        if self.options.value == "argmax":
+            return x.logits.argmax(dim=-1)
+        logits = x.logits.float() / float(self.options.temperature)
+        probs_t = torch.softmax(logits, dim=-1)
+        B, L, V = probs_t.shape
+        u = self.rand(x, (B, L, 1)).clamp_(min=1e-12)
+        cdf = probs_t.cumsum(dim=-1)
+        values = (cdf < u * cdf[..., -1:]).sum(dim=-1)  # inverse-CDF sampling; (B, L)
+        return values.clamp_(max=V - 1)
+
+    @staticmethod
+    def top_k(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: the k[b] highest-scoring candidates of each row b (ties broken by position)."""
+        s = scores.masked_fill(~candidates, NEG_INF)
+        order = torch.sort(s, dim=1, descending=True, stable=True).indices  # (B, L)
+        ranks = torch.empty_like(order)
+        ranks.scatter_(1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
+        return (ranks < k[:, None]) & candidates
+
+
+class ScoreStrategy(Strategy):
+    """Adaptive strategies: commit the K highest-scoring candidates of each row (Kim et al. 2025, Alg. 2)."""
+
+    def score(self, probs: torch.Tensor, x: StepInput) -> torch.Tensor:
+        """(B, L) scores from probabilities (B, L, V); higher = commit first."""
+        raise NotImplementedError
+
+    def step(self, x: StepInput) -> StepOutput:
+        probs = torch.softmax(x.logits.float(), dim=-1)  # (B, L, V)
+        scores = self.add_noise(x, self.score(probs, x))  # (B, L)
+        cand = self.candidates(x)
+        k = torch.minimum(self.quota(x, x.masked.sum(dim=1)), cand.sum(dim=1))
+        commit = self.top_k(scores, cand, k)
+        return StepOutput(commit=commit, values=self.choose_values(x, probs))
+
+
+def top_two(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest and second-largest probability of each position: (B, L) each."""
+    top = probs.topk(2, dim=-1).values
+    return top[..., 0], top[..., 1]
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """H(p) per position (B, L), in nats."""
+    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=-1)
+
+
+__all__ = [
+    "StrategyOptions",
+    "StepInput",
+    "StepOutput",
+    "Strategy",
+    "ScoreStrategy",
+    "top_two",
+    "entropy",
+]
+
+
+def build_strategy(section: Any, path: str = "strategy", **overrides: Any) -> Strategy:
+    """A strategy from its name or section (``{"name": "margin", "steps": 50, ...}``); ``overrides`` fill options."""
+    from unmask.core.config import resolve_plugin, split_plugin_section
+    from unmask.core.registry import strategies
+
+    name, rest = split_plugin_section(section, path)
+    rest = {**{k: v for k, v in overrides.items() if v is not None}, **rest}
+    name, cls, options = resolve_plugin(strategies, {"name": name, **rest}, path)
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        from unmask.core.errors import PluginError
+
+        raise PluginError(f"strategy '{name}' is {cls!r}, not a subclass of unmask.core.strategy.Strategy")
+    strategy = cls(options)
+    if not strategy.name:
+        strategy.name = name  # type: ignore[misc]
+    return strategy

@@ -1,0 +1,144 @@
+"""The task contract: vocabulary and special ids, sequence layout, data, parsing and scoring.
+
+A task owns everything problem-specific (the mask id lives here, never in core). Tasks are plugins registered in
+``unmask.core.registry.tasks``; their options are a ``msgspec.Struct`` named ``Options``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from unmask.core.config import NoOptions, Section
+from unmask.core.errors import InputError
+
+SPLITS = ("train", "test", "hard")
+
+
+@dataclass
+class Dataset:
+    """A batch of examples as numpy arrays.
+
+    ``inputs``  (N, L) int64: the sequence to decode; unknown positions hold the task's mask id.
+    ``given``   (N, L) bool: positions that are part of the prompt and must never change.
+    ``targets`` (N, L) int64 or None: the reference answer (None when the task has no single answer).
+    ``meta``    extra per-example arrays (N, ...) such as clue counts or a solver order.
+    """
+
+    inputs: np.ndarray
+    given: np.ndarray
+    targets: np.ndarray | None = None
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        assert self.inputs.ndim == 2 and self.inputs.shape == self.given.shape, (self.inputs.shape, self.given.shape)
+        assert self.targets is None or self.targets.shape == self.inputs.shape
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def take(self, idx: Any) -> "Dataset":
+        return Dataset(
+            self.inputs[idx],
+            self.given[idx],
+            None if self.targets is None else self.targets[idx],
+            {k: v[idx] for k, v in self.meta.items()},
+        )
+
+    @staticmethod
+    def concat(parts: list["Dataset"]) -> "Dataset":
+        assert parts
+        return Dataset(
+            np.concatenate([p.inputs for p in parts]),
+            np.concatenate([p.given for p in parts]),
+            None if parts[0].targets is None else np.concatenate([p.targets for p in parts]),  # type: ignore[misc]
+            {k: np.concatenate([p.meta[k] for p in parts]) for k in parts[0].meta},
+        )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a backbone needs to know about the task: sizes and optional per-position structure ids.
+
+    ``structure`` maps a feature name (e.g. ``row``) to ``(num_classes, ids)`` with ``ids`` of length ``seq_len``;
+    a backbone may embed these (Sudoku: row, column and box of each cell).
+    """
+
+    vocab_size: int
+    seq_len: int
+    mask_id: int
+    structure: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    causal: bool = False
+
+
+class Task:
+    """Base class of tasks. Subclasses set ``Options`` and implement the abstract methods."""
+
+    Options: ClassVar[type[Section]] = NoOptions
+    name: ClassVar[str] = ""
+
+    def __init__(self, options: Section | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    # -- layout -------------------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def seq_len(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def mask_id(self) -> int:
+        raise NotImplementedError
+
+    def structure(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        return {}
+
+    def model_spec(self, causal: bool = False) -> ModelSpec:
+        return ModelSpec(self.vocab_size, self.seq_len, self.mask_id, self.structure(), causal)
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def generate(self, split: str, n: int, seed: int, *, progress: bool = False) -> Dataset:
+        raise NotImplementedError
+
+    def augment(self, batch: Dataset, rng: np.random.Generator) -> Dataset:
+        """A random symmetry of each example (default: none)."""
+        return batch
+
+    def read_file(self, path: str) -> Dataset:
+        raise InputError(f"task '{self.name}' cannot read data files")
+
+    def parse(self, text: str) -> Dataset:
+        """One user-supplied example; malformed input raises :class:`InputError` with a one-line message."""
+        raise InputError(f"task '{self.name}' does not parse user input")
+
+    def format(self, tokens: np.ndarray) -> str:
+        return " ".join(str(int(t)) for t in tokens)
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+    def score(self, predictions: np.ndarray, data: Dataset) -> dict[str, np.ndarray]:
+        """Per-example metrics for decoded sequences (N, L): at least ``solved`` (bool) and ``cell_accuracy``."""
+        raise NotImplementedError
+
+    def check_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise InputError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+
+    def config_dict(self) -> dict[str, Any]:
+        from unmask.core.config import plugin_section
+
+        return plugin_section(self.name, self.options)
+
+
+def build_task(name_or_section: Any, path: str = "task") -> Task:
+    """A task from its name or config section (``{"name": ..., **options}``)."""
+    from unmask.core.config import resolve_plugin
+    from unmask.core.registry import tasks
+
+    name, cls, options = resolve_plugin(tasks, name_or_section, path)
+    task = cls(options)
+    return task

@@ -1,0 +1,464 @@
+"""Training: the MDM ELBO objective (and the autoregressive baseline), checkpoints, resume, logs, plots.
+
+MDM objective (Kim et al. 2025, Sec. 2; Sahoo et al. 2024): t ~ U(0, 1), p_mask = (1 - eps) t + eps; every
+non-given token is masked independently with probability p_mask; loss = sum over masked positions of
+cross-entropy / p_mask, divided by B * L. This is the negative ELBO for the linear schedule alpha_t = 1 - t.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unmask.core import checkpoint as ckpt
+from unmask.core.config import Section, apply_overrides, convert, load_toml, plugin_section, to_builtins
+from unmask.core.errors import CheckpointError, ConfigError
+from unmask.core.models import autocast_context, build_model, count_parameters
+from unmask.core.task import Dataset, Task, build_task
+
+
+class TrainOptions(Section):
+    objective: Literal["mdm", "arm"] = "mdm"
+    steps: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 128
+    lr: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1e-3
+    min_lr_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.05
+    warmup_steps: Annotated[int, msgspec.Meta(ge=0)] = 500
+    weight_decay: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
+    beta1: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.9
+    beta2: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.98
+    grad_clip: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
+    bf16: bool = False
+    """bf16 autocast (fast on AMX CPUs and GPUs)."""
+    eps: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 1e-3
+    low_discrepancy: bool = True
+    """Stratified t over the batch (t_i = (u + i) / B mod 1): same objective, lower-variance gradients."""
+    seed: int = 0
+    data_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    """Training examples generated once (and cached); batches draw from them with random augmentation."""
+    augment: bool = True
+    val_size: Annotated[int, msgspec.Meta(ge=0)] = 200
+    val_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    val_strategies: list[str] = msgspec.field(default_factory=lambda: ["margin", "vanilla"])
+    val_steps: Annotated[int, msgspec.Meta(ge=1)] = 50
+    ckpt_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    keep_checkpoints: Annotated[int, msgspec.Meta(ge=1)] = 3
+    log_every: Annotated[int, msgspec.Meta(ge=1)] = 50
+    threads: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """torch CPU threads (0 = default)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    order: Literal["solver", "row_major"] = "solver"
+    """ARM only: fill order of the answer (the task's solver order, or row-major)."""
+
+
+class RunConfig(Section):
+    task: Any
+    backbone: Any
+    train: TrainOptions = msgspec.field(default_factory=TrainOptions)
+    out: str = "runs/default"
+    """Run directory: checkpoints/, LATEST, metrics.jsonl, curves.png, model/ (the final model directory)."""
+
+
+@dataclass
+class Resolved:
+    raw: dict[str, Any]
+    task: Task
+    train: TrainOptions
+    out: Path
+
+    def to_dict(self, backbone: dict[str, Any]) -> dict[str, Any]:
+        from unmask.core import __version__
+
+        return {
+            "unmask_version": __version__,
+            "task": self.task.config_dict(),
+            "backbone": backbone,
+            "train": to_builtins(self.train),
+        }
+
+
+def resolve_config(path: str | os.PathLike | None, overrides: list[str] | None = None,
+                   raw: dict[str, Any] | None = None) -> Resolved:
+    data = apply_overrides(raw if raw is not None else load_toml(path), overrides)  # type: ignore[arg-type]
+    cfg = convert(data, RunConfig)
+    task = build_task(cfg.task, "task")
+    if cfg.train.val_size and not cfg.train.val_strategies:
+        raise ConfigError("train.val_strategies is empty while train.val_size > 0; name at least one strategy")
+    from unmask.core.registry import strategies
+
+    for i, s in enumerate(cfg.train.val_strategies):
+        if s not in strategies:
+            from unmask.core.errors import PluginError
+
+            try:
+                strategies.get(s)
+            except PluginError as exc:
+                raise ConfigError(f"at 'train.val_strategies[{i}]': {exc}") from None
+    return Resolved(data, task, cfg.train, Path(cfg.out))
+
+
+# -- distributed helpers ---------------------------------------------------------------------------------------------
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(device: torch.device) -> bool:
+    rank, world = dist_info()
+    if world <= 1:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        from unmask.core.runtime import require_cuda
+
+        require_cuda("train.device = 'cuda'")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+# -- objective ------------------------------------------------------------------------------------------------------
+def mdm_loss(
+    logits_fn: Any, batch_tokens: torch.Tensor, given: torch.Tensor, mask_id: int, eps: float,
+    generator: torch.Generator, low_discrepancy: bool = True,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Negative ELBO of the masked diffusion model for one batch (see module docstring)."""
+    B, L = batch_tokens.shape
+    dev = batch_tokens.device
+    u = torch.rand(B, generator=generator)
+    if low_discrepancy:
+        u = (u[:1] + torch.arange(B) / B) % 1.0
+    t = u.to(dev)
+    p_mask = (1.0 - eps) * t + eps  # (B,)
+    noise = torch.rand(B, L, generator=generator).to(dev)
+    masked = (noise < p_mask[:, None]) & ~given  # (B, L)
+    x = batch_tokens.masked_fill(masked, mask_id)
+    logits = logits_fn(x).float()  # (B, L, V)
+    logits[..., mask_id] = float("-inf")
+    ce = F.cross_entropy(logits.reshape(B * L, -1), batch_tokens.reshape(-1), reduction="none").view(B, L)
+    loss = (ce * masked / p_mask[:, None]).sum() / (B * L)
+    with torch.no_grad():
+        n = masked.sum().clamp(min=1)
+        acc = ((logits.argmax(-1) == batch_tokens) & masked).sum() / n
+    return loss, {"masked_acc": float(acc), "masked_frac": float(masked.float().mean())}
+
+
+def arm_loss(logits_fn: Any, seq: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token cross-entropy on the answer part of the sequence (given part teacher-forced, not scored)."""
+    logits = logits_fn(seq[:, :-1]).float()  # (B, L-1, V)
+    tgt = seq[:, 1:]
+    m = loss_mask[:, 1:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none").view_as(tgt)
+    loss = (ce * m).sum() / m.sum().clamp(min=1)
+    with torch.no_grad():
+        acc = ((logits.argmax(-1) == tgt) & m).sum() / m.sum().clamp(min=1)
+    return loss, {"masked_acc": float(acc), "masked_frac": float(m.float().mean())}
+
+
+def lr_at(step: int, o: TrainOptions) -> float:
+    """Linear warmup then cosine decay to ``min_lr_ratio * lr``."""
+    if o.warmup_steps and step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    span = max(1, o.steps - o.warmup_steps)
+    prog = min(1.0, (step - o.warmup_steps) / span)
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
+
+
+# -- RNG state (JSON-safe) ------------------------------------------------------------------------------------------
+def _torch_state(g: torch.Generator) -> str:
+    return base64.b64encode(g.get_state().numpy().tobytes()).decode()
+
+
+def _set_torch_state(g: torch.Generator, s: str) -> None:
+    g.set_state(torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8))
+
+
+# -- the loop -------------------------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, resolved: Resolved, *, resume: bool = False, progress: bool = True,
+                 max_steps: int | None = None) -> None:
+        self.r = resolved
+        self.o = resolved.train
+        self.task = resolved.task
+        self.progress = progress
+        self.max_steps = max_steps
+        self.rank, self.world = dist_info()
+        self.device = pick_device(self.o.device)
+        if self.o.threads:
+            torch.set_num_threads(self.o.threads)
+        self.distributed = init_distributed(self.device)
+        self.out = resolved.out
+        causal = self.o.objective == "arm"
+        torch.manual_seed(self.o.seed)
+        if self.o.objective == "arm":
+            from unmask.core.arm import ArmLayout
+
+            self.arm = ArmLayout.for_task(self.task, self.o.order)
+            spec_task = self.arm.spec_task()
+        else:
+            self.arm = None
+            spec_task = self.task
+        self.model, self.backbone = build_model(spec_task, resolved.raw["backbone"], causal=causal)
+        self.model.to(self.device)
+        self.config = resolved.to_dict(self.backbone)
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.o.lr, betas=(self.o.beta1, self.o.beta2),
+        )
+        self.step = 0
+        self.samples = 0
+        self.train_seconds = 0.0
+        self.gen = torch.Generator().manual_seed(self.o.seed * 1000 + self.rank)
+        self.np_rng = np.random.default_rng([self.o.seed, self.rank])
+        if resume:
+            self._resume()
+        elif self.rank == 0 and (self.out / "checkpoints").exists() and ckpt.latest_checkpoint(self.out):
+            raise ConfigError(
+                f"run directory '{self.out}' already has checkpoints; pass --resume to continue it or choose another "
+                "out directory (--set out=...)"
+            )
+        self.fwd = self.model
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.fwd = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        latest = ckpt.latest_checkpoint(self.out)
+        if latest is None:
+            raise CheckpointError(f"--resume: no checkpoint in '{self.out}/checkpoints'; start without --resume")
+        cfg = ckpt.read_config(latest)
+        for key in ("task", "backbone"):
+            if cfg.get(key) != self.config[key]:
+                raise CheckpointError(
+                    f"--resume: the {key} in checkpoint '{latest}' differs from the config ({cfg.get(key)} vs "
+                    f"{self.config[key]}); resume with the config the run was started with"
+                )
+        state = ckpt.load_tensors(latest / ckpt.MODEL_FILE)
+        self.model.load_state_dict(state)
+        st, opt = ckpt.load_training_state(latest)
+        if opt is not None:
+            self.opt.load_state_dict(opt)
+        self.step = int(st["step"])
+        self.samples = int(st.get("samples", 0))
+        self.train_seconds = float(st.get("train_seconds", 0.0))
+        rng = st.get("rng", {}).get(str(self.rank)) or st.get("rng", {}).get("0")
+        if rng:
+            _set_torch_state(self.gen, rng["torch"])
+            self.np_rng.bit_generator.state = rng["numpy"]
+            torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(rng["torch_global"])), dtype=torch.uint8))
+        self.resumed_from = latest
+        self._log({"event": "resume", "step": self.step, "checkpoint": latest.name})
+
+    def save(self) -> Path:
+        rng = {str(self.rank): {"torch": _torch_state(self.gen), "numpy": self.np_rng.bit_generator.state,
+                                "torch_global": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}}
+        path = self.out / "checkpoints" / f"step-{self.step:07d}"
+        cfg = {**self.config, "step": self.step, "samples": self.samples}
+        ckpt.save_model_dir(path, self.model.state_dict(), cfg, optimizer=self.opt.state_dict(),
+                            state={"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
+                                   "rng": rng})
+        ckpt.mark_latest(self.out, path)
+        done = sorted(d for d in (self.out / "checkpoints").iterdir() if d.is_dir() and d.name.startswith("step-"))
+        for old in done[: -self.o.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    # -- data -----------------------------------------------------------------------------------------------------
+    def _data(self) -> Dataset:
+        return self.task.generate("train", self.o.data_size, self.o.seed, progress=self.progress and self.rank == 0)
+
+    def _batch(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.np_rng.integers(0, len(data), size=self.o.batch_size)
+        b = data.take(idx)
+        if self.o.augment:
+            b = self.task.augment(b, self.np_rng)
+        assert b.targets is not None, "training needs targets"
+        if self.arm is not None:
+            seq, loss_mask = self.arm.encode(b)
+            return torch.from_numpy(seq).to(self.device), torch.from_numpy(loss_mask).to(self.device)
+        return torch.from_numpy(b.targets).to(self.device), torch.from_numpy(b.given).to(self.device)
+
+    # -- validation -----------------------------------------------------------------------------------------------
+    def validate(self, val: Dataset) -> dict[str, float]:
+        from unmask.core.evaluate import evaluate
+        from unmask.core.strategy import build_strategy
+
+        out = {}
+        self.model.eval()
+        try:
+            engine = self.engine()
+            for name in self.o.val_strategies:
+                if self.arm is not None:
+                    name = "arm"
+                strat = build_strategy(name, steps=self.o.val_steps) if name != "arm" else None
+                if strat is None:
+                    res = self.arm.evaluate(engine, val)
+                else:
+                    res = evaluate(engine, self.task, val, strat, batch_size=256, seed=0, device=self.device)
+                out[f"val_{name}"] = res.solved
+                out[f"val_{name}_cells"] = res.cell_accuracy
+                if self.arm is not None:
+                    break
+        finally:
+            self.model.train()
+        return out
+
+    def engine(self) -> Any:
+        from unmask.plugins.runtimes.torch import TorchEngine
+
+        return TorchEngine(self.model, self.config, device=str(self.device), bf16=self.o.bf16)
+
+    # -- main loop ------------------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        from tqdm.auto import tqdm
+
+        o = self.o
+        data = self._data()
+        val = self.task.generate("test", o.val_size, o.seed + 7919) if o.val_size and self.rank == 0 else None
+        if self.rank == 0 and self.step == 0:
+            self._log({"event": "start", "params": count_parameters(self.model), "config": self.config,
+                       "world_size": self.world, "device": str(self.device)})
+        self.model.train()
+        target = o.steps if self.max_steps is None else min(o.steps, self.max_steps)
+        bar = tqdm(total=o.steps, initial=self.step, desc="train", unit="step",
+                   disable=not self.progress or self.rank != 0, dynamic_ncols=True)
+        t_last, s_last = self.train_seconds, self.samples
+        run_loss, run_acc, n_acc = 0.0, 0.0, 0
+        while self.step < target:
+            t0 = time.perf_counter()
+            lr = lr_at(self.step, o)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            a, b = self._batch(data)
+            with autocast_context(self.device, o.bf16):
+                if self.arm is not None:
+                    loss, info = arm_loss(self.fwd, a, b)
+                else:
+                    loss, info = mdm_loss(self.fwd, a, b, self.task.mask_id, o.eps, self.gen, o.low_discrepancy)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"training diverged at step {self.step} (loss={float(loss)}); lower train.lr")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip else 1e9)
+            self.opt.step()
+            self.step += 1
+            self.samples += o.batch_size * self.world
+            self.train_seconds += time.perf_counter() - t0
+            run_loss += float(loss.detach())
+            run_acc += info["masked_acc"]
+            n_acc += 1
+            bar.update(1)
+            if self.step % o.log_every == 0 or self.step == target:
+                now = self.train_seconds
+                sps = (self.samples - s_last) / max(now - t_last, 1e-9)
+                t_last, s_last = now, self.samples
+                rec = {"step": self.step, "loss": run_loss / n_acc, "masked_acc": run_acc / n_acc, "lr": lr,
+                       "grad_norm": float(gnorm), "samples": self.samples, "samples_per_s": sps,
+                       "train_seconds": self.train_seconds}
+                run_loss, run_acc, n_acc = 0.0, 0.0, 0
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['masked_acc']:.3f}", sps=f"{sps:.0f}")
+                self._log(rec)
+            if val is not None and (self.step % o.val_every == 0 or self.step == o.steps):
+                v = self.validate(val)
+                self._log({"step": self.step, "samples": self.samples, **v})
+                bar.write(f"step {self.step}: " + ", ".join(f"{k}={x:.3f}" for k, x in v.items()))
+            if self.rank == 0 and (self.step % o.ckpt_every == 0 or self.step == o.steps):
+                self.save()
+        bar.close()
+        final = self.out / "model"
+        if self.rank == 0:
+            if self.step >= o.steps:
+                self.export_final(final)
+            plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return final
+
+    def export_final(self, final: Path) -> None:
+        files = {}
+        for name in ("metrics.jsonl",):
+            p = self.out / name
+            if p.exists():
+                files[name] = p.read_text()
+        cfg = {**self.config, "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds}
+        ckpt.save_model_dir(final, self.model.state_dict(), cfg, extra_files=files)
+        plot_metrics(self.out / "metrics.jsonl", final / "curves.png")
+
+
+def train(config_path: str | None, overrides: list[str] | None = None, *, resume: bool = False,
+          progress: bool = True, raw: dict[str, Any] | None = None, max_steps: int | None = None) -> Path:
+    """Train from a TOML config (+ ``--set`` overrides); returns the final model directory."""
+    resolved = resolve_config(config_path, overrides, raw)
+    return Trainer(resolved, resume=resume, progress=progress, max_steps=max_steps).run()
+
+
+def plot_metrics(jsonl: Path, png: Path) -> None:
+    """Loss and validation curves as a PNG."""
+    if not jsonl.exists():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    tr = [r for r in recs if "loss" in r]
+    va = [r for r in recs if any(k.startswith("val_") for k in r)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if tr:
+        axes[0].plot([r["samples"] for r in tr], [r["loss"] for r in tr], lw=1)
+        axes[0].set_yscale("log")
+    axes[0].set_xlabel("samples seen")
+    axes[0].set_ylabel("training loss (negative ELBO / token)")
+    axes[0].grid(alpha=0.3)
+    keys = sorted({k for r in va for k in r if k.startswith("val_") and not k.endswith("_cells")})
+    for k in keys:
+        pts = [(r["samples"], r[k]) for r in va if k in r]
+        axes[1].plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=3, label=k[4:])
+    axes[1].set_xlabel("samples seen")
+    axes[1].set_ylabel("% solved (validation)")
+    axes[1].set_ylim(0, 100)
+    axes[1].grid(alpha=0.3)
+    if keys:
+        axes[1].legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png)

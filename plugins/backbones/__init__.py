@@ -1,0 +1,1 @@
+"""Built-in backbones (one module per backbone; the file name is the registry key)."""

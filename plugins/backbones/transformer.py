@@ -1,0 +1,170 @@
+"""Transformer encoder (bidirectional for MDMs, causal for ARMs) mapping tokens (B, L) to logits (B, L, V)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unmask.core.config import Section
+from unmask.core.registry import backbones
+from unmask.core.task import ModelSpec
+
+
+class TransformerOptions(Section):
+    d_model: Annotated[int, msgspec.Meta(ge=8, le=16384)] = 256
+    n_layers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 6
+    n_heads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
+    mlp_ratio: Annotated[float, msgspec.Meta(gt=0.0)] = 4.0
+    dropout: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
+    positions: Literal["learned", "structure", "both", "rope", "none"] = "both"
+    """Learned absolute embeddings, the task's structure embeddings (Sudoku: row + column + box), both, or RoPE."""
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    causal: bool = False
+    """Causal attention (autoregressive baselines); the training objective may also force it."""
+
+
+class _RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def _norm(kind: str, d: int) -> nn.Module:
+    return _RMSNorm(d) if kind == "rmsnorm" else nn.LayerNorm(d)
+
+
+def _rope_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    half = head_dim // 2
+    inv = 1.0 / (10000 ** (torch.arange(half, dtype=torch.float32) / half))
+    ang = torch.arange(seq_len, dtype=torch.float32)[:, None] * inv[None, :]  # (L, half)
+    return ang.cos(), ang.sin()
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x (B, H, L, Dh); rotate the two halves of each head.
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    rot = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return torch.cat([rot, x[..., 2 * half :]], dim=-1) if x.shape[-1] > 2 * half else rot
+
+
+class Block(nn.Module):
+    def __init__(self, o: TransformerOptions, causal: bool) -> None:
+        super().__init__()
+        d = o.d_model
+        self.n_heads = o.n_heads
+        self.causal = causal
+        self.norm1 = _norm(o.norm, d)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+        self.norm2 = _norm(o.norm, d)
+        hidden = int(round(d * o.mlp_ratio))
+        self.swiglu = o.mlp == "swiglu"
+        self.fc1 = nn.Linear(d, 2 * hidden if self.swiglu else hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, d, bias=False)
+        self.drop = nn.Dropout(o.dropout)
+        self.attn_drop = o.dropout
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        B, L, D = x.shape
+        h = self.norm1(x)
+        q, k, v = self.qkv(h).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, L, Dh)
+        if rope is not None:
+            q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+        a = F.scaled_dot_product_attention(
+            q, k, v, is_causal=self.causal, dropout_p=self.attn_drop if self.training else 0.0
+        )  # (B, H, L, Dh)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(B, L, D)))
+        h = self.fc1(self.norm2(x))
+        if self.swiglu:
+            g, u = h.chunk(2, dim=-1)
+            h = F.silu(g) * u
+        else:
+            h = F.gelu(h)
+        return x + self.drop(self.fc2(h))
+
+
+class Transformer(nn.Module):
+    """Pre-norm transformer; tokens (B, L) int64 -> logits (B, L, V)."""
+
+    def __init__(self, o: TransformerOptions, spec: ModelSpec) -> None:
+        super().__init__()
+        if o.d_model % o.n_heads:
+            from unmask.core.errors import ConfigError
+
+            raise ConfigError(f"backbone.d_model ({o.d_model}) must be divisible by backbone.n_heads ({o.n_heads})")
+        self.spec = spec
+        d = o.d_model
+        causal = o.causal or spec.causal
+        self.tok = nn.Embedding(spec.vocab_size, d)
+        self.use_learned = o.positions in ("learned", "both")
+        self.use_structure = o.positions in ("structure", "both") and bool(spec.structure)
+        if self.use_learned:
+            self.pos = nn.Parameter(torch.zeros(spec.seq_len, d))
+            nn.init.normal_(self.pos, std=0.02)
+        self.struct_names = sorted(spec.structure) if self.use_structure else []
+        self.struct_emb = nn.ModuleDict()
+        for name in self.struct_names:
+            n_cls, ids = spec.structure[name]
+            self.struct_emb[name] = nn.Embedding(n_cls, d)
+            self.register_buffer(f"ids_{name}", torch.tensor(ids, dtype=torch.int64), persistent=False)
+        self.rope = o.positions == "rope"
+        if self.rope:
+            cos, sin = _rope_tables(spec.seq_len, d // o.n_heads)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.drop = nn.Dropout(o.dropout)
+        self.blocks = nn.ModuleList(Block(o, causal) for _ in range(o.n_layers))
+        self.norm = _norm(o.norm, d)
+        self.head = nn.Linear(d, spec.vocab_size, bias=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def positional(self) -> torch.Tensor | None:
+        """(L, D) sum of position/structure embeddings, or None."""
+        pe = self.pos if self.use_learned else None
+        for name in self.struct_names:
+            e = self.struct_emb[name](getattr(self, f"ids_{name}"))
+            pe = e if pe is None else pe + e
+        return pe
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        L = tokens.shape[1]
+        x = self.tok(tokens)  # (B, L, D)
+        pe = self.positional()
+        if pe is not None:
+            x = x + pe[:L]
+        x = self.drop(x)
+        rope = (self.rope_cos[:L], self.rope_sin[:L]) if self.rope else None
+        for blk in self.blocks:
+            x = blk(x, rope)
+        return self.head(self.norm(x))  # (B, L, V)
+
+
+@backbones.register("transformer")
+class TransformerBackbone:
+    """Pre-norm transformer encoder: learned / structure / RoPE positions, LayerNorm or RMSNorm, GELU or SwiGLU."""
+
+    Options = TransformerOptions
+    name = "transformer"
+
+    @staticmethod
+    def build(options: TransformerOptions, spec: ModelSpec) -> nn.Module:
+        return Transformer(options, spec)
