@@ -55,7 +55,28 @@ def convert(raw: Any, type_: type[S], path: str = "") -> S:
         if missing:
             key = _fmt_path(path, f"{sub}.{missing.group(1)}")
             raise ConfigError(f"missing required config key '{key}'") from None
-        raise ConfigError(f"bad config value at '{_fmt_path(path, sub)}': {what.lower()}") from None
+        hint = ""
+        if what.startswith("Invalid enum value"):
+            choices = _literal_choices(type_, sub)
+            if choices:
+                hint = f"; expected one of: {', '.join(map(repr, choices))}"
+        raise ConfigError(f"bad config value at '{_fmt_path(path, sub)}': {what[0].lower() + what[1:]}{hint}") from None
+
+
+def _literal_choices(type_: Any, sub: str) -> tuple[Any, ...]:
+    import typing
+
+    parts = [p for p in sub.split(".") if p]
+    if not parts:
+        return ()
+    owner = _field_owner(type_, ".".join(parts[:-1]))
+    try:
+        hint = typing.get_type_hints(owner, include_extras=False).get(parts[-1])
+    except Exception:  # noqa: BLE001
+        return ()
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    return ()
 
 
 def _field_owner(type_: Any, sub: str) -> Any:

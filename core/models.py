@@ -49,7 +49,13 @@ def load_model(path: str | os.PathLike, *, task: Task | None = None) -> tuple[Ta
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint '{model_dir}' has an unusable backbone section: {exc}") from None
     state = load_tensors(Path(model_dir) / MODEL_FILE)
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(
+            f"weights in '{model_dir / MODEL_FILE}' do not match its config ({first}); the checkpoint is corrupt or mixed up"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"weights in '{model_dir / MODEL_FILE}' do not match its config (missing {list(missing)[:3]}, "

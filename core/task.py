@@ -119,6 +119,10 @@ class Task:
     def format(self, tokens: np.ndarray) -> str:
         return " ".join(str(int(t)) for t in tokens)
 
+    def board_shape(self) -> tuple[int, int] | None:
+        """(rows, cols) when positions form a 2-D board worth plotting (commit-order heat maps); else None."""
+        return None
+
     # -- scoring ------------------------------------------------------------------------------------------------
     def score(self, predictions: np.ndarray, data: Dataset) -> dict[str, np.ndarray]:
         """Per-example metrics for decoded sequences (N, L): at least ``solved`` (bool) and ``cell_accuracy``."""

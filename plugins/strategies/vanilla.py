@@ -53,7 +53,9 @@ class Vanilla(Strategy):
         rest = (nf - first).clamp(min=0.0)
         extra = torch.binomial(rest.to(x.generator.device), p.to(x.generator.device), generator=x.generator)
         k = (1.0 + extra.to(rest.device)).to(torch.int64)
-        k = torch.where(r2 <= 1.0, n, torch.minimum(k, n))
+        last = r2 <= 1.0  # the row's last step: everything left is committed (all blocks)
+        cand = torch.where(last[:, None], x.masked & ~x.given, cand)
+        k = torch.where(last, cand.sum(dim=1), torch.minimum(k, n))
         # A uniformly random subset of size k: rank positions by uniform noise.
         scores = u[:, 3:].to(torch.float32)
         commit = self.top_k(scores, cand, k)

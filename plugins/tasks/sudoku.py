@@ -124,6 +124,9 @@ class Sudoku(Task):
     def format(self, tokens: np.ndarray) -> str:
         return lib.format_grid(tokens_to_digits(tokens))
 
+    def board_shape(self) -> tuple[int, int]:
+        return (9, 9)
+
     # -- scoring ------------------------------------------------------------------------------------------------
     def score(self, predictions: np.ndarray, data: Dataset) -> dict[str, np.ndarray]:
         pred = np.asarray(predictions)
@@ -144,8 +147,20 @@ class Sudoku(Task):
 
 def _generate_with_progress(n: int, seed: int, split: str, o: SudokuOptions, progress: bool):
     """Generate in chunks (one seed per chunk) so long runs show progress; deterministic from ``seed``."""
+    import sys
+
     from tqdm.auto import tqdm
 
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    try:
+        return _generate_chunks(n, seed, split, o, progress, tqdm)
+    finally:
+        if threads is not None:  # numba's OpenMP layer resets the process-wide thread count; torch must keep its own
+            torch.set_num_threads(threads)
+
+
+def _generate_chunks(n: int, seed: int, split: str, o: SudokuOptions, progress: bool, tqdm):
     chunk = 2000
     parts = []
     with tqdm(total=n, desc=f"sudoku {split}", unit="puzzle", disable=not progress, leave=False) as bar:

@@ -1,0 +1,36 @@
+# make demo: set up .venv, install, evaluate the committed default Sudoku model (vanilla / top_prob / margin).
+# make test: set up .venv, install, run the default test suite (no GPU, no TensorRT, no slow tests).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch 2.13.0 is pinned here: on these machines its CPU wheel lies on disk (any other version downloads GBs).
+# GPU users: see README "GPU and TensorRT".
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test test-slow test-gpu clean setup
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/unmask eval --model models/sudoku-default --task sudoku --generate 300 --split test \
+		--seed 2025 --strategies vanilla,top_prob,margin --steps 50 --bf16 --json results/demo.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests
+
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -m "gpu or tensorrt" tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,247 @@
+"""The ``unmask`` command line: list, train, eval, solve, export.
+
+Every user mistake ends as one line ``error: ...`` on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from unmask.core.errors import InputError, UnmaskError
+
+KINDS = ("tasks", "backbones", "strategies", "runtimes")
+
+
+def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# -- list -----------------------------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from unmask.core.registry import registries
+
+    kinds = [args.kind] if args.kind else list(KINDS)
+    status = 0
+    for kind in kinds:
+        reg = registries[kind]
+        infos = reg.info()
+        if len(kinds) > 1:
+            print(f"{kind}:")
+        width = max([len(i.name) for i in infos] + [4])
+        for i in infos:
+            print(f"  {i.name:<{width}}  {i.description}  [{i.package}]")
+        for msg in reg.collisions():
+            print(f"error: {msg}", file=sys.stderr)
+            status = 2
+    return status
+
+
+# -- train ----------------------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from unmask.core.train import train
+
+    final = train(args.config, args.set, resume=args.resume, progress=not args.no_progress)
+    print(f"model written to {final}")
+    return 0
+
+
+# -- eval -----------------------------------------------------------------------------------------------------------
+def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    from unmask.core.runtime import open_engine, runtime_for_path
+    from unmask.core.task import build_task
+
+    runtime = args.runtime or runtime_for_path(args.model)
+    opts: dict[str, Any] = {}
+    if args.device:
+        opts["device"] = args.device
+    if getattr(args, "bf16", False):
+        opts["bf16"] = True
+    if getattr(args, "threads", None):
+        opts["threads"] = args.threads
+    engine = open_engine(args.model, runtime, **opts)
+    task = build_task(engine.config["task"], "model task")
+    want = getattr(args, "task", None)
+    if want and want != task.name:
+        raise InputError(f"model '{args.model}' was trained for task '{task.name}', not '{want}'")
+    return engine, task, runtime
+
+
+def _strategies(names: str, steps: int | None, opts: list[str] | None) -> list[Any]:
+    from unmask.core.config import apply_overrides
+    from unmask.core.strategy import build_strategy
+
+    extra = apply_overrides({}, [f"s.{o}" for o in (opts or [])]).get("s", {})
+    out = []
+    for name in [n.strip() for n in names.split(",") if n.strip()]:
+        section = {"name": name, **extra}
+        if steps is not None:
+            section["steps"] = steps
+        out.append(build_strategy(section, f"strategy {name}"))
+    if not out:
+        raise InputError("--strategies is empty; name at least one, e.g. --strategies margin")
+    return out
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from unmask.core.evaluate import evaluate
+    from unmask.core.report import eval_report, format_table, order_heatmap, write_report
+
+    engine, task, runtime = _engine_and_task(args)
+    strategies = _strategies(args.strategies, args.steps, args.opt)
+    if args.data:
+        data = task.read_file(args.data)
+        source = args.data
+    else:
+        data = task.generate(args.split, args.generate, args.seed, progress=True)
+        source = f"generated {args.split} split, seed {args.seed}"
+    print(f"{task.name}: {len(data)} examples ({source}); model {args.model}; runtime {runtime}")
+    results = []
+    for s in strategies:
+        r = evaluate(engine, task, data, s, batch_size=args.batch_size, seed=args.seed, device=engine.device,
+                     trace=args.trace, progress=True, scheduler=args.scheduler)
+        results.append(r)
+        if args.trace and r.order is not None and task.board_shape():
+            png = Path(args.json).with_name(f"{Path(args.json).stem}-order-{r.strategy}.png") if args.json \
+                else Path(f"order-{r.strategy}.png")
+            order_heatmap(png, r.order, data.given, task.board_shape(), f"{task.name}, {r.strategy}: mean commit step")
+            print(f"commit-order heat map: {png}")
+    print(format_table(results))
+    if args.json:
+        report = eval_report(task, str(args.model), runtime, data, results,
+                             {"source": source, "scheduler": args.scheduler, "batch_size": args.batch_size})
+        png = write_report(args.json, report)
+        print(f"results: {args.json}; plot: {png}")
+    return 0
+
+
+# -- solve ----------------------------------------------------------------------------------------------------------
+def cmd_solve(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from unmask.core.decode import decode
+
+    text = sys.stdin.read() if args.puzzle == "-" else args.puzzle
+    engine, task, runtime = _engine_and_task(args)
+    data = task.parse(text)
+    strategy = _strategies(args.strategy, args.steps, args.opt)[0]
+    gen = torch.Generator().manual_seed(args.seed)
+    res = decode(engine, torch.from_numpy(data.inputs).to(engine.device), torch.from_numpy(data.given).to(engine.device),
+                 strategy, mask_id=task.mask_id, generator=gen, trace=True)
+    pred = res.tokens.cpu().numpy()
+    print(task.format(pred[0]))
+    scores = task.score(pred, data)
+    unique = bool(data.meta.get("unique", np.array([True]))[0])
+    valid = not bool(scores.get("invalid", np.array([False]))[0])
+    ok = bool(scores["solved"][0])
+    status = "solved" if ok else ("valid grid but not the unique solution" if valid else "NOT solved (invalid grid)")
+    print(f"{status}; {int(res.nfe[0])} forward passes; strategy {strategy.name}")
+    if not unique:
+        print("note: this puzzle has more than one solution")
+    order = res.order.cpu().numpy()[0]
+    shape = task.board_shape()
+    if args.order_png:
+        from unmask.core.report import order_heatmap
+
+        if shape is None:
+            raise InputError(f"task '{task.name}' has no board to plot; use --show-order to print the order")
+        order_heatmap(Path(args.order_png), order[None], data.given, shape, "commit order")
+        print(f"order plot: {args.order_png}")
+    if args.show_order:
+        print("order (forward pass at which each position was committed; '.' = given):")
+        cells = ["." if g else str(int(o)) for o, g in zip(order, data.given[0])]
+        w = max(len(c) for c in cells)
+        if shape:
+            for r in range(shape[0]):
+                print(" ".join(c.rjust(w) for c in cells[r * shape[1] : (r + 1) * shape[1]]))
+        else:
+            print(" ".join(cells))
+    return 0 if ok or (valid and not unique) else 1
+
+
+# -- export ---------------------------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from unmask.export.cli import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unmask", description="Masked diffusion models that plan their decoding order.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list registered plugins")
+    s.add_argument("kind", nargs="?", choices=KINDS)
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("train", help="train a model from a TOML config")
+    s.add_argument("--config", required=True, help="TOML file (see configs/)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
+    s.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=cmd_train)
+
+    def model_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--model", required=True, help="model directory, run directory, .onnx or .plan")
+        s.add_argument("--runtime", help="torch, onnxruntime, tensorrt, ... (default: from the model path)")
+        s.add_argument("--device", help="cpu, cuda (or tensorrt for onnxruntime)")
+        s.add_argument("--bf16", action="store_true", help="bf16 autocast (torch runtime)")
+        s.add_argument("--threads", type=int, help="CPU threads for the runtime")
+        s.add_argument("--steps", type=int, help="decoding steps T (default: the strategy's, 50)")
+        s.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                       help="strategy option for every strategy, e.g. noise=gumbel, noise_scale=0.5, value=sample")
+        s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("eval", help="evaluate strategies on generated or given data")
+    model_args(s)
+    s.add_argument("--task", help="task name (checked against the model's)")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="data file of the task's format")
+    src.add_argument("--generate", type=int, metavar="N", help="generate N examples")
+    s.add_argument("--split", default="test", help="split to generate: test or hard (default test)")
+    s.add_argument("--strategies", default="vanilla,top_prob,margin")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--scheduler", choices=("static", "continuous"), default="static")
+    s.add_argument("--json", help="write results as JSON (and a bar chart PNG beside it)")
+    s.add_argument("--trace", action="store_true", help="record the commit order and plot it")
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("solve", help="solve one puzzle given as text (or - for stdin)")
+    model_args(s)
+    s.add_argument("--strategy", default="margin")
+    s.add_argument("--show-order", action="store_true", help="print the order in which cells were committed")
+    s.add_argument("--order-png", metavar="PNG", help="save the commit order as a PNG heat map")
+    s.add_argument("puzzle", help="81 characters (0 or . for blanks), 9 lines of 9, or - to read stdin")
+    s.set_defaults(fn=cmd_solve)
+
+    s = sub.add_parser("export", help="export a model to ONNX or a TensorRT plan")
+    try:
+        from unmask.export.cli import add_arguments
+
+        add_arguments(s)
+    except ImportError as exc:  # pragma: no cover - broken install
+        s.add_argument("--_broken", help=str(exc))
+    s.set_defaults(fn=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _warning_line  # one line per warning (broken plugins), no source dump
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except UnmaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

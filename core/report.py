@@ -1,0 +1,117 @@
+"""Evaluation reports: the printed table, the JSON file, and plots (bar chart, commit-order heat map)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unmask.core.config import write_json
+from unmask.core.evaluate import EvalResult
+from unmask.core.task import Dataset, Task
+
+
+def format_table(results: list[EvalResult]) -> str:
+    head = f"{'strategy':<22} {'% solved':>9} {'cell acc':>9} {'mean NFE':>9} {'puzzles/s':>10}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            f"{r.strategy:<22} {100 * r.solved:>9.2f} {100 * r.cell_accuracy:>9.2f} {r.nfe_mean:>9.2f} "
+            f"{r.puzzles_per_s:>10.1f}"
+        )
+    return "\n".join(lines)
+
+
+def breakdown(result: EvalResult, data: Dataset, key: str = "clues") -> dict[str, dict[str, float]]:
+    """% solved grouped by a per-example meta value (e.g. the clue count)."""
+    if key not in data.meta:
+        return {}
+    vals = np.asarray(data.meta[key])
+    solved = np.asarray(result.per_example["solved"], dtype=np.float64)
+    out = {}
+    for v in np.unique(vals):
+        sel = vals == v
+        out[str(int(v))] = {"n": int(sel.sum()), "solved": float(solved[sel].mean())}
+    return out
+
+
+def eval_report(task: Task, model: str, runtime: str, data: Dataset, results: list[EvalResult],
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    res = []
+    for r in results:
+        d = r.summary()
+        by = breakdown(r, data)
+        if by:
+            d["by_clues"] = by
+        res.append(d)
+    return {"task": task.name, "model": model, "runtime": runtime, "n": len(data), "results": res, **(extra or {})}
+
+
+def write_report(path: str | os.PathLike, report: dict[str, Any], title: str = "") -> Path:
+    """Write the JSON report and a bar chart PNG beside it; returns the PNG path."""
+    p = Path(path)
+    write_json(p, report)
+    png = p.with_suffix(".png")
+    bar_chart(png, report, title)
+    return png
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, png: Path) -> None:
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, png)
+
+
+def bar_chart(png: Path, report: dict[str, Any], title: str = "") -> None:
+    plt = _plt()
+    rs = report["results"]
+    names = [r["strategy"] for r in rs]
+    solved = [100 * r["solved"] for r in rs]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(names) + 2), 4))
+    bars = ax.bar(names, solved, color="#4C72B0")
+    for b, r in zip(bars, rs):
+        ax.annotate(f"{100 * r['solved']:.1f}%\nNFE {r['nfe_mean']:.0f}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("% solved")
+    ax.set_title(title or f"{report['task']}: {report['n']} examples, {report['runtime']}")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, png)
+    plt.close(fig)
+
+
+def order_heatmap(png: Path, order: np.ndarray, given: np.ndarray, shape: tuple[int, int], title: str) -> None:
+    """Mean commit step of each board cell (given cells excluded), as a heat map."""
+    plt = _plt()
+    o = np.where(given, np.nan, order.astype(np.float64))
+    counts = np.isfinite(o).sum(axis=0)
+    mean = np.where(counts > 0, np.nansum(o, axis=0) / np.maximum(counts, 1), np.nan).reshape(shape)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    im = ax.imshow(mean, cmap="viridis")
+    for (i, j), v in np.ndenumerate(mean):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w")
+    if shape == (9, 9):
+        for k in (2.5, 5.5):
+            ax.axhline(k, color="k", lw=1.5)
+            ax.axvline(k, color="k", lw=1.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="forward pass at which the cell was committed")
+    fig.tight_layout()
+    _save(fig, png)
+    plt.close(fig)

@@ -1,0 +1,102 @@
+"""``unmask export`` and ``tools/export.py``: ONNX export and TensorRT build from the command line.
+
+    unmask export --model models/sudoku-default --onnx m.onnx                     # fp32, parity-checked
+    unmask export --model models/sudoku-default --onnx m-int8.onnx --quantize int8 --accuracy 200
+    unmask export --model models/sudoku-default --trt m.plan --max-batch 512      # GPU + TensorRT only
+    unmask export --from-onnx m.onnx --trt m.plan
+
+``run`` raises :class:`unmask.core.errors.UnmaskError` for user mistakes and missing devices; the caller prints it as
+one line (``unmask``'s main does, and so does :func:`main` here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from unmask.core.errors import ConfigError, UnmaskError
+from unmask.export.metadata import PRECISIONS, QUANTIZATIONS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The export options, added to ``parser`` (a subcommand parser of ``unmask`` or a standalone one)."""
+    parser.add_argument("--model", help="checkpoint: a model directory or a run directory (its newest checkpoint)")
+    parser.add_argument("--onnx", metavar="OUT.onnx", help="write an ONNX file")
+    parser.add_argument("--trt", metavar="OUT.plan",
+                        help="build a TensorRT plan (+ OUT.plan.json); needs TensorRT and a GPU")
+    parser.add_argument("--from-onnx", metavar="IN.onnx", help="build the TensorRT plan from this exported ONNX file")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="graph dtype: fp32 (default), fp16 or bf16 (fp16/bf16 are for GPU engines)")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                        help="int8: onnxruntime dynamic quantization, for onnxruntime on the CPU")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18, default 18)")
+    parser.add_argument("--export-batch", type=int, default=2, help="batch of the example input traced (>= 2)")
+    parser.add_argument("--dynamic-seq", action="store_true",
+                        help="export the sequence axis as dynamic (bounded by the trained length)")
+    parser.add_argument("--min-batch", type=int, default=1, help="TensorRT profile: smallest batch (default 1)")
+    parser.add_argument("--opt-batch", type=int, default=64, help="TensorRT profile: batch tuned for (default 64)")
+    parser.add_argument("--max-batch", type=int, default=256,
+                        help="TensorRT profile: largest batch (default 256; bigger batches are split)")
+    parser.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit (GiB)")
+    parser.add_argument("--no-parity", action="store_true", help="skip the parity check against the PyTorch model")
+    parser.add_argument("--accuracy", type=int, default=0, metavar="N",
+                        help="also decode N test puzzles (margin) with torch and the export and report solved rates")
+    parser.add_argument("--report", metavar="JSON", help="write the export report (parity numbers, sizes) here")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out ``unmask export``; returns the exit status (errors are raised as UnmaskError)."""
+    from unmask.core.config import write_json
+
+    if not args.onnx and not args.trt:
+        raise ConfigError("say what to write: --onnx OUT.onnx and/or --trt OUT.plan")
+    if args.from_onnx and not args.trt:
+        raise ConfigError("--from-onnx is the input of a TensorRT build; add --trt OUT.plan")
+    if args.from_onnx and args.onnx:
+        raise ConfigError("--from-onnx and --onnx both name the ONNX file; pass one")
+    if not args.model and not args.from_onnx:
+        raise ConfigError("--model CKPT is required (or --from-onnx IN.onnx with --trt)")
+    if args.trt and args.quantize:
+        raise ConfigError("--quantize int8 is for onnxruntime on the CPU; TensorRT plans take --precision fp16|bf16")
+    report: dict = {}
+    if args.trt:
+        from unmask.export.tensorrt import build_tensorrt, require_tensorrt
+
+        require_tensorrt("--trt (building a TensorRT plan)")  # fail before any export work
+        report["tensorrt"] = build_tensorrt(
+            args.model, args.trt, from_onnx=args.from_onnx, onnx_out=args.onnx, precision=args.precision,
+            min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
+            workspace_gb=args.workspace_gb, opset=args.opset, parity=not args.no_parity,
+        )
+    else:
+        from unmask.export.onnx import export_onnx
+
+        report["onnx"] = export_onnx(
+            args.model, args.onnx, batch=args.export_batch, precision=args.precision, quantize=args.quantize,
+            opset=args.opset, parity=not args.no_parity, dynamic_seq=args.dynamic_seq,
+            accuracy_puzzles=args.accuracy,
+        )
+    if args.report:
+        write_json(args.report, _jsonable(report))
+        print(f"report written to {args.report}")
+    return 0
+
+
+def _jsonable(x):  # noqa: ANN001, ANN202
+    return json.loads(json.dumps(x, default=lambda o: getattr(o, "tolist", lambda: str(o))()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tools/export.py``: parse, run, print errors as one line (exit 2), never a traceback."""
+    parser = argparse.ArgumentParser(prog="tools/export.py", description="Export a model to ONNX or a TensorRT plan.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UnmaskError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,211 @@
+"""What an exported artifact says about itself: the ONNX ``metadata_props`` and the TensorRT sidecar.
+
+Every exported file carries the resolved config of the model it came from, so an engine knows its vocabulary size,
+sequence length, mask id and task from the artifact alone (never from CLI flags). ONNX files hold it in
+``metadata_props``: the full resolved config as JSON under ``unmask_config``, plus flat string keys that a plain
+onnxruntime script can read without importing unmask::
+
+    import onnxruntime as ort
+    meta = ort.InferenceSession("m.onnx").get_modelmeta().custom_metadata_map
+    meta["unmask.seq_len"], meta["unmask.vocab_size"], meta["unmask.mask_id"], meta["unmask.task"]
+
+A TensorRT plan is an opaque, GPU- and version-specific blob, so its description lives in ``<plan>.json`` beside it
+(same keys, plus the optimization profile and the TensorRT version and GPU it was built for).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unmask.core.errors import CheckpointError
+
+ONNX_FORMAT = "unmask-onnx/1"
+PLAN_FORMAT = "unmask-tensorrt/1"
+INPUT_NAME = "tokens"  # (B, L) int64
+OUTPUT_NAME = "logits"  # (B, L, V) float32
+CONFIG_KEY = "unmask_config"
+PRECISIONS = ("fp32", "fp16", "bf16")
+QUANTIZATIONS = ("int8",)
+
+# flat keys (all values are strings, as ONNX metadata requires)
+K_FORMAT = "unmask.format"
+K_VERSION = "unmask.version"
+K_TASK = "unmask.task"
+K_VOCAB = "unmask.vocab_size"
+K_SEQ = "unmask.seq_len"
+K_MASK = "unmask.mask_id"
+K_BACKBONE = "unmask.backbone"
+K_PRECISION = "unmask.precision"
+K_QUANT = "unmask.quantize"
+K_DYN_SEQ = "unmask.dynamic_seq"
+K_INPUT = "unmask.input"
+K_OUTPUT = "unmask.output"
+K_OBJECTIVE = "unmask.objective"
+
+
+@dataclass
+class ArtifactInfo:
+    """The self-description of an exported model (ONNX metadata or TensorRT sidecar)."""
+
+    path: Path
+    format: str
+    config: dict[str, Any]  # the resolved config of the checkpoint (task, backbone, train, ...)
+    task: str
+    vocab_size: int
+    seq_len: int
+    mask_id: int
+    backbone: str
+    precision: str  # fp32 | fp16 | bf16: the dtype of the weights and activations in the graph
+    quantize: str | None  # None | "int8" (dynamic int8 weights for onnxruntime on CPU)
+    dynamic_seq: bool
+    unmask_version: str
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    extra: dict[str, Any] = field(default_factory=dict)  # plan: profile, tensorrt version, GPU
+
+    @property
+    def label(self) -> str:
+        return self.quantize or self.precision
+
+
+def unmask_version() -> str:
+    from unmask.core import __version__
+
+    return __version__
+
+
+def describe(config: dict[str, Any], *, precision: str, quantize: str | None, dynamic_seq: bool) -> dict[str, str]:
+    """The flat metadata of an artifact exported from a checkpoint with resolved ``config``."""
+    from unmask.core.task import build_task
+
+    task = build_task(config["task"], "checkpoint task")
+    clean = {k: v for k, v in config.items() if k != "format"}
+    return {
+        K_FORMAT: ONNX_FORMAT,
+        K_VERSION: unmask_version(),
+        K_TASK: task.name,
+        K_VOCAB: str(task.vocab_size),
+        K_SEQ: str(task.seq_len),
+        K_MASK: str(task.mask_id),
+        K_BACKBONE: str(config.get("backbone", {}).get("name", "?")),
+        K_OBJECTIVE: str(config.get("train", {}).get("objective", "mdm")),
+        K_PRECISION: precision,
+        K_QUANT: quantize or "none",
+        K_DYN_SEQ: "true" if dynamic_seq else "false",
+        K_INPUT: INPUT_NAME,
+        K_OUTPUT: OUTPUT_NAME,
+        CONFIG_KEY: json.dumps(clean, sort_keys=True),
+    }
+
+
+def info_from_props(props: dict[str, str], path: Path, *, what: str = "ONNX file") -> ArtifactInfo:
+    """Validate flat metadata (ONNX ``metadata_props`` or a sidecar) into an :class:`ArtifactInfo`."""
+    fmt = props.get(K_FORMAT)
+    if fmt is None or CONFIG_KEY not in props:
+        raise CheckpointError(
+            f"{what} '{path}' has no unmask metadata (no '{K_FORMAT}'/'{CONFIG_KEY}'); it was not written by "
+            "`unmask export`, so its task, vocabulary and mask id are unknown; re-export it from the checkpoint"
+        )
+    if fmt not in (ONNX_FORMAT, PLAN_FORMAT):
+        raise CheckpointError(
+            f"{what} '{path}' has metadata format '{fmt}', which this unmask cannot read; re-export it"
+        )
+    try:
+        config = json.loads(props[CONFIG_KEY])
+        if not isinstance(config, dict) or "task" not in config or "backbone" not in config:
+            raise ValueError("no task/backbone section")
+        info = ArtifactInfo(
+            path=path,
+            format=fmt,
+            config=config,
+            task=str(props[K_TASK]),
+            vocab_size=int(props[K_VOCAB]),
+            seq_len=int(props[K_SEQ]),
+            mask_id=int(props[K_MASK]),
+            backbone=str(props.get(K_BACKBONE, "?")),
+            precision=str(props.get(K_PRECISION, "fp32")),
+            quantize=None if props.get(K_QUANT, "none") in ("none", "") else str(props[K_QUANT]),
+            dynamic_seq=str(props.get(K_DYN_SEQ, "false")).lower() == "true",
+            unmask_version=str(props.get(K_VERSION, "?")),
+            input_name=str(props.get(K_INPUT, INPUT_NAME)),
+            output_name=str(props.get(K_OUTPUT, OUTPUT_NAME)),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"{what} '{path}' has broken unmask metadata ({type(exc).__name__}: {exc}); re-export it"
+        ) from None
+    if info.vocab_size < 2 or info.seq_len < 1:
+        raise CheckpointError(f"{what} '{path}' has impossible metadata (vocab {info.vocab_size}, seq {info.seq_len})")
+    return info
+
+
+def read_onnx_info(path: str | os.PathLike) -> ArtifactInfo:
+    """Read and validate the unmask metadata of an ONNX file; a corrupt file or one without it is a CheckpointError."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"ONNX file '{p}' does not exist")
+    import onnx
+
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError, onnx errors: all mean "unreadable"
+        raise CheckpointError(
+            f"'{p}' is not a readable ONNX model ({type(exc).__name__}: {_first(exc)}); re-export it"
+        ) from None
+    if not model.graph.node:
+        raise CheckpointError(f"'{p}' holds no ONNX graph (empty or truncated file); re-export it")
+    return info_from_props({m.key: m.value for m in model.metadata_props}, p)
+
+
+def sidecar_path(plan: str | os.PathLike) -> Path:
+    p = Path(plan)
+    return p.with_name(p.name + ".json")
+
+
+def read_plan_info(plan: str | os.PathLike) -> ArtifactInfo:
+    """Read and validate the JSON sidecar of a TensorRT plan (``X.plan.json``)."""
+    p = Path(plan)
+    side = sidecar_path(p)
+    if not side.is_file():
+        raise CheckpointError(
+            f"TensorRT plan '{p}' has no sidecar '{side.name}' (its config and profile); rebuild it with "
+            "`unmask export --trt`"
+        )
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"sidecar '{side}' is not valid JSON ({exc}); rebuild the plan") from None
+    if not isinstance(data, dict) or data.get(K_FORMAT) != PLAN_FORMAT:
+        raise CheckpointError(f"'{side}' is not an unmask TensorRT sidecar ({K_FORMAT} = {PLAN_FORMAT!r} expected)")
+    props = {k: v for k, v in data.items() if isinstance(v, str)}
+    props[CONFIG_KEY] = json.dumps(data.get("config", {}))
+    info = info_from_props(props, p, what="TensorRT plan")
+    profile = data.get("profile")
+    if not (isinstance(profile, dict) and all(isinstance(profile.get(k), int) for k in ("min", "opt", "max"))):
+        raise CheckpointError(f"sidecar '{side}' has no valid 'profile' (min/opt/max batch); rebuild the plan")
+    info.extra = {k: v for k, v in data.items() if not isinstance(v, str) and k != "config"}
+    return info
+
+
+def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and a rename (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _first(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]

@@ -1,0 +1,201 @@
+"""ONNX Runtime: runs an exported ``.onnx`` file on the CPU, or on a GPU through the CUDA or TensorRT provider.
+
+The file describes itself (``unmask.export.metadata``): vocabulary size, sequence length, mask id and the resolved
+config come from its metadata, never from flags. GPU providers are checked after the session is made, because
+onnxruntime silently falls back to the CPU when a provider cannot load (a CPU-only wheel, a missing CUDA library):
+asking for ``cuda`` and getting the CPU is an error here, never a quiet slowdown.
+
+GPU path: IO binding, so nothing crosses the host-device boundary inside the decode loop. Tokens already on the GPU
+are bound where they are; tokens on the host are copied once into a reused device buffer. Logits are written by
+onnxruntime straight into a tensor from torch's caching allocator (no cudaMalloc after warm-up, no host copy) that
+the caller owns - a single reused output buffer would be overwritten by the next call while the caller still holds
+the previous logits. onnxruntime runs on torch's current CUDA stream (``user_compute_stream``), so no extra
+synchronisation is needed between torch's kernels and onnxruntime's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+import torch
+from unmask.core.config import Section
+from unmask.core.errors import CheckpointError, DeviceError, InputError
+from unmask.core.registry import runtimes
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+class OnnxRuntimeOptions(Section):
+    device: Literal["cpu", "cuda", "tensorrt"] = "cpu"
+    """Execution provider: cpu, cuda (CUDAExecutionProvider) or tensorrt (TensorrtExecutionProvider, CUDA fallback)."""
+    threads: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Intra-op CPU threads (0 = onnxruntime's default, one per physical core)."""
+    device_id: Annotated[int, msgspec.Meta(ge=0)] = 0
+    trt_cache_dir: str = ""
+    """TensorRT provider: cache built engines here (the first build of a model takes minutes)."""
+
+
+def _missing_gpu_parts(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append(f"a CUDA GPU (torch {torch.__version__} sees none)")
+    want = PROVIDERS[device]
+    if want not in ort.get_available_providers():
+        missing.append(
+            f"onnxruntime's {want} (installed onnxruntime {ort.__version__} offers "
+            f"{', '.join(p.replace('ExecutionProvider', '') for p in ort.get_available_providers())}; "
+            "on a GPU machine: pip uninstall -y onnxruntime && pip install .[gpu])"
+        )
+    return missing
+
+
+def _session(path: Path, options: OnnxRuntimeOptions) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if options.threads:
+        so.intra_op_num_threads = options.threads
+    so.log_severity_level = 3  # errors only; provider fall-back is detected below, not by reading logs
+    providers: list[Any] = []
+    if options.device != "cpu":
+        cuda_opts = {"device_id": str(options.device_id)}
+        stream = torch.cuda.current_stream(torch.device("cuda", options.device_id)).cuda_stream
+        cuda_opts.update({"has_user_compute_stream": "1", "user_compute_stream": str(stream)})
+        if options.device == "tensorrt":
+            trt_opts = {"device_id": str(options.device_id), "has_user_compute_stream": "1",
+                        "user_compute_stream": str(stream)}
+            if options.trt_cache_dir:
+                trt_opts.update({"trt_engine_cache_enable": "True", "trt_engine_cache_path": options.trt_cache_dir})
+            providers.append(("TensorrtExecutionProvider", trt_opts))
+        providers.append(("CUDAExecutionProvider", cuda_opts))
+    providers.append("CPUExecutionProvider")
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - InvalidProtobuf, Fail, NotImplemented...: the file cannot run here
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        if options.device == "cpu" and "NOT_IMPLEMENTED" in first:
+            raise DeviceError(
+                f"onnxruntime on the CPU cannot run '{path}' ({first[:200]}); bf16 models need --device cuda or "
+                "tensorrt, export with --precision fp32 (optionally --quantize int8) for the CPU"
+            ) from None
+        raise CheckpointError(
+            f"onnxruntime cannot load '{path}' ({first[:300]}); the file is corrupt or not a model"
+        ) from None
+
+
+class OnnxRuntimeEngine:
+    """tokens (B, L) int64 -> logits (B, L, V) float32 on the engine's device, from an exported ONNX file."""
+
+    def __init__(self, path: Path, options: OnnxRuntimeOptions) -> None:
+        from unmask.export.metadata import info_from_props
+
+        if options.device != "cpu":
+            missing = _missing_gpu_parts(options.device)
+            if missing:
+                raise DeviceError(f"--runtime onnxruntime --device {options.device} needs {' and '.join(missing)}")
+        self.session = _session(path, options)
+        self.info = info_from_props(self.session.get_modelmeta().custom_metadata_map, path)
+        want = PROVIDERS[options.device]
+        got = self.session.get_providers()
+        if want not in got:
+            raise DeviceError(
+                f"onnxruntime did not load {want} for '{path}' (session providers: {', '.join(got)}); "
+                "check the CUDA/cuDNN (and TensorRT) libraries onnxruntime-gpu needs, or use --device cpu"
+            )
+        self.options = options
+        self.providers = got
+        self.config: dict[str, Any] = self.info.config
+        self.vocab_size = self.info.vocab_size
+        self.seq_len = self.info.seq_len
+        self.mask_id = self.info.mask_id
+        self.max_batch: int | None = None  # dynamic batch axis: any batch runs in one call
+        self.device = torch.device("cpu") if options.device == "cpu" else torch.device("cuda", options.device_id)
+        self._check_io()
+        self._in_buf: torch.Tensor | None = None  # reused device buffer for host-side tokens (GPU path)
+        self._binding = self.session.io_binding() if self.device.type == "cuda" else None
+        self._stream = torch.cuda.current_stream(self.device).cuda_stream if self._binding is not None else None
+
+    def _check_io(self) -> None:
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+        names_in, names_out = [i.name for i in ins], [o.name for o in outs]
+        if names_in != [self.info.input_name] or self.info.output_name not in names_out:
+            raise CheckpointError(
+                f"'{self.info.path}' has inputs {names_in} and outputs {names_out}; expected input "
+                f"'{self.info.input_name}' (B, L) int64 and output '{self.info.output_name}' (B, L, V)"
+            )
+        if ins[0].type != "tensor(int64)":
+            raise CheckpointError(f"'{self.info.path}' input '{ins[0].name}' is {ins[0].type}, expected tensor(int64)")
+        out = outs[names_out.index(self.info.output_name)]
+        v = out.shape[-1] if out.shape else None
+        if isinstance(v, int) and v != self.vocab_size:
+            raise CheckpointError(
+                f"'{self.info.path}' outputs {v} logits per position but its metadata says vocab {self.vocab_size}"
+            )
+        dtypes = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+        if out.type not in dtypes:
+            raise CheckpointError(f"'{self.info.path}' output '{out.name}' is {out.type}; expected float32 or float16")
+        self._out_dtype = dtypes[out.type]
+
+    def _check_tokens(self, tokens: torch.Tensor) -> None:
+        if tokens.ndim != 2:
+            raise InputError(f"onnxruntime engine takes tokens (B, L), got shape {tuple(tokens.shape)}")
+        L = tokens.shape[1]
+        if L != self.seq_len and not (self.info.dynamic_seq and 1 <= L <= self.seq_len):
+            raise InputError(f"'{self.info.path}' was exported for sequences of {self.seq_len} tokens, got {L}")
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        self._check_tokens(tokens)
+        if self._binding is None:
+            x = tokens.detach().to("cpu", torch.int64).contiguous().numpy()
+            out = self.session.run([self.info.output_name], {self.info.input_name: x})[0]
+            return torch.from_numpy(out).float()  # (B, L, V), no copy for float32
+        return self._run_cuda(tokens)
+
+    def _run_cuda(self, tokens: torch.Tensor) -> torch.Tensor:
+        B, L = tokens.shape
+        current = torch.cuda.current_stream(self.device)
+        if current.cuda_stream != self._stream:  # tokens written on another stream must land before onnxruntime reads
+            current.synchronize()
+        if tokens.device == self.device and tokens.dtype == torch.int64 and tokens.is_contiguous():
+            x = tokens
+        else:  # host (or other-GPU) tokens: one copy into a reused device buffer
+            if self._in_buf is None or self._in_buf.numel() < B * L:
+                self._in_buf = torch.empty(B * L, dtype=torch.int64, device=self.device)
+            x = self._in_buf[: B * L].view(B, L)
+            x.copy_(tokens, non_blocking=True)
+        out = torch.empty((B, L, self.vocab_size), dtype=self._out_dtype, device=self.device)  # (B, L, V)
+        b = self._binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        b.bind_input(name=self.info.input_name, device_type="cuda", device_id=self.device.index or 0,
+                     element_type=np.int64, shape=(B, L), buffer_ptr=x.data_ptr())
+        b.bind_output(name=self.info.output_name, device_type="cuda", device_id=self.device.index or 0,
+                      element_type=_np_dtype(self._out_dtype), shape=(B, L, self.vocab_size), buffer_ptr=out.data_ptr())
+        self.session.run_with_iobinding(b)
+        return out.float()
+
+
+def _np_dtype(dt: torch.dtype) -> Any:
+    return {torch.float32: np.float32, torch.float16: np.float16}[dt]
+
+
+@runtimes.register("onnxruntime")
+class OnnxRuntimeRuntime:
+    """ONNX Runtime on CPU, CUDA or its TensorRT provider (exported .onnx files; GPU providers are verified)."""
+
+    Options = OnnxRuntimeOptions
+    name = "onnxruntime"
+    suffixes = (".onnx",)
+    default_for = (".onnx",)
+
+    @staticmethod
+    def open(path: Path, options: OnnxRuntimeOptions) -> OnnxRuntimeEngine:
+        return OnnxRuntimeEngine(Path(path), options)

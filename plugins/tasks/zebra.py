@@ -1,0 +1,305 @@
+"""Zebra (Einstein) puzzles: n houses x m attributes, 7 clue types (Kim et al. 2025, Sec. 5; Shah et al. 2024).
+
+Clue semantics, the deductive solver, generation and the text format are in :mod:`._zebra_lib` (see its docstring).
+
+Token layout (``C = max_clues``, ``W = max_houses``, ``H = max_attributes``; ``seq_len = 4 C + H W``):
+
+* positions ``[0, 4C)``: ``C`` clue slots of 4 tokens ``[type, x, y, z]``; an operand is one token for an
+  (attribute, value) item or a house (``=``/``!=`` only), unused operands and empty slots are PAD. Real clues fill
+  the first slots, in random order. ``in-between`` is ``[type, x, y, z]`` with y between x and z.
+* positions ``[4C, 4C + HW)``: the answer grid, row-major, row = attribute, column = house (0 = leftmost); a cell
+  holds the value token of that attribute in that house. Cells outside the puzzle's m x n are PAD.
+* ``given`` = the whole clue section and the PAD cells; the model fills the m x n answer cells.
+
+Vocabulary (57 ids, fixed whatever the options): values ``0..5``; items ``6 + 6a + v`` (a, v in 0..5); houses
+``42 + k``; clue types ``48 + t`` in the order ``= != left-of immediate-left next-to at-an-end in-between``;
+PAD 55; MASK 56. ``structure()`` gives each position its segment (clue / answer), clue slot, clue field
+(type / x / y / z), answer attribute and answer house (each with a "not applicable" class).
+
+Splits: "train" and "test" are puzzles the deductive solver finishes (disjoint seed streams); "hard" are puzzles
+with a unique solution that it cannot finish (a guess is needed); these need the exact solver and generate at
+~80/s on 2 cores instead of ~3000/s. Meta per example:
+``order`` (N, H*W) int64 = sequence positions of the answer cells in the order the deductive solver determined them,
+-1 padded (partial for "hard"); ``houses``, ``attributes``, ``clues`` (N,) int64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import numpy as np
+
+from unmask.core.config import Section
+from unmask.core.errors import ConfigError, InputError
+from unmask.core.registry import tasks
+from unmask.core.task import Dataset, Task
+from unmask.plugins.tasks import _zebra_lib as lib
+
+VALUE0 = 0
+ITEM0 = 6
+HOUSE0 = 42
+TYPE0 = 48
+PAD = 55
+MASK = 56
+VOCAB = 57
+FIELDS = 4
+
+
+class ZebraOptions(Section):
+    min_houses: Annotated[int, msgspec.Meta(ge=3, le=6)] = 3
+    max_houses: Annotated[int, msgspec.Meta(ge=3, le=6)] = 6
+    """Houses per puzzle, uniform in [min_houses, max_houses]; max_houses is the answer grid's width."""
+    min_attributes: Annotated[int, msgspec.Meta(ge=3, le=6)] = 3
+    max_attributes: Annotated[int, msgspec.Meta(ge=3, le=6)] = 6
+    """Attributes per puzzle, uniform in [min_attributes, max_attributes]; max_attributes is the grid's height."""
+    max_clues: Annotated[int, msgspec.Meta(ge=1, le=128)] = 32
+    """Clue slots in the sequence; a generated puzzle needing more is redrawn (6x6 pruned puzzles: mean 25,
+    max ~32; 4x4: max ~12)."""
+    prune: bool = True
+    """Remove clues (random order) while the deductive solver still finishes: fewer, less redundant clues."""
+    cache_dir: str = "data/cache"
+    """Where generated sets are cached (compressed numpy, no pickle); empty = no cache."""
+
+
+@tasks.register("zebra")
+class Zebra(Task):
+    """Einstein puzzles: fill the attribute x house grid from the clues; solved = the whole grid right."""
+
+    Options = ZebraOptions
+    name = "zebra"
+
+    def __init__(self, options: ZebraOptions | None = None) -> None:
+        super().__init__(options)
+        o = self.options
+        for what in ("houses", "attributes"):
+            lo, hi = getattr(o, f"min_{what}"), getattr(o, f"max_{what}")
+            if lo > hi:
+                raise ConfigError(f"task.min_{what} ({lo}) must be <= task.max_{what} ({hi})")
+        self.C = o.max_clues
+        self.W = o.max_houses
+        self.H = o.max_attributes
+        self.grid0 = FIELDS * self.C
+
+    # -- layout -------------------------------------------------------------------------------------------------
+    vocab_size = VOCAB  # type: ignore[assignment]
+    mask_id = MASK  # type: ignore[assignment]
+
+    @property
+    def seq_len(self) -> int:  # type: ignore[override]
+        return self.grid0 + self.H * self.W
+
+    def structure(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        C, H, W = self.C, self.H, self.W
+        k = np.arange(self.seq_len)
+        clue = k < self.grid0
+        cell = np.where(clue, 0, k - self.grid0)
+        feats = {
+            "segment": (2, np.where(clue, 0, 1)),
+            "clue_slot": (C + 1, np.where(clue, k // FIELDS, C)),
+            "clue_field": (FIELDS + 1, np.where(clue, k % FIELDS, FIELDS)),
+            "answer_attribute": (H + 1, np.where(clue, H, cell // W)),
+            "answer_house": (W + 1, np.where(clue, W, cell % W)),
+        }
+        return {name: (n, tuple(int(x) for x in ids)) for name, (n, ids) in feats.items()}
+
+    # -- encoding -----------------------------------------------------------------------------------------------
+    def encode(self, clues: np.ndarray, solutions: np.ndarray | None, sizes: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Library arrays -> ``(inputs, given, targets or None)``: clues (N, k<=C, 4) codes (-1 pad), solutions
+        (N, 6, 6) [a, h] = v, sizes (N, 2) = (houses, attributes)."""
+        c = np.asarray(clues, dtype=np.int64)
+        N = len(c)
+        if c.shape[1] > self.C:
+            assert (c[:, self.C:, 0] < 0).all()
+            c = c[:, : self.C]
+        cl = np.full((N, self.C, FIELDS), -1, np.int64)
+        cl[:, : c.shape[1]] = c
+        tok = np.full((N, self.C, FIELDS), PAD, np.int64)
+        t = cl[:, :, 0]
+        tok[:, :, 0] = np.where(t >= 0, TYPE0 + t, PAD)
+        ops = cl[:, :, 1:]
+        tok[:, :, 1:] = np.where(ops < 0, PAD, np.where(ops < lib.HOUSE_OP, ITEM0 + ops, HOUSE0 + ops - lib.HOUSE_OP))
+        sizes = np.asarray(sizes, dtype=np.int64)
+        real = self._real_cells(sizes)  # (N, H, W)
+        HW = self.H * self.W
+        given = np.concatenate([np.ones((N, self.grid0), bool), ~real.reshape(N, HW)], axis=1)
+        cells = np.where(real, MASK, PAD).reshape(N, HW)
+        inputs = np.concatenate([tok.reshape(N, self.grid0), cells], axis=1)
+        targets = None
+        if solutions is not None:
+            s = np.asarray(solutions, dtype=np.int64)[:, : self.H, : self.W]
+            cells = np.where(real, VALUE0 + s, PAD).reshape(N, HW)
+            targets = np.concatenate([tok.reshape(N, self.grid0), cells], axis=1)
+        return inputs, given, targets
+
+    def _real_cells(self, sizes: np.ndarray) -> np.ndarray:
+        a = np.arange(self.H)[None, :, None]
+        h = np.arange(self.W)[None, None, :]
+        return (a < sizes[:, 1, None, None]) & (h < sizes[:, 0, None, None])
+
+    def decode_clues(self, tokens: np.ndarray) -> np.ndarray:
+        """(N, L) tokens -> (N, C, 4) clue codes (-1 for PAD or anything unreadable)."""
+        tok = np.asarray(tokens, dtype=np.int64)[:, : self.grid0].reshape(len(tokens), self.C, FIELDS)
+        out = np.full(tok.shape, -1, np.int64)
+        t = tok[:, :, 0]
+        out[:, :, 0] = np.where((t >= TYPE0) & (t < TYPE0 + 7), t - TYPE0, -1)
+        ops = tok[:, :, 1:]
+        item = (ops >= ITEM0) & (ops < ITEM0 + 36)
+        house = (ops >= HOUSE0) & (ops < HOUSE0 + 6)
+        out[:, :, 1:] = np.where(item, ops - ITEM0, np.where(house, ops - HOUSE0 + lib.HOUSE_OP, -1))
+        out[out[:, :, 0] < 0] = -1
+        return out
+
+    def decode_grid(self, tokens: np.ndarray) -> np.ndarray:
+        """(N, L) tokens -> (N, 6, 6) grid [a, h] = value (-1 for mask, PAD or a non-value token)."""
+        tok = np.asarray(tokens, dtype=np.int64)[:, self.grid0:].reshape(len(tokens), self.H, self.W)
+        g = np.full((len(tokens), lib.MAXM, lib.MAXN), -1, np.int64)
+        g[:, : self.H, : self.W] = np.where((tok >= VALUE0) & (tok < VALUE0 + 6), tok - VALUE0, -1)
+        return g
+
+    def sizes_from_given(self, given: np.ndarray) -> np.ndarray:
+        """(N, 2) (houses, attributes) from which answer cells are not given."""
+        real = ~np.asarray(given)[:, self.grid0:].reshape(len(given), self.H, self.W)
+        return np.stack([real.any(axis=1).sum(axis=1), real.any(axis=2).sum(axis=1)], axis=1).astype(np.int64)
+
+    def _order_positions(self, order: np.ndarray) -> np.ndarray:
+        """Library cell codes 6a+h (-1 pad) -> sequence positions, (N, H*W) int64."""
+        o = np.asarray(order, dtype=np.int64)[:, : self.H * self.W]
+        return np.where(o < 0, -1, self.grid0 + (o // 6) * self.W + o % 6)
+
+    def from_arrays(self, clues, solutions, sizes, order=None, **meta: np.ndarray) -> Dataset:
+        inputs, given, targets = self.encode(clues, solutions, sizes)
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if order is None:
+            order = lib.solve_batch(self.decode_clues(inputs), sizes)
+        m = {"order": self._order_positions(order), "houses": sizes[:, 0].copy(), "attributes": sizes[:, 1].copy(),
+             "clues": (np.asarray(clues)[:, :, 0] >= 0).sum(axis=1).astype(np.int64), **meta}
+        return Dataset(inputs, given, targets, m)
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def _lib_options(self) -> dict:
+        o = self.options
+        return {"min_houses": o.min_houses, "max_houses": o.max_houses, "min_attributes": o.min_attributes,
+                "max_attributes": o.max_attributes, "max_clues": o.max_clues, "prune": o.prune}
+
+    def _cache_path(self, split: str, n: int, seed: int) -> Path | None:
+        if not self.options.cache_dir:
+            return None
+        key = json.dumps([split, n, seed, self._lib_options(), lib.CACHE_VERSION], sort_keys=True)
+        h = hashlib.sha1(key.encode()).hexdigest()[:12]
+        return Path(self.options.cache_dir) / f"zebra-{split}-{n}-{seed}-{h}.npz"
+
+    def generate(self, split: str, n: int, seed: int, *, progress: bool = False) -> Dataset:
+        """``n`` puzzles; train/test are finished by the deductive solver, hard are unique but need a guess."""
+        from tqdm.auto import tqdm
+
+        self.check_split(split)
+        path = self._cache_path(split, n, seed)
+        arr = None
+        if path is not None and path.is_file():
+            try:
+                arr = lib.load_cache(path)
+            except InputError:
+                path.unlink(missing_ok=True)
+        if arr is None:
+            with tqdm(total=n, desc=f"zebra {split}", unit="puzzle", disable=not progress, leave=False) as bar:
+                arr = lib.generate_split(n, seed, split, progress=bar.update, **self._lib_options())
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                lib.save_cache(path, **arr)
+        info = arr["info"].astype(np.int64)
+        return self.from_arrays(arr["clues"], arr["solutions"], info[:, :2], arr["order"])
+
+    def augment(self, batch: Dataset, rng: np.random.Generator) -> Dataset:
+        """Random validity-preserving symmetries per example: value relabelling within each attribute, attribute
+        permutation, mirrored houses (left-of / immediate-left operands swap), clue order, and the operand order of
+        symmetric clues. The solver order is recomputed for the new puzzle."""
+        assert batch.targets is not None
+        sizes = self.sizes_from_given(batch.given)
+        clues = self.decode_clues(batch.inputs)
+        sols = self.decode_grid(batch.targets)
+        c2, s2 = lib.augment(clues, sols, sizes, rng)
+        return self.from_arrays(c2, s2, sizes, **{k: v for k, v in batch.meta.items() if k not in
+                                                 ("order", "houses", "attributes", "clues")})
+
+    def _blocks_to_dataset(self, blocks, source: str) -> Dataset:
+        clues, sols, sizes, unique, deductive = [], [], [], [], []
+        known = True
+        for c, n, m, grid, line0 in blocks:
+            where = f"{source}: the puzzle at line {line0}" if source != "input" else "the puzzle"
+            if len(c) > self.C:
+                raise InputError(f"{where} has {len(c)} clues; this task's layout holds at most {self.C} "
+                                 "(task.max_clues)")
+            count, sol = lib.count_solutions(c, n, m, 2)
+            if count == 0:
+                raise InputError(f"{where} has no solution; the clues contradict each other")
+            if grid is not None:
+                ok = lib.check_batch(c[None], np.array([[n, m]]), grid[None])[0]
+                if not ok:
+                    bad = [i + 1 for i, cl in enumerate(c) if not lib.clue_holds(cl, grid, n)]
+                    raise InputError(f"{where}: its answer rows break clue(s) {bad}; fix the answer or leave it out")
+                sol = grid
+            elif count > 1:
+                known = False
+            status, _ = lib.deductive_solve(c, n, m)
+            cc = np.full((self.C, 4), -1, np.int64)
+            cc[: len(c)] = c
+            clues.append(cc)
+            sols.append(sol)
+            sizes.append((n, m))
+            unique.append(count == 1)
+            deductive.append(status == 1)
+        sz = np.array(sizes, dtype=np.int64)
+        ds = self.from_arrays(np.stack(clues), np.stack(sols) if known else None, sz,
+                              unique=np.array(unique), deductive=np.array(deductive))
+        return ds
+
+    def parse(self, text: str) -> Dataset:
+        """One puzzle in the text format of :mod:`._zebra_lib` (``houses N attributes M``, one clue per line,
+        optional answer rows). Targets are the given answer, else the unique solution, else None."""
+        block = lib.parse_text(text, max_houses=self.W, max_attributes=self.H)
+        return self._blocks_to_dataset([block], "input")
+
+    def read_file(self, path: str) -> Dataset:
+        """A text file of puzzles (each starts with its ``houses`` line)."""
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"puzzle file '{path}' not found")
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read puzzle file '{path}': {e}") from None
+        blocks = lib.parse_blocks(text, max_houses=self.W, max_attributes=self.H, source=str(path))
+        if not blocks:
+            raise InputError(f"puzzle file '{path}' holds no puzzle; each starts with 'houses N attributes M'")
+        return self._blocks_to_dataset(blocks, str(path))
+
+    def format(self, tokens: np.ndarray) -> str:
+        """One sequence (L,) as text: the clues and the answer grid ('.' = not filled); parse() reads it back."""
+        tok = np.asarray(tokens, dtype=np.int64).reshape(1, -1)
+        cells = tok[0, self.grid0:].reshape(self.H, self.W)
+        used = cells != PAD
+        n = int(used.any(axis=0).sum()) or self.W
+        m = int(used.any(axis=1).sum()) or self.H
+        return lib.format_text(self.decode_clues(tok)[0], n, m, self.decode_grid(tok)[0])
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+    def score(self, predictions: np.ndarray, data: Dataset) -> dict[str, np.ndarray]:
+        """``solved``: every answer cell right (without targets: the grid satisfies every clue); ``cell_accuracy``:
+        fraction of answer cells right; ``invalid``: the grid is not a permutation per attribute satisfying all
+        clues."""
+        pred = np.asarray(predictions, dtype=np.int64)
+        sizes = self.sizes_from_given(data.given)
+        consistent = lib.check_batch(self.decode_clues(data.inputs), sizes, self.decode_grid(pred))
+        blank = ~data.given
+        if data.targets is not None:
+            right = pred == data.targets
+            solved = right.all(axis=1)
+        else:
+            right = np.broadcast_to(consistent[:, None], pred.shape)
+            solved = consistent
+        cell_acc = (right & blank).sum(axis=1) / np.maximum(blank.sum(axis=1), 1)
+        return {"solved": solved, "cell_accuracy": cell_acc, "invalid": ~consistent}

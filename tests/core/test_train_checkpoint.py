@@ -1,0 +1,148 @@
+"""Training: SIGKILL mid-run then --resume, reproducibility, pickle refusal, corrupt and mismatched checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from unmask.core import checkpoint as ckpt
+from unmask.core.errors import CheckpointError, ConfigError
+from unmask.core.models import load_model
+
+ROOT = Path(__file__).parents[2]
+CONFIG = str(ROOT / "configs" / "sudoku-default.toml")
+
+
+def tiny(out: Path, cache: Path, steps: int = 30, **extra: str) -> list[str]:
+    sets = {
+        "out": f'"{out}"', "train.steps": str(steps), "train.batch_size": "16", "train.data_size": "300",
+        "train.val_size": "0", "train.ckpt_every": "5", "train.log_every": "5", "train.warmup_steps": "5",
+        "train.threads": "1", "task.cache_dir": f'"{cache}"', "backbone.d_model": "32", "backbone.n_layers": "1",
+        "backbone.n_heads": "2", **extra,
+    }
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+def run_train(args: list[str], **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "unmask.core.cli", "train", "--config", CONFIG, "--no-progress"]
+    for a in args:
+        cmd += ["--set", a]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd + kw.pop("extra", []), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+
+
+def test_sigkill_then_resume(tmp_path):
+    out = tmp_path / "run"
+    args = tiny(out, tmp_path / "cache", steps=400)
+    proc = run_train(args)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = [d for d in (out / "checkpoints").glob("step-*")] if (out / "checkpoints").exists() else []
+        if len(done) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    latest = ckpt.latest_checkpoint(out)
+    assert latest is not None, proc.stderr.read()
+    step = int(latest.name.split("-")[1])
+    assert step >= 5 and step < 400
+    # the checkpoint it will resume from is intact: loads, and its weights are finite
+    _, model, cfg = load_model(latest)
+    assert cfg["step"] == step and all(torch.isfinite(p).all() for p in model.parameters())
+    state, opt = ckpt.load_training_state(latest)
+    assert state["step"] == step and opt is not None and opt["state"]
+    # no half-written directories are left behind as checkpoints
+    assert all(not d.name.startswith(".") for d in ckpt.latest_checkpoint(out).parent.iterdir() if d.name.startswith("step"))
+    resumed = run_train(tiny(out, tmp_path / "cache", steps=step + 10), extra=["--resume"])
+    stdout, stderr = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, stderr
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ev = [r for r in recs if r.get("event") == "resume"]
+    assert ev and ev[-1]["step"] == step and ev[-1]["checkpoint"] == latest.name
+    after = [r["step"] for r in recs if "loss" in r and recs.index(r) > recs.index(ev[-1])]
+    assert after and after[0] > step and after[-1] == step + 10
+    assert (out / "model" / "model.safetensors").exists() and (out / "curves.png").exists()
+
+
+def test_training_is_reproducible_from_seed(tmp_path):
+    from unmask.core.train import train
+
+    a = train(CONFIG, tiny(tmp_path / "a", tmp_path / "cache", steps=6), progress=False)
+    b = train(CONFIG, tiny(tmp_path / "b", tmp_path / "cache", steps=6), progress=False)
+    wa = ckpt.load_tensors(a / ckpt.MODEL_FILE)
+    wb = ckpt.load_tensors(b / ckpt.MODEL_FILE)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(ConfigError, match="already has checkpoints; pass --resume"):
+        train(CONFIG, tiny(tmp_path / "a", tmp_path / "cache", steps=6), progress=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from unmask.core.train import train
+
+    tmp = tmp_path_factory.mktemp("m")
+    return train(CONFIG, tiny(tmp / "run", tmp / "cache", steps=2), progress=False)
+
+
+def test_refuses_pickle(tmp_path, model_dir):
+    p = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(1)}, p)
+    with pytest.raises(CheckpointError, match="refusing to load .*pickle"):
+        load_model(p)
+    d = tmp_path / "pickled"
+    d.mkdir()
+    torch.save({"w": torch.zeros(1)}, d / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="refusing to load pickle"):
+        load_model(d)
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path, model_dir):
+    import shutil
+
+    from unmask.core.task import build_task
+
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    (bad / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_model(bad)
+    bad2 = tmp_path / "bad2"
+    shutil.copytree(model_dir, bad2)
+    cfg = json.loads((bad2 / "config.json").read_text())
+    cfg["backbone"]["d_model"] = 64
+    (bad2 / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="do not match its config"):
+        load_model(bad2)
+    (bad2 / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(bad2)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    # a checkpoint for another task configuration is refused when a task is named
+    other = build_task({"name": "sudoku"})
+    load_model(model_dir, task=other)  # same layout: fine
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["task"]["name"] = "not_sudoku"
+    bad3 = tmp_path / "bad3"
+    shutil.copytree(model_dir, bad3)
+    (bad3 / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unusable task section"):
+        load_model(bad3)
+
+
+def test_resume_with_other_backbone_is_refused(tmp_path):
+    from unmask.core.train import train
+
+    out = tmp_path / "r"
+    train(CONFIG, tiny(out, tmp_path / "cache", steps=5), progress=False)
+    with pytest.raises(CheckpointError, match="backbone in checkpoint .* differs"):
+        train(CONFIG, tiny(out, tmp_path / "cache", steps=10, **{"backbone.d_model": "64"}), resume=True, progress=False)
