@@ -19,6 +19,10 @@ from unmask.core.registry import runtimes
 def runtime_for_path(path: str | os.PathLike) -> str:
     """The runtime name that opens ``path`` by default."""
     p = Path(path)
+    if not p.exists():
+        from unmask.core.errors import CheckpointError
+
+        raise CheckpointError(f"model path '{p}' does not exist; pass a model directory, a run directory, .onnx or .plan")
     kind = "dir" if p.is_dir() else p.suffix.lower()
     for name in runtimes.names():
         try:

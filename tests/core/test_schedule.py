@@ -149,7 +149,7 @@ def test_nfe_accounting_and_finished_inputs():
     inputs[given_mask] = 1
     eng = RowEngine(V, L)
     res = decode_many(eng, inputs, given_mask, build_strategy({"name": "top_prob", "steps": 4}), mask_id=V,
-                      generator=torch.Generator().manual_seed(0), batch_size=2, trace=True)
+                      generator=torch.Generator().manual_seed(0), batch_size=2, trace=True, progress=True)
     assert res.nfe.tolist() == [4, 0, 4, 1, 4]
     assert eng.rows == 13
     assert torch.equal(res.tokens[1], inputs[1]) and bool((res.order[1] == 0).all())
