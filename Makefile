@@ -21,7 +21,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/unmask eval --model models/sudoku-default --task sudoku --generate 300 --split test \
-		--seed 2025 --strategies vanilla,top_prob,margin --steps 50 --bf16 --json results/demo.json
+		--seed 2025 --strategies vanilla,top_prob,margin --steps 50 --json results/demo.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
