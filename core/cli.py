@@ -87,32 +87,42 @@ def _strategies(names: str, steps: int | None, opts: list[str] | None) -> list[A
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from unmask.core.evaluate import evaluate
+    from unmask.core import distributed
+    from unmask.core.arm import eval_strategies
     from unmask.core.report import eval_report, format_table, order_heatmap, write_report
 
+    distributed.setup(args.device)  # under torchrun: each rank decodes a shard, rank 0 reports
+    main = distributed.is_main()
     engine, task, runtime = _engine_and_task(args)
-    strategies = _strategies(args.strategies, args.steps, args.opt)
+    strategies = eval_strategies(engine, task, args.strategies) or _strategies(args.strategies, args.steps, args.opt)
     if args.data:
         data = task.read_file(args.data)
         source = args.data
     else:
-        data = task.generate(args.split, args.generate, args.seed, progress=True)
+        data = task.generate(args.split, args.generate, args.seed, progress=main)
         source = f"generated {args.split} split, seed {args.seed}"
-    print(f"{task.name}: {len(data)} examples ({source}); model {args.model}; runtime {runtime}")
+    if main:
+        print(f"{task.name}: {len(data)} examples ({source}); model {args.model}; runtime {runtime}")
     results = []
     for s in strategies:
-        r = evaluate(engine, task, data, s, batch_size=args.batch_size, seed=args.seed, device=engine.device,
-                     trace=args.trace, progress=True, scheduler=args.scheduler)
+        r = distributed.sharded_evaluate(engine, task, data, s, batch_size=args.batch_size, seed=args.seed,
+                                         device=engine.device, trace=args.trace, progress=main,
+                                         scheduler=args.scheduler)
+        if r is None:  # not rank 0
+            continue
         results.append(r)
         if args.trace and r.order is not None and task.board_shape():
             png = Path(args.json).with_name(f"{Path(args.json).stem}-order-{r.strategy}.png") if args.json \
                 else Path(f"order-{r.strategy}.png")
             order_heatmap(png, r.order, data.given, task.board_shape(), f"{task.name}, {r.strategy}: mean commit step")
             print(f"commit-order heat map: {png}")
+    if not main:
+        return 0
     print(format_table(results))
     if args.json:
         report = eval_report(task, str(args.model), runtime, data, results,
-                             {"source": source, "scheduler": args.scheduler, "batch_size": args.batch_size})
+                             {"source": source, "scheduler": args.scheduler, "batch_size": args.batch_size,
+                              "world_size": distributed.rank_world()[1]})
         png = write_report(args.json, report)
         print(f"results: {args.json}; plot: {png}")
     return 0
@@ -137,7 +147,8 @@ def cmd_solve(args: argparse.Namespace) -> int:
     scores = task.score(pred, data)
     unique = bool(data.meta.get("unique", np.array([True]))[0])
     valid = not bool(scores.get("invalid", np.array([False]))[0])
-    ok = bool(scores["solved"][0])
+    solved = np.asarray(scores["solved"])
+    ok = bool(solved[0] >= 1.0) if solved.dtype.kind == "f" else bool(solved[0])  # a fraction counts when whole
     status = "solved" if ok else ("valid grid but not the unique solution" if valid else "NOT solved (invalid grid)")
     print(f"{status}; {int(res.nfe[0])} forward passes; strategy {strategy.name}")
     if not unique:

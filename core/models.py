@@ -44,8 +44,13 @@ def load_model(path: str | os.PathLike, *, task: Task | None = None) -> tuple[Ta
         raise CheckpointError(f"checkpoint '{model_dir}' has an unusable task section: {exc}") from None
     if task is not None:
         check_task_matches(task, config, str(model_dir))
+    spec_task: Any = ck_task
+    if objective_of(config) == "arm":  # an autoregressive baseline: built for its (row, col, value) sequence
+        from unmask.core.arm import ArmLayout
+
+        spec_task = ArmLayout.for_config(ck_task, config).spec_task()
     try:
-        module, _ = build_model(ck_task, config["backbone"], causal=objective_of(config) == "arm")
+        module, _ = build_model(spec_task, config["backbone"], causal=objective_of(config) == "arm")
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint '{model_dir}' has an unusable backbone section: {exc}") from None
     state = load_tensors(Path(model_dir) / MODEL_FILE)

@@ -125,7 +125,11 @@ class Task:
 
     # -- scoring ------------------------------------------------------------------------------------------------
     def score(self, predictions: np.ndarray, data: Dataset) -> dict[str, np.ndarray]:
-        """Per-example metrics for decoded sequences (N, L): at least ``solved`` (bool) and ``cell_accuracy``."""
+        """Per-example metrics for decoded sequences (N, L): at least ``solved`` and ``cell_accuracy``.
+
+        ``solved`` is a bool per example, or a fraction in [0, 1] for tasks scored by degree (L&O-NAE-SAT); reports
+        average it either way.
+        """
         raise NotImplementedError
 
     def check_split(self, split: str) -> None:

@@ -1,0 +1,313 @@
+"""Autoregressive (ARM) baselines: a task's examples as sequences of (row, column, value) triples.
+
+Kim et al. 2025 (Table 2, Table 3, Sec. 5) compare their MDMs with causal transformers trained on Sudoku written as
+81 (row, col, value) triples, the givens first, then the empty cells either in the order a step solver fills them
+("with ordering") or row-major ("without ordering") (Shah et al. 2024). :class:`ArmLayout` does that for any task:
+
+* positions are split into (row, column) by the task's :meth:`~unmask.core.task.Task.board_shape` when it covers
+  the whole sequence, else by a near-square grid (``cols = ceil(sqrt(L))``); cells of that grid past ``L`` do not
+  exist and are never written;
+* the ARM sequence is ``BOS`` then one triple per task position: the given positions first (row-major), then the
+  answer positions in the fill order: ``"solver"`` (``Dataset.meta["order"]``: sequence positions in the order the
+  task's solver placed them, -1 padded; answer positions missing from it follow row-major) or ``"row_major"``.
+  Length ``1 + 3 L`` (Sudoku: 1 + 243; the BOS gives the first triple something to be predicted from);
+* its own vocabulary: the task's token ids ``0..V-1`` as values, then ``R`` row tokens, ``C`` column tokens, BOS;
+* training (:func:`unmask.core.train.arm_loss`) scores only the answer triples, position tokens included: the model
+  learns *where* to write next as well as what (with ordering, the solver's order);
+* decoding (:meth:`ArmLayout.evaluate`) is greedy with the givens teacher-forced, batched, without a KV cache
+  (every step recomputes the whole causal prefix; a row's prediction reads only positions before it, so rows at
+  different offsets share one forward pass). Row and column tokens of cells that are already filled (given or
+  written) are masked out, so every answer cell is written exactly once; value tokens are the task's ids except
+  its mask id. The board is rebuilt from the triples and scored by the task's own :meth:`score`.
+
+NFE per example = forward passes spent on it = 3 x (number of answer cells).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from unmask.core.errors import ConfigError, InputError, PluginError
+from unmask.core.task import Dataset, ModelSpec, Task
+
+Order = Literal["solver", "row_major"]
+ORDERS = ("solver", "row_major")
+# phase of a sequence position k >= 1 inside its triple
+ROW, COL, VAL = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class ArmSpecTask:
+    """The Task-like description of the ARM sequence a backbone is built for (``build_model`` reads it)."""
+
+    name: str
+    vocab_size: int
+    seq_len: int
+    mask_id: int
+    slots: tuple[int, ...] = field(repr=False)
+
+    def structure(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """``slot``: 0 row token, 1 column token, 2 value token, 3 BOS (used by ``positions = "structure"/"both"``)."""
+        return {"slot": (4, self.slots)}
+
+    def model_spec(self, causal: bool = True) -> ModelSpec:
+        return ModelSpec(self.vocab_size, self.seq_len, self.mask_id, self.structure(), causal)
+
+    def board_shape(self) -> None:
+        return None
+
+
+class ArmLayout:
+    """A task's examples as ``BOS (row, col, value) x L`` sequences, their training loss mask, and greedy decoding."""
+
+    def __init__(self, task: Task, order: str = "solver") -> None:
+        if order not in ORDERS:
+            raise ConfigError(f"ARM order '{order}' is unknown; use one of {', '.join(ORDERS)} (train.order)")
+        self.task = task
+        self.order = order
+        self.L = int(task.seq_len)
+        self.V = int(task.vocab_size)
+        shape = task.board_shape()
+        if shape is not None and int(shape[0]) * int(shape[1]) == self.L:
+            self.R, self.C = int(shape[0]), int(shape[1])
+        else:
+            self.C = max(1, math.ceil(math.sqrt(self.L)))
+            self.R = math.ceil(self.L / self.C)
+        self.row0 = self.V
+        self.col0 = self.V + self.R
+        self.bos = self.V + self.R + self.C
+        self.vocab_size = self.bos + 1
+        self.seq_len = 1 + 3 * self.L
+
+    @classmethod
+    def for_task(cls, task: Task, order: str = "solver") -> "ArmLayout":
+        return cls(task, order)
+
+    @classmethod
+    def for_config(cls, task: Task, config: dict[str, Any]) -> "ArmLayout":
+        """The layout a checkpoint was trained with (its ``train.order``)."""
+        return cls(task, str(config.get("train", {}).get("order", "solver")))
+
+    def spec_task(self) -> ArmSpecTask:
+        slots = (3,) + tuple((k - 1) % 3 for k in range(1, self.seq_len))
+        return ArmSpecTask(f"arm:{self.task.name}", self.vocab_size, self.seq_len, int(self.task.mask_id), slots)
+
+    # -- sequences ------------------------------------------------------------------------------------------------
+    def fill_order(self, data: Dataset) -> np.ndarray:
+        """(N, L) int64: every task position once, given positions first (ascending), then the answer positions in
+        this layout's order."""
+        given = np.asarray(data.given, dtype=bool)
+        N, L = given.shape
+        if L != self.L:
+            raise InputError(f"data has sequences of length {L}; the ARM layout of task '{self.task.name}' expects {self.L}")
+        idx = np.broadcast_to(np.arange(L, dtype=np.int64), (N, L))
+        if self.order == "row_major":
+            key = np.where(given, idx, L + idx)
+        else:
+            if "order" not in data.meta:
+                raise InputError(
+                    f"ARM order 'solver' needs the solver's fill order (Dataset.meta['order']), which this "
+                    f"'{self.task.name}' data lacks (augmentation may drop it: set train.augment = false), or use "
+                    "train.order = 'row_major'"
+                )
+            o = np.asarray(data.meta["order"], dtype=np.int64).reshape(N, -1)
+            K = o.shape[1]
+            rank = np.full((N, L), K, dtype=np.int64)
+            rows = np.repeat(np.arange(N), K)
+            j = np.tile(np.arange(K, dtype=np.int64), N)
+            pos = o.reshape(-1)
+            ok = (pos >= 0) & (pos < L)
+            np.minimum.at(rank, (rows[ok], pos[ok]), j[ok])
+            key = np.where(given, idx, np.where(rank < K, L + rank, 2 * L + idx))
+        return np.argsort(key, axis=1, kind="stable").astype(np.int64)
+
+    def encode(self, batch: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """``(seq (B, 1 + 3L) int64, loss_mask (B, 1 + 3L) bool)``: the training sequence and which of its tokens
+        are scored (the answer triples: row, column and value tokens)."""
+        if batch.targets is None:
+            raise InputError("ARM training needs targets (the answers)")
+        order = self.fill_order(batch)  # (B, L)
+        full = np.where(batch.given, batch.inputs, batch.targets).astype(np.int64)
+        vals = np.take_along_axis(full, order, axis=1)  # (B, L)
+        B = len(order)
+        seq = np.empty((B, self.seq_len), dtype=np.int64)
+        seq[:, 0] = self.bos
+        seq[:, 1::3] = self.row0 + order // self.C
+        seq[:, 2::3] = self.col0 + order % self.C
+        seq[:, 3::3] = vals
+        n_given = np.asarray(batch.given, dtype=bool).sum(axis=1)  # (B,)
+        triple = (np.arange(self.seq_len) - 1) // 3  # (L',); BOS -> -1
+        loss_mask = (np.arange(self.seq_len)[None, :] >= 1) & (triple[None, :] >= n_given[:, None])
+        return seq, loss_mask
+
+    def decode_sequences(self, seq: np.ndarray, data: Dataset) -> np.ndarray:
+        """(N, L) task tokens from ARM sequences (the inverse of :meth:`encode` on the answer part); cells the
+        sequence does not write keep ``data.inputs``."""
+        seq = np.asarray(seq, dtype=np.int64)
+        pred = np.array(data.inputs, dtype=np.int64, copy=True)
+        r = seq[:, 1::3] - self.row0
+        c = seq[:, 2::3] - self.col0
+        v = seq[:, 3::3]
+        pos = r * self.C + c
+        ok = (r >= 0) & (r < self.R) & (c >= 0) & (c < self.C) & (pos < self.L) & (v >= 0) & (v < self.V)
+        ok &= ~np.take_along_axis(np.asarray(data.given, bool), np.clip(pos, 0, self.L - 1), axis=1)
+        rows = np.broadcast_to(np.arange(len(seq))[:, None], pos.shape)
+        pred[rows[ok], pos[ok]] = v[ok]
+        return pred
+
+    # -- decoding -------------------------------------------------------------------------------------------------
+    def _prefix(self, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens (N, L') with BOS + the given triples and BOS filler after them, next position to write (N,))."""
+        given = np.asarray(data.given, dtype=bool)
+        order = np.argsort(np.where(given, 0, 1), axis=1, kind="stable")  # givens first, ascending
+        vals = np.take_along_axis(np.asarray(data.inputs, dtype=np.int64), order, axis=1)
+        N = len(order)
+        seq = np.empty((N, self.seq_len), dtype=np.int64)
+        seq[:, 0] = self.bos
+        seq[:, 1::3] = self.row0 + order // self.C
+        seq[:, 2::3] = self.col0 + order % self.C
+        seq[:, 3::3] = vals
+        cur = 1 + 3 * given.sum(axis=1)
+        seq[np.arange(self.seq_len)[None, :] >= cur[:, None]] = self.bos
+        return seq, cur.astype(np.int64)
+
+    @torch.inference_mode()
+    def decode(self, engine: Any, data: Dataset, *, trace: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """Greedy decoding of one batch: ``(predictions (B, L), nfe (B,), order (B, L) or None, sequences (B, L'))``.
+
+        ``order`` holds, per position, the forward pass (1-based) whose value token wrote it; 0 = given.
+        """
+        dev = torch.device(getattr(engine, "device", "cpu"))
+        eng_len = getattr(engine, "seq_len", self.seq_len)
+        if eng_len is not None and int(eng_len) != self.seq_len:
+            raise PluginError(
+                f"the engine takes sequences of length {eng_len}, but the ARM layout of task '{self.task.name}' "
+                f"has {self.seq_len}; was the model trained with train.objective = 'arm' for this task?"
+            )
+        seq_np, cur_np = self._prefix(data)
+        B = len(seq_np)
+        seq = torch.from_numpy(seq_np).to(dev)
+        cur = torch.from_numpy(cur_np).to(dev)
+        end = self.seq_len
+        cells = self.R * self.C
+        filled = torch.ones(B, cells, dtype=torch.bool, device=dev)
+        filled[:, : self.L] = torch.from_numpy(np.asarray(data.given, dtype=bool)).to(dev)
+        board = torch.from_numpy(np.asarray(data.inputs, dtype=np.int64).copy()).to(dev)
+        row = torch.zeros(B, dtype=torch.int64, device=dev)
+        col = torch.zeros(B, dtype=torch.int64, device=dev)
+        nfe = torch.zeros(B, dtype=torch.int64, device=dev)
+        order = torch.zeros(B, self.L, dtype=torch.int64, device=dev) if trace else None
+        value_ok = torch.ones(self.vocab_size, dtype=torch.bool, device=dev)
+        value_ok[self.V:] = False
+        if 0 <= int(self.task.mask_id) < self.V:
+            value_ok[int(self.task.mask_id)] = False
+        active = (cur < end).nonzero().squeeze(1)
+        while active.numel() > 0:
+            logits = engine(seq[active])  # (Ba, L', V')
+            if logits.ndim != 3 or logits.shape[0] != active.numel() or logits.shape[-1] != self.vocab_size:
+                raise PluginError(f"engine returned logits of shape {tuple(logits.shape)}; expected "
+                                  f"({active.numel()}, {self.seq_len}, {self.vocab_size})")
+            c = cur[active]  # (Ba,)
+            lg = logits[torch.arange(active.numel(), device=logits.device), (c - 1).to(logits.device)]
+            lg = lg.to(dev).float()  # (Ba, V')
+            phase = (c - 1) % 3
+            free = ~filled[active].view(-1, self.R, self.C)  # (Ba, R, C)
+            allowed = torch.zeros_like(lg, dtype=torch.bool)
+            allowed[:, self.row0 : self.row0 + self.R] = free.any(dim=2) & (phase == ROW)[:, None]
+            col_free = free[torch.arange(active.numel(), device=dev), row[active]]  # (Ba, C)
+            allowed[:, self.col0 : self.col0 + self.C] = col_free & (phase == COL)[:, None]
+            allowed |= value_ok[None, :] & (phase == VAL)[:, None]
+            tok = lg.masked_fill(~allowed, float("-inf")).argmax(dim=1)  # (Ba,)
+            seq[active, c] = tok
+            nfe[active] += 1
+            is_row, is_col, is_val = phase == ROW, phase == COL, phase == VAL
+            row[active] = torch.where(is_row, tok - self.row0, row[active])
+            col[active] = torch.where(is_col, tok - self.col0, col[active])
+            if bool(is_val.any()):
+                a = active[is_val]
+                pos = row[a] * self.C + col[a]
+                board[a, pos] = tok[is_val]
+                filled[a, pos] = True
+                if order is not None:
+                    order[a, pos] = nfe[a]
+            cur[active] = c + 1
+            active = active[c + 1 < end]
+        return (board.cpu().numpy(), nfe.cpu().numpy(), None if order is None else order.cpu().numpy(),
+                seq.cpu().numpy())
+
+    def evaluate(self, engine: Any, data: Dataset, *, batch_size: int = 256, progress: bool = False,
+                 trace: bool = False, **_: Any) -> Any:
+        """Greedy decoding of ``data`` in batches, scored by the task: an :class:`~unmask.core.evaluate.EvalResult`
+        named ``arm`` (``nfe_mean`` = forward passes per example)."""
+        from tqdm.auto import tqdm
+
+        from unmask.core.evaluate import EvalResult
+
+        preds, nfes, orders = [], [], []
+        t0 = time.perf_counter()
+        with tqdm(total=len(data), desc=f"eval arm ({self.order})", unit="puzzle", disable=not progress,
+                  leave=False) as bar:
+            for start in range(0, len(data), batch_size):
+                part = data.take(slice(start, start + batch_size))
+                p, n, o, _ = self.decode(engine, part, trace=trace)
+                preds.append(p)
+                nfes.append(n)
+                if o is not None:
+                    orders.append(o)
+                bar.update(len(part))
+        seconds = time.perf_counter() - t0
+        L = self.L
+        pred = np.concatenate(preds) if preds else np.zeros((0, L), np.int64)
+        nfe = np.concatenate(nfes) if nfes else np.zeros(0, np.int64)
+        scores = self.task.score(pred, data)
+        return EvalResult(
+            strategy="arm",
+            n=len(data),
+            solved=float(np.mean(scores["solved"])) if len(data) else 0.0,
+            cell_accuracy=float(np.mean(scores["cell_accuracy"])) if len(data) else 0.0,
+            nfe_mean=float(nfe.mean()) if len(data) else 0.0,
+            puzzles_per_s=len(data) / max(seconds, 1e-9),
+            seconds=seconds,
+            per_example={**scores, "nfe": nfe},
+            predictions=pred,
+            order=np.concatenate(orders) if orders else None,
+            options={"name": "arm", "order": self.order, "decoding": "greedy"},
+        )
+
+    # the strategy-like face used by ``unmask eval --strategies arm``
+    @property
+    def name(self) -> str:
+        return "arm"
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"name": "arm", "order": self.order, "decoding": "greedy"}
+
+
+def is_arm(config: dict[str, Any]) -> bool:
+    """Whether a resolved model config is an autoregressive baseline (``train.objective = "arm"``)."""
+    return str(config.get("train", {}).get("objective", "mdm")) == "arm"
+
+
+def eval_strategies(engine: Any, task: Task, names: str) -> list[ArmLayout] | None:
+    """For ``unmask eval``: the ARM evaluator when the model is an ARM (``--strategies arm``), None for an MDM.
+
+    Asking an MDM for ``arm`` or an ARM for an MDM strategy is an :class:`InputError`.
+    """
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    arm_model = is_arm(getattr(engine, "config", {}) or {})
+    if not arm_model:
+        if "arm" in wanted:
+            raise InputError("--strategies arm needs an autoregressive model (trained with train.objective = 'arm'); "
+                             "this model is an MDM: use vanilla, top_prob, margin, ...")
+        return None
+    other = [n for n in wanted if n != "arm"]
+    if other:
+        raise InputError(f"this model is autoregressive (train.objective = 'arm'); it decodes with --strategies arm "
+                         f"only, not {', '.join(other)}")
+    return [ArmLayout.for_config(task, engine.config)]

@@ -1,0 +1,217 @@
+"""Autoregressive baselines: the (row, col, value) layout, its loss mask, greedy decoding, invalid-position masking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unmask.core.arm import ArmLayout, eval_strategies
+from unmask.core.engine import FunctionEngine
+from unmask.core.errors import InputError
+from unmask.core.task import Dataset, build_task
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def sudoku(tmp_path_factory):
+    task = build_task({"name": "sudoku", "cache_dir": str(tmp_path_factory.mktemp("cache"))})
+    return task, task.generate("test", 12, 5)
+
+
+@pytest.fixture(scope="module")
+def zebra(tmp_path_factory):
+    task = build_task({"name": "zebra", "max_houses": 4, "max_attributes": 4, "max_clues": 12,
+                       "cache_dir": str(tmp_path_factory.mktemp("zcache"))})
+    return task, task.generate("test", 10, 3)
+
+
+def oracle(layout: ArmLayout, data: Dataset) -> FunctionEngine:
+    """An engine that knows every answer: at each position, a one-hot logit on the encoded sequence's next token."""
+    seqs, _ = layout.encode(data)
+    n_pre = 1 + 3 * data.given.sum(axis=1)
+
+    def fn(tokens: torch.Tensor) -> torch.Tensor:
+        B, L = tokens.shape
+        out = torch.full((B, L, layout.vocab_size), -5.0)
+        t = tokens.numpy()
+        for b in range(B):
+            hits = [i for i in range(len(seqs)) if np.array_equal(t[b, : n_pre[i]], seqs[i, : n_pre[i]])]
+            assert len(hits) == 1
+            nxt = torch.from_numpy(seqs[hits[0], 1:])
+            out[b, torch.arange(L - 1), nxt] = 5.0
+        return out
+
+    return FunctionEngine(fn, layout.vocab_size, layout.seq_len)
+
+
+@pytest.mark.parametrize("order", ["solver", "row_major"])
+def test_encode_layout_loss_mask_and_round_trip(sudoku, order):
+    task, data = sudoku
+    lay = ArmLayout.for_task(task, order)
+    assert (lay.R, lay.C, lay.seq_len, lay.vocab_size) == (9, 9, 244, 10 + 9 + 9 + 1)
+    seq, mask = lay.encode(data)
+    assert seq.shape == mask.shape == (len(data), 244) and seq.dtype == np.int64 and mask.dtype == bool
+    assert (seq[:, 0] == lay.bos).all()
+    rows, cols, vals = seq[:, 1::3] - lay.row0, seq[:, 2::3] - lay.col0, seq[:, 3::3]
+    assert ((rows >= 0) & (rows < 9) & (cols >= 0) & (cols < 9) & (vals >= 0) & (vals < 9)).all()
+    pos = rows * 9 + cols
+    n_given = data.given.sum(axis=1)
+    for i in range(len(data)):
+        assert sorted(pos[i]) == list(range(81))  # every cell once
+        g = n_given[i]
+        assert list(pos[i, :g]) == sorted(np.flatnonzero(data.given[i]))  # givens first, row-major
+        answer = list(pos[i, g:])
+        if order == "row_major":
+            assert answer == sorted(answer)
+        else:  # the solver's placement order (it finishes test-split puzzles, so it covers every blank)
+            o = data.meta["order"][i]
+            assert answer == list(o[o >= 0])
+        # the loss scores exactly the answer triples: their row, column and value tokens
+        assert not mask[i, : 1 + 3 * g].any() and mask[i, 1 + 3 * g:].all()
+        assert mask[i].sum() == 3 * (81 - g)
+    assert (vals == np.take_along_axis(data.targets, pos, axis=1)).all()
+    assert (lay.decode_sequences(seq, data) == data.targets).all()
+
+
+@pytest.mark.parametrize("order", ["solver", "row_major"])
+def test_oracle_engine_solves_everything(sudoku, order):
+    task, data = sudoku
+    lay = ArmLayout.for_task(task, order)
+    res = lay.evaluate(oracle(lay, data), data, batch_size=5, trace=True)
+    assert res.strategy == "arm" and res.n == len(data)
+    assert res.solved == 1.0 and res.cell_accuracy == 1.0
+    assert (res.predictions == data.targets).all()
+    blanks = (~data.given).sum(axis=1)
+    assert (res.per_example["nfe"] == 3 * blanks).all() and res.nfe_mean == pytest.approx(3 * blanks.mean())
+    # the trace follows the fill order: blanks are written on passes 3, 6, 9, ... in that order
+    seq, _ = lay.encode(data)
+    for i in range(len(data)):
+        g = int(data.given[i].sum())
+        answer = (seq[i, 1::3] - lay.row0)[g:] * 9 + (seq[i, 2::3] - lay.col0)[g:]
+        assert list(res.order[i, answer]) == [3 * (k + 1) for k in range(len(answer))]
+        assert (res.order[i, data.given[i]] == 0).all()
+
+
+def test_filled_and_given_cells_are_never_written_again(sudoku):
+    """An engine that always asks for the first given cell (row 0 / col 0 on ties) and value 0: decoding masks the
+    row and column tokens of filled cells, so every blank is written exactly once and the givens stay."""
+    task, data = sudoku
+    lay = ArmLayout.for_task(task, "row_major")
+    first = np.argmax(data.given, axis=1)  # one given cell per row
+
+    def fn(tokens: torch.Tensor) -> torch.Tensor:
+        B, L = tokens.shape
+        out = torch.zeros(B, L, lay.vocab_size)
+        out[:, :, lay.row0 : lay.row0 + 9] = -torch.arange(9.0)  # lower rows / columns preferred
+        out[:, :, lay.col0 : lay.col0 + 9] = -torch.arange(9.0)
+        out[:, :, 0] = 1.0
+        out[:, :, task.mask_id] = 50.0  # the mask token is never a value
+        out[:, :, lay.bos] = 60.0  # nor is BOS anything
+        return out
+
+    engine = FunctionEngine(fn, lay.vocab_size, lay.seq_len)
+    pred, nfe, order, seq = lay.decode(engine, data, trace=True)
+    assert (pred[data.given] == data.inputs[data.given]).all()
+    assert (pred[~data.given] == 0).all()
+    for i in range(len(data)):
+        g = int(data.given[i].sum())
+        written = (seq[i, 1::3] - lay.row0)[g:] * 9 + (seq[i, 2::3] - lay.col0)[g:]
+        blanks = np.flatnonzero(~data.given[i])
+        assert list(written) == list(blanks)  # each blank once, lowest free cell first; given cells skipped
+        assert first[i] not in written
+        assert sorted(order[i][~data.given[i]]) == [3 * (k + 1) for k in range(len(blanks))]
+    assert (nfe == 3 * (~data.given).sum(axis=1)).all()
+
+
+def test_solver_order_needs_meta(sudoku):
+    task, data = sudoku
+    bare = Dataset(data.inputs, data.given, data.targets)
+    with pytest.raises(InputError, match="row_major"):
+        ArmLayout.for_task(task, "solver").encode(bare)
+    ArmLayout.for_task(task, "row_major").encode(bare)
+    # a partial solver order (e.g. the hard split): the cells it lacks follow row-major
+    part = Dataset(data.inputs[:1], data.given[:1], data.targets[:1], {"order": data.meta["order"][:1, :3]})
+    seq, _ = ArmLayout.for_task(task, "solver").encode(part)
+    g = int(part.given.sum())
+    lay = ArmLayout.for_task(task, "solver")
+    pos = (seq[0, 1::3] - lay.row0) * 9 + (seq[0, 2::3] - lay.col0)
+    assert list(pos[g : g + 3]) == list(part.meta["order"][0, :3])
+    rest = list(pos[g + 3:])
+    assert rest == sorted(rest)
+
+
+def test_zebra_layout_without_board(zebra):
+    task, data = zebra
+    assert task.board_shape() is None
+    for order in ("solver", "row_major"):
+        lay = ArmLayout.for_task(task, order)
+        assert (lay.R, lay.C, lay.seq_len) == (8, 8, 1 + 3 * 64)
+        seq, mask = lay.encode(data)
+        assert (lay.decode_sequences(seq, data) == data.targets).all()
+        assert (mask.sum(axis=1) == 3 * (~data.given).sum(axis=1)).all()
+        res = lay.evaluate(oracle(lay, data), data, batch_size=4)
+        assert res.solved == 1.0
+    # augmentation recomputes the solver order, so augmented batches encode in solver order
+    aug = task.augment(data, np.random.default_rng(0))
+    seq, _ = ArmLayout.for_task(task, "solver").encode(aug)
+    assert seq.shape == (len(data), 193)
+
+
+def test_spec_task_builds_a_causal_model(sudoku):
+    from unmask.core.models import build_model
+
+    task, _ = sudoku
+    spec = ArmLayout.for_task(task, "solver").spec_task()
+    model, _ = build_model(spec, {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2}, causal=True)
+    x = torch.randint(0, spec.vocab_size, (2, spec.seq_len))
+    y = model(x)
+    assert y.shape == (2, spec.seq_len, spec.vocab_size)
+    x2 = x.clone()
+    x2[:, 100:] = 0
+    assert torch.allclose(model(x2)[:, :100], y[:, :100], atol=1e-5)  # causal: the future does not leak
+
+
+def test_eval_strategies_checks_the_model_kind(sudoku):
+    task, _ = sudoku
+    mdm = FunctionEngine(lambda t: t, 10, 81, config={"train": {"objective": "mdm"}})
+    assert eval_strategies(mdm, task, "vanilla,margin") is None
+    with pytest.raises(InputError, match="autoregressive"):
+        eval_strategies(mdm, task, "margin,arm")
+    arm = FunctionEngine(lambda t: t, 29, 244, config={"train": {"objective": "arm", "order": "row_major"}})
+    (lay,) = eval_strategies(arm, task, "arm")
+    assert lay.order == "row_major"
+    with pytest.raises(InputError, match="--strategies arm"):
+        eval_strategies(arm, task, "arm,margin")
+
+
+def test_train_arm_then_eval_cli(tmp_path):
+    """``unmask train`` with train.objective = "arm" (a few steps), the checkpoint loads as a causal model, and
+    ``unmask eval --strategies arm`` decodes with it; MDM strategies on it are a one-line error."""
+    from unmask.core.cli import main
+    from unmask.core.models import load_model
+    from unmask.core.train import train
+
+    sets = [f'out="{tmp_path / "run"}"', "train.steps=3", "train.batch_size=4", "train.data_size=16",
+            "train.val_size=2", "train.val_every=3", "train.warmup_steps=1", "train.threads=1",
+            f'task.cache_dir="{tmp_path / "cache"}"', "backbone.d_model=32", "backbone.n_layers=1",
+            "backbone.n_heads=2", "train.order=row_major"]
+    final = train(str(ROOT / "configs" / "sudoku-arm.toml"), sets, progress=False)
+    task, model, cfg = load_model(final)
+    assert cfg["train"]["objective"] == "arm" and model.spec.causal and model.spec.seq_len == 244
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_arm" in r for r in recs)
+    out = tmp_path / "eval.json"
+    rc = main(["eval", "--model", str(final), "--generate", "3", "--seed", "1", "--strategies", "arm",
+               "--json", str(out), "--batch-size", "2"])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    (r,) = rep["results"]
+    assert r["strategy"] == "arm" and r["n"] == 3 and r["options"]["order"] == "row_major"
+    data = task.generate("test", 3, 1)
+    assert r["nfe_mean"] == pytest.approx(3 * (~data.given).sum(axis=1).mean())
+    assert main(["eval", "--model", str(final), "--generate", "2", "--strategies", "margin"]) == 2
