@@ -42,10 +42,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # -- train ----------------------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    from unmask.core.distributed import is_main
     from unmask.core.train import train
 
     final = train(args.config, args.set, resume=args.resume, progress=not args.no_progress)
-    print(f"model written to {final}")
+    if is_main():  # under torchrun only rank 0 reports
+        print(f"model written to {final}")
     return 0
 
 
@@ -137,6 +139,11 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
     text = sys.stdin.read() if args.puzzle == "-" else args.puzzle
     engine, task, runtime = _engine_and_task(args)
+    from unmask.core.arm import is_arm
+
+    if is_arm(engine.config):
+        raise InputError("this model is autoregressive (train.objective = 'arm'); evaluate it with "
+                         "unmask eval --strategies arm")
     data = task.parse(text)
     strategy = _strategies(args.strategy, args.steps, args.opt)[0]
     gen = torch.Generator().manual_seed(args.seed)

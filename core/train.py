@@ -267,11 +267,14 @@ class Trainer:
         self.step = int(st["step"])
         self.samples = int(st.get("samples", 0))
         self.train_seconds = float(st.get("train_seconds", 0.0))
-        rng = st.get("rng", {}).get(str(self.rank)) or st.get("rng", {}).get("0")
+        rng = st.get("rng", {}).get(str(self.rank))
         if rng:
             _set_torch_state(self.gen, rng["torch"])
             self.np_rng.bit_generator.state = rng["numpy"]
             torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(rng["torch_global"])), dtype=torch.uint8))
+        else:  # only rank 0 saves its streams: other ranks get fresh ones of their own (never rank 0's batches)
+            self.gen.manual_seed(self.o.seed * 1000 + self.rank + 7919 * self.step)
+            self.np_rng = np.random.default_rng([self.o.seed, self.rank, self.step])
         self.resumed_from = latest
         self._log({"event": "resume", "step": self.step, "checkpoint": latest.name})
 
