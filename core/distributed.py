@@ -149,17 +149,4 @@ def gather_results(parts: list[dict[str, Any] | None], task: Task, data: Dataset
     orders = [p["order"] for p in got]
     order = np.concatenate(orders) if all(o is not None for o in orders) else None
     seconds = max(float(p["seconds"]) for p in got)  # wall time: the ranks ran side by side
-    scores = task.score(pred, data)
-    return EvalResult(
-        strategy=got[0]["strategy"],
-        n=len(data),
-        solved=float(np.mean(scores["solved"])),
-        cell_accuracy=float(np.mean(scores["cell_accuracy"])),
-        nfe_mean=float(nfe.mean()),
-        puzzles_per_s=len(data) / max(seconds, 1e-9),
-        seconds=seconds,
-        per_example={**scores, "nfe": nfe},
-        predictions=pred,
-        order=order,
-        options=got[0]["options"],
-    )
+    return EvalResult.from_predictions(task, data, got[0]["strategy"], pred, nfe, seconds, order, got[0]["options"])

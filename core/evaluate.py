@@ -28,6 +28,27 @@ class EvalResult:
     order: np.ndarray | None = field(default=None, repr=False)
     options: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_predictions(
+        cls, task: Task, data: Dataset, strategy: str, pred: np.ndarray, nfe: np.ndarray, seconds: float,
+        order: np.ndarray | None = None, options: dict[str, Any] | None = None,
+    ) -> "EvalResult":
+        """Score decoded sequences (N, L) with the task and summarise them."""
+        scores = task.score(pred, data)
+        return cls(
+            strategy=strategy,
+            n=len(data),
+            solved=float(np.mean(scores["solved"])),
+            cell_accuracy=float(np.mean(scores["cell_accuracy"])),
+            nfe_mean=float(nfe.mean()),
+            puzzles_per_s=len(data) / max(seconds, 1e-9),
+            seconds=seconds,
+            per_example={**scores, "nfe": nfe},
+            predictions=pred,
+            order=order,
+            options=options or {},
+        )
+
     def summary(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy,
@@ -86,19 +107,7 @@ def evaluate(
                     orders.append(res.order.cpu().numpy())
                 bar.update(inputs.shape[0])
     seconds = time.perf_counter() - t0
-    pred = np.concatenate(preds)
-    nfe = np.concatenate(nfes)
-    scores = task.score(pred, data)
-    return EvalResult(
-        strategy=name,
-        n=len(data),
-        solved=float(np.mean(scores["solved"])),
-        cell_accuracy=float(np.mean(scores["cell_accuracy"])),
-        nfe_mean=float(nfe.mean()),
-        puzzles_per_s=len(data) / max(seconds, 1e-9),
-        seconds=seconds,
-        per_example={**scores, "nfe": nfe},
-        predictions=pred,
-        order=np.concatenate(orders) if orders else None,
-        options=strategy.config_dict(),
+    return EvalResult.from_predictions(
+        task, data, name, np.concatenate(preds), np.concatenate(nfes), seconds,
+        np.concatenate(orders) if orders else None, strategy.config_dict(),
     )

@@ -44,6 +44,13 @@ class StrategyOptions(Section):
     last step commits everything left."""
 
 
+class ParallelOptions(StrategyOptions):
+    """Options of strategies that commit a variable number of positions per step."""
+
+    at_least: Literal["one", "schedule"] = "one"
+    """Per-row floor: the single best candidate, or the linear schedule's K (never slower than ``top_prob``)."""
+
+
 @dataclass
 class StepInput:
     """What a strategy sees for the rows being decoded this step (B = number of live rows)."""
@@ -173,6 +180,17 @@ class Strategy:
         ranks = torch.empty_like(order)
         ranks.scatter_(1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
         return (ranks < k[:, None]) & candidates
+
+
+    def commit_best(self, x: StepInput, score: torch.Tensor, cand: torch.Tensor, k: torch.Tensor,
+                    probs: torch.Tensor | None = None) -> StepOutput:
+        """Commit each row's ``k`` best candidates by ``score``: at least one (or the schedule's K when
+        ``at_least = "schedule"``), never more than the candidates, and everything left on the row's last step."""
+        n_cand = cand.sum(dim=1)  # (B,)
+        if getattr(self.options, "at_least", "one") == "schedule":
+            k = torch.maximum(k, self.quota(x, x.masked.sum(dim=1)))
+        k = torch.where((x.steps - x.step) <= 1, n_cand, torch.minimum(k.clamp(min=1), n_cand))
+        return StepOutput(commit=self.top_k(score, cand, k), values=self.choose_values(x, probs))
 
 
 class ScoreStrategy(Strategy):

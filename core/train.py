@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from unmask.core import checkpoint as ckpt
-from unmask.core.config import Section, apply_overrides, convert, load_toml, plugin_section, to_builtins
+from unmask.core.config import Section, apply_overrides, convert, load_toml, to_builtins
 from unmask.core.errors import CheckpointError, ConfigError
 from unmask.core.models import autocast_context, build_model, count_parameters
 from unmask.core.task import Dataset, Task, build_task

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from unmask.core.errors import ConfigError, UnmaskError
+from unmask.core.errors import ConfigError
 from unmask.export.metadata import PRECISIONS, QUANTIZATIONS
 
 
@@ -88,15 +88,7 @@ def _jsonable(x):  # noqa: ANN001, ANN202
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``tools/export.py``: parse, run, print errors as one line (exit 2), never a traceback."""
-    parser = argparse.ArgumentParser(prog="tools/export.py", description="Export a model to ONNX or a TensorRT plan.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UnmaskError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    """``tools/export.py``: the ``unmask export`` command (one-line errors, exit 2, never a traceback)."""
+    from unmask.core.cli import main as unmask_main
+
+    return unmask_main(["export", *(sys.argv[1:] if argv is None else argv)])

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 import torch
 
 from unmask.core.registry import strategies
-from unmask.core.strategy import Strategy, StepInput, StepOutput, StrategyOptions
+from unmask.core.strategy import Strategy, StepInput, StepOutput, ParallelOptions
 
 
-class ConfidenceThresholdOptions(StrategyOptions):
+class ConfidenceThresholdOptions(ParallelOptions):
     tau: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.9
     """Commit every candidate whose max_v p_i(v) (plus noise, if any) is >= tau."""
-    at_least: Literal["one", "schedule"] = "one"
-    """Per-row floor: the single best candidate (Fast-dLLM), or the linear schedule's K (never slower than
-    ``top_prob``; spreads the work so the last step has little left)."""
 
 
 @strategies.register("confidence_threshold")

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 import torch
 
 from unmask.core.registry import strategies
-from unmask.core.strategy import NEG_INF, Strategy, StepInput, StepOutput, StrategyOptions, entropy
+from unmask.core.strategy import NEG_INF, Strategy, StepInput, StepOutput, ParallelOptions, entropy
 
 
-class EntropyBoundOptions(StrategyOptions):
+class EntropyBoundOptions(ParallelOptions):
     gamma: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
     """Bound (in nats) on sum H - max H over the positions committed together; 0 = one per step."""
-    at_least: Literal["one", "schedule"] = "one"
-    """Per-row floor: the single lowest-entropy candidate, or the linear schedule's K."""
 
 
 @strategies.register("entropy_bound")
@@ -46,9 +44,4 @@ class EntropyBound(Strategy):
         bound = h_sorted.cumsum(dim=1) - h_sorted.cummax(dim=1).values  # sum H - max H of each prefix
         ok = (bound <= float(self.options.gamma)) & valid
         k = ok.to(torch.int64).cumprod(dim=1).sum(dim=1)  # (B,)
-        if self.options.at_least == "schedule":
-            k = torch.maximum(k, self.quota(x, x.masked.sum(dim=1)))
-        k = k.clamp(min=1)
-        k = torch.where((x.steps - x.step) <= 1, n_cand, torch.minimum(k, n_cand))
-        commit = self.top_k(score, cand, k)
-        return StepOutput(commit=commit, values=self.choose_values(x, probs))
+        return self.commit_best(x, score, cand, k, probs)

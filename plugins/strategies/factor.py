@@ -8,16 +8,14 @@ import msgspec
 import torch
 
 from unmask.core.registry import strategies
-from unmask.core.strategy import NEG_INF, Strategy, StepInput, StepOutput, StrategyOptions, top_two
+from unmask.core.strategy import NEG_INF, Strategy, StepInput, StepOutput, ParallelOptions, top_two
 
 
-class FactorOptions(StrategyOptions):
+class FactorOptions(ParallelOptions):
     f: Annotated[float, msgspec.Meta(ge=0.0, le=1_000.0)] = 1.0
     """The factor: larger commits more per step (rank 0 always passes when f >= 1)."""
     score: Literal["top_prob", "margin"] = "top_prob"
     """Score ranked and thresholded: max_v p_i(v), or the top-two margin p_i(v1) - p_i(v2)."""
-    at_least: Literal["one", "schedule"] = "one"
-    """Per-row floor: the single best candidate, or the linear schedule's K."""
 
 
 @strategies.register("factor")
@@ -48,9 +46,4 @@ class Factor(Strategy):
         r = torch.arange(L, device=score.device, dtype=score.dtype)  # (L,)
         ok = (s_sorted >= 1.0 - float(self.options.f) / (r + 1.0)) & (r[None, :] < n_cand[:, None])  # (B, L)
         k = ok.to(torch.int64).cumprod(dim=1).sum(dim=1)  # accepted prefix length (B,)
-        if self.options.at_least == "schedule":
-            k = torch.maximum(k, self.quota(x, x.masked.sum(dim=1)))
-        k = k.clamp(min=1)
-        k = torch.where((x.steps - x.step) <= 1, n_cand, torch.minimum(k, n_cand))
-        commit = self.top_k(score, cand, k)
-        return StepOutput(commit=commit, values=self.choose_values(x, probs))
+        return self.commit_best(x, score, cand, k, probs)

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from numba import njit, prange
 
+from unmask.plugins.tasks._rng import rand_below as _rand_below
+
 from unmask.core.errors import InputError
 
 __all__ = [
@@ -100,23 +102,6 @@ _BIT = np.array([0] + [1 << (d - 1) for d in range(1, 10)], dtype=np.int64)  # d
 _SPLIT_STREAM = {"train": 0x7A1, "test": 0x7E5, "hard": 0x4A2D}
 _MAX_ATTEMPTS = 1000  # full grids tried per puzzle before giving up on max_clues
 _CHUNK = 512  # generate_split chunk size (fixed, so a smaller n gives a prefix of a larger n)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Random numbers (splitmix64; per-puzzle state so threads never share a stream)
-# --------------------------------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
-def _rand_u64(st):
-    st[0] += np.uint64(0x9E3779B97F4A7C15)
-    z = st[0]
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-@njit(cache=True, nogil=True)
-def _rand_below(st, n):
-    return np.int64((_rand_u64(st) >> np.uint64(11)) % np.uint64(n))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -66,6 +66,8 @@ from pathlib import Path
 import numpy as np
 from numba import njit, prange
 
+from unmask.plugins.tasks._rng import rand_below as _rand_below
+
 from unmask.core.errors import InputError
 
 __all__ = [
@@ -92,23 +94,6 @@ _CHUNK = 256  # fixed, so a smaller n is a prefix of a larger n
 _CAP = 512  # clue buffer per puzzle during generation
 _MAX_TRIES = 4000  # clue draws per solution before giving up on it
 _MAX_ATTEMPTS = 200  # solutions tried per puzzle
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Random numbers (splitmix64; per-puzzle state so threads never share a stream)
-# --------------------------------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
-def _rand_u64(st):
-    st[0] += np.uint64(0x9E3779B97F4A7C15)
-    z = st[0]
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-@njit(cache=True, nogil=True)
-def _rand_below(st, n):
-    return np.int64((_rand_u64(st) >> np.uint64(11)) % np.uint64(n))
 
 
 # --------------------------------------------------------------------------------------------------------------
