@@ -14,9 +14,9 @@ Kim et al. 2025 (Table 2, Table 3, Sec. 5) compare their MDMs with causal transf
 * its own vocabulary: the task's token ids ``0..V-1`` as values, then ``R`` row tokens, ``C`` column tokens, BOS;
 * training (:func:`unmask.core.train.arm_loss`) scores only the answer triples, position tokens included: the model
   learns *where* to write next as well as what (with ordering, the solver's order);
-* decoding (:meth:`ArmLayout.evaluate`) is greedy with the givens teacher-forced, batched, without a KV cache
-  (every step recomputes the whole causal prefix; a row's prediction reads only positions before it, so rows at
-  different offsets share one forward pass). Row and column tokens of cells that are already filled (given or
+* decoding (:meth:`ArmLayout.evaluate`) is greedy with the givens teacher-forced and batched: with a key/value
+  cache when the engine has one (``torch`` runtime: one token per row and step), else every step recomputes the
+  causal prefix (a row's prediction reads only positions before it, so rows at different offsets share one pass). Row and column tokens of cells that are already filled (given or
   written) are masked out, so every answer cell is written exactly once; value tokens are the task's ids except
   its mask id. The board is rebuilt from the triples and scored by the task's own :meth:`score`.
 
@@ -180,14 +180,19 @@ class ArmLayout:
 
     @torch.inference_mode()
     def decode(self, engine: Any, data: Dataset, *, trace: bool = False, prefix_only: bool | None = None,
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+               kv_cache: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """Greedy decoding of one batch: ``(predictions (B, L), nfe (B,), order (B, L) or None, sequences (B, L'))``.
 
         ``order`` holds, per position, the forward pass (1-based) whose value token wrote it; 0 = given.
-        ``prefix_only``: feed the engine only the columns up to the longest live prefix (same logits for a causal
-        model, about a third less compute on Sudoku); default: on for eager PyTorch engines (they take any length up
-        to ``seq_len``), off for others (exported engines may fix the sequence length).
+        ``kv_cache``: run the batch position by position with a key/value cache (each step feeds one token per row;
+        rows still inside their givens are teacher-forced); default: on when the engine offers it (the ``torch``
+        runtime with a causal model). Otherwise every step recomputes the causal prefix, and ``prefix_only`` feeds
+        the engine only the columns up to the longest live prefix (same logits for a causal model); default: on for
+        eager PyTorch engines (they take any length up to ``seq_len``), off for others (exported engines may fix the
+        sequence length).
         """
+        if kv_cache is None:
+            kv_cache = bool(getattr(engine, "supports_cache", False))
         if prefix_only is None:
             prefix_only = isinstance(getattr(engine, "module", None), torch.nn.Module)
         dev = torch.device(getattr(engine, "device", "cpu"))
@@ -198,56 +203,37 @@ class ArmLayout:
                 f"has {self.seq_len}; was the model trained with train.objective = 'arm' for this task?"
             )
         seq_np, cur_np = self._prefix(data)
-        B = len(seq_np)
-        seq = torch.from_numpy(seq_np).to(dev)
-        cur = torch.from_numpy(cur_np).to(dev)
+        st = _DecodeState(self, data, seq_np, cur_np, dev, trace)
         end = self.seq_len
-        cells = self.R * self.C
-        filled = torch.ones(B, cells, dtype=torch.bool, device=dev)
-        filled[:, : self.L] = torch.from_numpy(np.asarray(data.given, dtype=bool)).to(dev)
-        board = torch.from_numpy(np.asarray(data.inputs, dtype=np.int64).copy()).to(dev)
-        row = torch.zeros(B, dtype=torch.int64, device=dev)
-        col = torch.zeros(B, dtype=torch.int64, device=dev)
-        nfe = torch.zeros(B, dtype=torch.int64, device=dev)
-        order = torch.zeros(B, self.L, dtype=torch.int64, device=dev) if trace else None
-        value_ok = torch.ones(self.vocab_size, dtype=torch.bool, device=dev)
-        value_ok[self.V:] = False
-        if 0 <= int(self.task.mask_id) < self.V:
-            value_ok[int(self.task.mask_id)] = False
-        active = (cur < end).nonzero().squeeze(1)
-        while active.numel() > 0:
-            width = int(cur[active].max()) if prefix_only else self.seq_len
-            logits = engine(seq[active, :width])  # (Ba, width, V')
-            if logits.ndim != 3 or logits.shape[0] != active.numel() or logits.shape[-1] != self.vocab_size:
-                raise PluginError(f"engine returned logits of shape {tuple(logits.shape)}; expected "
-                                  f"({active.numel()}, {self.seq_len}, {self.vocab_size})")
-            c = cur[active]  # (Ba,)
-            lg = logits[torch.arange(active.numel(), device=logits.device), (c - 1).to(logits.device)]
-            lg = lg.to(dev).float()  # (Ba, V')
-            phase = (c - 1) % 3
-            free = ~filled[active].view(-1, self.R, self.C)  # (Ba, R, C)
-            allowed = torch.zeros_like(lg, dtype=torch.bool)
-            allowed[:, self.row0 : self.row0 + self.R] = free.any(dim=2) & (phase == ROW)[:, None]
-            col_free = free[torch.arange(active.numel(), device=dev), row[active]]  # (Ba, C)
-            allowed[:, self.col0 : self.col0 + self.C] = col_free & (phase == COL)[:, None]
-            allowed |= value_ok[None, :] & (phase == VAL)[:, None]
-            tok = lg.masked_fill(~allowed, float("-inf")).argmax(dim=1)  # (Ba,)
-            seq[active, c] = tok
-            nfe[active] += 1
-            is_row, is_col, is_val = phase == ROW, phase == COL, phase == VAL
-            row[active] = torch.where(is_row, tok - self.row0, row[active])
-            col[active] = torch.where(is_col, tok - self.col0, col[active])
-            if bool(is_val.any()):
-                a = active[is_val]
-                pos = row[a] * self.C + col[a]
-                board[a, pos] = tok[is_val]
-                filled[a, pos] = True
-                if order is not None:
-                    order[a, pos] = nfe[a]
-            cur[active] = c + 1
-            active = active[c + 1 < end]
-        return (board.cpu().numpy(), nfe.cpu().numpy(), None if order is None else order.cpu().numpy(),
-                seq.cpu().numpy())
+        if kv_cache:
+            cache = engine.new_cache(st.B)
+            p0 = int(st.cur.min()) if st.B else end
+            if p0 < end:
+                last = self._checked(engine.cached(st.seq[:, :p0], 0, cache), st.B)[:, -1]
+            for t in range(p0, end):
+                rows = (st.cur <= t).nonzero().squeeze(1)  # rows past their givens generate position t
+                if rows.numel():
+                    st.write(rows, last[rows.to(last.device)], torch.full_like(rows, t))
+                if t + 1 < end:
+                    last = self._checked(engine.cached(st.seq[:, t : t + 1], t, cache), st.B)[:, 0]
+        else:
+            active = (st.cur < end).nonzero().squeeze(1)
+            while active.numel() > 0:
+                width = int(st.cur[active].max()) if prefix_only else self.seq_len
+                logits = self._checked(engine(st.seq[active, :width]), active.numel())  # (Ba, width, V')
+                c = st.cur[active]  # (Ba,)
+                st.write(active, logits[torch.arange(active.numel(), device=logits.device), (c - 1).to(logits.device)],
+                         c)
+                st.cur[active] = c + 1
+                active = active[c + 1 < end]
+        return (st.board.cpu().numpy(), st.nfe.cpu().numpy(), None if st.order is None else st.order.cpu().numpy(),
+                st.seq.cpu().numpy())
+
+    def _checked(self, logits: torch.Tensor, rows: int) -> torch.Tensor:
+        if logits.ndim != 3 or logits.shape[0] != rows or logits.shape[-1] != self.vocab_size:
+            raise PluginError(f"engine returned logits of shape {tuple(logits.shape)}; expected "
+                              f"({rows}, <positions>, {self.vocab_size})")
+        return logits
 
     def evaluate(self, engine: Any, data: Dataset, *, batch_size: int = 256, progress: bool = False,
                  trace: bool = False, prefix_only: bool | None = None, **_: Any) -> Any:
@@ -295,6 +281,56 @@ class ArmLayout:
 
     def config_dict(self) -> dict[str, Any]:
         return {"name": "arm", "order": self.order, "decoding": "greedy"}
+
+
+class _DecodeState:
+    """The boards and the next-token rule of greedy ARM decoding: row and column tokens only of free cells, value
+    tokens only of the task's values (never its mask id); each value token writes its cell."""
+
+    def __init__(self, lay: ArmLayout, data: Dataset, seq_np: np.ndarray, cur_np: np.ndarray, dev: torch.device,
+                 trace: bool) -> None:
+        self.lay = lay
+        self.B = B = len(seq_np)
+        self.dev = dev
+        self.seq = torch.from_numpy(seq_np).to(dev)
+        self.cur = torch.from_numpy(cur_np).to(dev)
+        self.filled = torch.ones(B, lay.R * lay.C, dtype=torch.bool, device=dev)
+        self.filled[:, : lay.L] = torch.from_numpy(np.asarray(data.given, dtype=bool)).to(dev)
+        self.board = torch.from_numpy(np.asarray(data.inputs, dtype=np.int64).copy()).to(dev)
+        self.row = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.col = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.nfe = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.order = torch.zeros(B, lay.L, dtype=torch.int64, device=dev) if trace else None
+        self.value_ok = torch.ones(lay.vocab_size, dtype=torch.bool, device=dev)
+        self.value_ok[lay.V:] = False
+        if 0 <= int(lay.task.mask_id) < lay.V:
+            self.value_ok[int(lay.task.mask_id)] = False
+
+    def write(self, rows: torch.Tensor, lg: torch.Tensor, pos: torch.Tensor) -> None:
+        """Rows ``rows`` (Ba,) write sequence position ``pos`` (Ba,) from their next-token logits ``lg`` (Ba, V')."""
+        lay, dev = self.lay, self.dev
+        lg = lg.to(dev).float()
+        n = rows.numel()
+        phase = (pos - 1) % 3
+        free = ~self.filled[rows].view(-1, lay.R, lay.C)  # (Ba, R, C)
+        allowed = torch.zeros_like(lg, dtype=torch.bool)
+        allowed[:, lay.row0 : lay.row0 + lay.R] = free.any(dim=2) & (phase == ROW)[:, None]
+        col_free = free[torch.arange(n, device=dev), self.row[rows]]  # (Ba, C)
+        allowed[:, lay.col0 : lay.col0 + lay.C] = col_free & (phase == COL)[:, None]
+        allowed |= self.value_ok[None, :] & (phase == VAL)[:, None]
+        tok = lg.masked_fill(~allowed, float("-inf")).argmax(dim=1)  # (Ba,)
+        self.seq[rows, pos] = tok
+        self.nfe[rows] += 1
+        is_row, is_col, is_val = phase == ROW, phase == COL, phase == VAL
+        self.row[rows] = torch.where(is_row, tok - lay.row0, self.row[rows])
+        self.col[rows] = torch.where(is_col, tok - lay.col0, self.col[rows])
+        if bool(is_val.any()):
+            a = rows[is_val]
+            cell = self.row[a] * lay.C + self.col[a]
+            self.board[a, cell] = tok[is_val]
+            self.filled[a, cell] = True
+            if self.order is not None:
+                self.order[a, cell] = self.nfe[a]
 
 
 def is_arm(config: dict[str, Any]) -> bool:

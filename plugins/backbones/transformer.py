@@ -83,6 +83,29 @@ class Block(nn.Module):
         a = F.scaled_dot_product_attention(
             q, k, v, is_causal=self.causal, dropout_p=self.attn_drop if self.training else 0.0
         )  # (B, H, L, Dh)
+        return self._finish(x, a)
+
+    def forward_cached(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, kc: torch.Tensor,
+                       vc: torch.Tensor, start: int) -> torch.Tensor:
+        """Causal attention of the T new positions ``start .. start+T-1`` over the cached keys/values before them;
+        writes their keys/values into ``kc``/``vc`` (B, H, L_max, Dh)."""
+        B, T, D = x.shape
+        h = self.norm1(x)
+        q, k, v = self.qkv(h).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+        end = start + T
+        kc[:, :, start:end] = k
+        vc[:, :, start:end] = v
+        mask = None
+        if T > 1:  # new position i sees every cached position and the new ones up to itself
+            mask = torch.arange(end, device=x.device)[None, :] <= (start + torch.arange(T, device=x.device))[:, None]
+        a = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end], attn_mask=mask)
+        return self._finish(x, a)
+
+    def _finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Output projection of the attention ``a`` (B, H, L, Dh), residual, then the MLP block."""
+        B, L, D = x.shape
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(B, L, D)))
         h = self.fc1(self.norm2(x))
         if self.swiglu:
@@ -105,6 +128,8 @@ class Transformer(nn.Module):
         self.spec = spec
         d = o.d_model
         causal = o.causal or spec.causal
+        self.causal = causal
+        self.n_heads = o.n_heads
         self.tok = nn.Embedding(spec.vocab_size, d)
         self.use_learned = o.positions in ("learned", "both")
         self.use_structure = o.positions in ("structure", "both") and bool(spec.structure)
@@ -156,6 +181,34 @@ class Transformer(nn.Module):
         for blk in self.blocks:
             x = blk(x, rope)
         return self.head(self.norm(x))  # (B, L, V)
+
+    # -- incremental decoding (causal models) ----------------------------------------------------------------------
+    def new_cache(self, batch: int, *, device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Empty key/value buffers for :meth:`forward_cached`: per layer two (batch, heads, seq_len, head_dim)."""
+        if not self.causal:
+            raise ValueError("a key/value cache needs a causal model (bidirectional attention sees future positions)")
+        dev = device if device is not None else self.tok.weight.device
+        shape = (batch, self.n_heads, self.spec.seq_len, self.tok.embedding_dim // self.n_heads)
+        return [(torch.zeros(shape, device=dev, dtype=dtype), torch.zeros(shape, device=dev, dtype=dtype))
+                for _ in self.blocks]
+
+    def forward_cached(self, tokens: torch.Tensor, start: int,
+                       cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Logits (B, T, V) of the tokens (B, T) at positions ``start .. start+T-1``, given that ``cache`` holds the
+        keys/values of positions ``0 .. start-1`` (same for every row); equals ``forward(full)[:, start:start+T]``."""
+        T = tokens.shape[1]
+        end = start + T
+        if not 0 <= start < end <= self.spec.seq_len:
+            raise ValueError(f"positions {start}..{end - 1} are outside the model's {self.spec.seq_len}")
+        x = self.tok(tokens)
+        pe = self.positional()
+        if pe is not None:
+            x = x + pe[start:end]
+        rope = (self.rope_cos[start:end], self.rope_sin[start:end]) if self.rope else None
+        for blk, (kc, vc) in zip(self.blocks, cache):
+            x = blk.forward_cached(x, rope, kc, vc, start)
+        return self.head(self.norm(x))
 
 
 @backbones.register("transformer")

@@ -43,6 +43,22 @@ class TorchEngine:
             logits = self.module(tokens)
         return logits.float()
 
+    @property
+    def supports_cache(self) -> bool:
+        """Whether :meth:`cached` works: a causal module with a key/value cache (the autoregressive baselines)."""
+        return bool(getattr(self.module, "causal", False)) and hasattr(self.module, "forward_cached")
+
+    def new_cache(self, batch: int) -> Any:
+        return self.module.new_cache(batch, device=self.device)
+
+    @torch.inference_mode()
+    def cached(self, tokens: torch.Tensor, start: int, cache: Any) -> torch.Tensor:
+        """Logits (B, T, V) float32 of positions ``start .. start+T-1`` with the earlier ones in ``cache``."""
+        tokens = tokens.to(self.device, non_blocking=True)
+        with autocast_context(self.device, self.bf16):
+            logits = self.module.forward_cached(tokens, start, cache)
+        return logits.float()
+
 
 @runtimes.register("torch")
 class TorchRuntime:

@@ -176,8 +176,38 @@ def test_spec_task_builds_a_causal_model(sudoku):
     assert torch.allclose(model(x2)[:, :100], y[:, :100], atol=1e-5)  # causal: the future does not leak
 
 
-def test_prefix_only_decoding_matches_full_length(sudoku):
-    """Feeding a causal model only the live prefix gives the same greedy decoding as the full-length sequence."""
+@pytest.mark.parametrize("positions", ["both", "rope"])
+def test_kv_cache_logits_equal_the_full_forward(sudoku, positions):
+    """Feeding a causal transformer in chunks through its key/value cache gives the full forward's logits."""
+    from unmask.core.models import build_model
+
+    task, _ = sudoku
+    lay = ArmLayout.for_task(task, "solver")
+    torch.manual_seed(1)
+    model, _ = build_model(lay.spec_task(), {"name": "transformer", "d_model": 32, "n_layers": 2, "n_heads": 4,
+                                             "positions": positions}, causal=True)
+    model.eval()
+    x = torch.randint(0, lay.vocab_size, (3, lay.seq_len))
+    with torch.no_grad():
+        full = model(x)
+        cache = model.new_cache(3)
+        cuts = [0, 1, 37, 38, 120, 200, lay.seq_len]  # chunks of 1, 36, 1, 82, 80 and 44 positions
+        parts = [model.forward_cached(x[:, a:b], a, cache) for a, b in zip(cuts, cuts[1:])]
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+
+
+def test_kv_cache_is_refused_for_a_bidirectional_model(sudoku):
+    from unmask.core.models import build_model
+
+    task, _ = sudoku
+    model, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2})
+    with pytest.raises(ValueError, match="causal"):
+        model.new_cache(1)
+
+
+def test_prefix_only_and_kv_cache_decoding_match_full_length(sudoku):
+    """Feeding a causal model only the live prefix, or one token at a time through its key/value cache, gives the
+    same greedy decoding as the full-length sequence."""
     from unmask.core.models import build_model
     from unmask.plugins.runtimes.torch import TorchEngine
 
@@ -188,9 +218,12 @@ def test_prefix_only_decoding_matches_full_length(sudoku):
                            causal=True)
     engine = TorchEngine(model, {})
     part = data.take(slice(0, 4))
-    a = lay.decode(engine, part, prefix_only=True)
-    b = lay.decode(engine, part, prefix_only=False)
-    assert (a[0] == b[0]).all() and (a[3] == b[3]).all() and (a[1] == b[1]).all()
+    assert engine.supports_cache
+    a = lay.decode(engine, part, prefix_only=True, kv_cache=False, trace=True)
+    b = lay.decode(engine, part, prefix_only=False, kv_cache=False, trace=True)
+    c = lay.decode(engine, part, kv_cache=True, trace=True)
+    for x in (b, c):
+        assert all((u == v).all() for u, v in zip(a, x))
 
 
 def test_eval_strategies_checks_the_model_kind(sudoku):
