@@ -239,7 +239,18 @@ def fmt_table(rows: list[dict[str, Any]], ref_pps: float) -> list[str]:
     return lines
 
 
-def targets(rows: list[dict[str, Any]], ref: dict[str, Any], batch: int) -> list[str]:
+def nfe_floor(task: Any, data: Dataset) -> float | None:
+    """Mean parallel rounds of singles of a Sudoku set (``_sudoku_lib.singles_rounds``); None for other tasks."""
+    if task.name != "sudoku" or data.targets is None:
+        return None
+    from unmask.plugins.tasks._sudoku_lib import singles_rounds
+    from unmask.plugins.tasks.sudoku import tokens_to_digits
+
+    puzzles = tokens_to_digits(np.where(data.given, data.inputs, task.mask_id))
+    return float(singles_rounds(puzzles, tokens_to_digits(data.targets)).mean())
+
+
+def targets(rows: list[dict[str, Any]], ref: dict[str, Any], batch: int, floor: float | None = None) -> list[str]:
     out = []
     test = [r for r in rows if r["data"] == "test" and r is not ref]
     ok = [r for r in test if r["solved"] >= ref["solved"]]
@@ -252,6 +263,11 @@ def targets(rows: list[dict[str, Any]], ref: dict[str, Any], batch: int) -> list
     else:
         out.append(f"- >= 10x at equal or better % solved: **not met** (no configuration reached the reference's "
                    f"{ref['solved']:.1f}% solved).")
+    if floor:
+        out.append(f"  NFE floor: filling every cell forced by naked/hidden singles at once needs {floor:.1f} passes on "
+                   f"these puzzles on average, so fewer passes alone give at most {REF_STEPS / floor:.1f}x over the "
+                   f"reference's {REF_STEPS}; the rest must come from cheaper passes (the engine is "
+                   f"{100 * (1 - max(r['host_overhead'] for r in test)):.0f}%+ of wall time).")
     cand = [r for r in test if r["runtime"] in ("torch-fp32", "onnxruntime")]
     if cand:
         best = min(cand, key=lambda r: r["host_overhead"])
@@ -423,7 +439,11 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - t_start,
         "load_average_at_start": load_start,
     }
-    tgt = targets(rows, ref, batch)
+    floor = nfe_floor(task, test)
+    if floor is not None:
+        meta["nfe_floor_singles_rounds"] = floor
+        say(f"NFE floor (parallel rounds of singles): {floor:.1f} passes on the test puzzles")
+    tgt = targets(rows, ref, batch, floor)
     (out / "decode.json").write_text(json.dumps(
         {"meta": meta, "rows": rows, "engine_profile": prof, "speedup": speedup, "speedup_line": line,
          "targets": tgt}, indent=2))

@@ -559,3 +559,42 @@ def test_augment_is_random_per_row():
     assert (p3 == p2).all() and (s3 == s2).all()
     with pytest.raises(ValueError):
         L.augment(p, s[:3], np.random.default_rng(0))
+
+
+def _rounds_one_by_one(puzzle: np.ndarray, solution: np.ndarray) -> int:
+    """singles_rounds written cell by cell, the obvious way."""
+    g = puzzle.astype(int).copy()
+    idx = np.arange(81)
+    units = [idx // 9, idx % 9, (idx // 27) * 3 + (idx % 9) // 3]
+    rounds = 0
+    while (g == 0).any():
+        rounds += 1
+        cand = {i: {d for d in range(1, 10)} - {g[j] for u in units for j in idx[u == u[i]]} for i in idx if g[i] == 0}
+        fill = {i: next(iter(c)) for i, c in cand.items() if len(c) == 1}
+        for u in units:
+            for k in range(9):
+                for d in range(1, 10):
+                    where = [i for i in idx[u == k] if i in cand and d in cand[i]]
+                    if len(where) == 1:
+                        fill[where[0]] = d
+        if not fill:
+            first = int(np.argmax(g == 0))
+            fill = {first: int(solution[first])}
+        for i, d in fill.items():
+            g[i] = d
+    return rounds
+
+
+def test_singles_rounds_matches_the_cell_by_cell_definition():
+    solved = np.array([int(c) for c in EASY_SOLUTION], np.int8)
+    easy = np.array([0 if c == "." else int(c) for c in EASY], np.int8)
+    esc = np.array([0 if c == "." else int(c) for c in ESCARGOT], np.int8)
+    esc_sol = L.solve(esc)
+    one_row = solved.copy()
+    one_row[9:18] = 0  # every blank is forced by its column: one round
+    puzzles = np.stack([solved, one_row, easy, esc])
+    solutions = np.stack([solved, solved, solved, esc_sol])
+    got = L.singles_rounds(puzzles, solutions)
+    assert got[0] == 0 and got[1] == 1
+    assert list(got) == [_rounds_one_by_one(p, s) for p, s in zip(puzzles, solutions)]
+    assert got[3] > got[2]  # the hard puzzle needs more rounds (and guessed cells)
