@@ -69,6 +69,7 @@ class Row:
     paper_model: str
     split: str = "test"
     group: str = ""  # Table 1: "(N, P)"
+    options: dict[str, Any] = field(default_factory=dict)  # strategy options beyond steps, e.g. value = "sample"
 
 
 @dataclass
@@ -149,8 +150,9 @@ def build_plan(table: int, scale: str, pairs: list[tuple[int, int]] | None = Non
         base = (N, P) == (25, 275)  # the config's own (N, P): its run directory
         models.append(ModelPlan(key, cfg, extra, suffix="" if base else f"-{N}-{P}", label=f"MDM (N, P) = ({N}, {P})"))
         pv, pa = PAPER_LO.get((N, P), (None, None))
-        rows.append(Row("vanilla", key, "vanilla", pv, "19M", "test", f"({N}, {P})"))
-        rows.append(Row("adaptive (margin)", key, "margin", pa, "19M", "test", f"({N}, {P})"))
+        sample = {"value": "sample"}  # generation: values are sampled (argmax would turn ties into all-zero latents)
+        rows.append(Row("vanilla", key, "vanilla", pv, "19M", "test", f"({N}, {P})", sample))
+        rows.append(Row("adaptive (margin)", key, "margin", pa, "19M", "test", f"({N}, {P})", sample))
     notes = ["Score: the mean fraction of generated observations consistent with the generated latents, sequences "
              "generated from all-mask (always writing 1 scores 75%)."]
     if scale == "cpu":
@@ -286,12 +288,14 @@ def evaluate_rows(plan: Plan, models: dict[str, ModelInfo], *, n_eval: int, seed
                f"--seed {seed} --strategies {','.join(names)}")
         if not is_arm(engine.config):
             cmd += f" --steps {steps}"
+        for k, v in sorted({k: v for r in rows for k, v in r.options.items()}.items()):
+            cmd += f" --opt {k}={v}"
         commands.append(cmd)
         for r in rows:
             if r.strategy == "arm":
                 strat: Any = ArmLayout.for_config(task, engine.config)
             else:
-                strat = build_strategy({"name": r.strategy, "steps": steps}, f"strategy {r.strategy}")
+                strat = build_strategy({"name": r.strategy, "steps": steps, **r.options}, f"strategy {r.strategy}")
             res = sharded_evaluate(engine, task, data, strat, batch_size=batch_size, seed=seed, device=engine.device,
                                    progress=progress and is_main())
             if res is None:  # not rank 0

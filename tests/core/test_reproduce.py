@@ -84,3 +84,13 @@ def test_plan_and_argument_errors(tmp_path):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.main(["--table", "1", "--scale", "smoke", "--pairs", "oops", "--results", str(tmp_path)]) == 2
+
+
+def test_table1_generates_with_sampled_values():
+    """L&O-NAE-SAT is generation from all-mask: values are sampled (argmax over near-uniform latents would write
+    the same bit everywhere); the puzzle tables decode argmax values."""
+    from unmask.core.reproduce import build_plan
+
+    t1 = build_plan(1, "cpu")
+    assert t1.rows and all(r.options == {"value": "sample"} for r in t1.rows)
+    assert all(r.options == {} for r in build_plan(2, "cpu").rows)
