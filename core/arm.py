@@ -16,9 +16,10 @@ Kim et al. 2025 (Table 2, Table 3, Sec. 5) compare their MDMs with causal transf
   learns *where* to write next as well as what (with ordering, the solver's order);
 * decoding (:meth:`ArmLayout.evaluate`) is greedy with the givens teacher-forced and batched: with a key/value
   cache when the engine has one (``torch`` runtime: one token per row and step), else every step recomputes the
-  causal prefix (a row's prediction reads only positions before it, so rows at different offsets share one pass). Row and column tokens of cells that are already filled (given or
-  written) are masked out, so every answer cell is written exactly once; value tokens are the task's ids except
-  its mask id. The board is rebuilt from the triples and scored by the task's own :meth:`score`.
+  causal prefix (a row's prediction reads only positions before it, so rows at different offsets share one pass).
+  Row and column tokens of cells that are already filled (given or written) are masked out, so every answer cell
+  is written exactly once; value tokens are the task's ids except its mask id. The board
+  is rebuilt from the triples and scored by the task's own :meth:`score`.
 
 NFE per example = forward passes spent on it = 3 x (number of answer cells).
 """
