@@ -150,7 +150,7 @@ def build_plan(table: int, scale: str, pairs: list[tuple[int, int]] | None = Non
         base = (N, P) == (25, 275)  # the config's own (N, P): its run directory
         models.append(ModelPlan(key, cfg, extra, suffix="" if base else f"-{N}-{P}", label=f"MDM (N, P) = ({N}, {P})"))
         pv, pa = PAPER_LO.get((N, P), (None, None))
-        sample = {"value": "sample"}  # generation: values are sampled (argmax would turn ties into all-zero latents)
+        sample = {"value": "sample"}  # generation from all-mask samples values (argmax margin scored 0% at cpu scale)
         rows.append(Row("vanilla", key, "vanilla", pv, "19M", "test", f"({N}, {P})", sample))
         rows.append(Row("adaptive (margin)", key, "margin", pa, "19M", "test", f"({N}, {P})", sample))
     notes = ["Score: the mean fraction of generated observations consistent with the generated latents, sequences "

@@ -74,12 +74,16 @@ class Block(nn.Module):
         self.drop = nn.Dropout(o.dropout)
         self.attn_drop = o.dropout
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+        """Queries, keys and values (B, H, L, Dh) of ``x`` (B, L, D), RoPE applied when given."""
         B, L, D = x.shape
-        h = self.norm1(x)
-        q, k, v = self.qkv(h).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, L, Dh)
+        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        q, k, v = self._qkv(x, rope)
         a = F.scaled_dot_product_attention(
             q, k, v, is_causal=self.causal, dropout_p=self.attn_drop if self.training else 0.0
         )  # (B, H, L, Dh)
@@ -89,11 +93,8 @@ class Block(nn.Module):
                        vc: torch.Tensor, start: int) -> torch.Tensor:
         """Causal attention of the T new positions ``start .. start+T-1`` over the cached keys/values before them;
         writes their keys/values into ``kc``/``vc`` (B, H, L_max, Dh)."""
-        B, T, D = x.shape
-        h = self.norm1(x)
-        q, k, v = self.qkv(h).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        if rope is not None:
-            q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+        T = x.shape[1]
+        q, k, v = self._qkv(x, rope)
         end = start + T
         kc[:, :, start:end] = k
         vc[:, :, start:end] = v

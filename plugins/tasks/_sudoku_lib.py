@@ -1088,10 +1088,6 @@ def augment(
     return out_p.astype(p.dtype), out_s.astype(s.dtype)
 
 
-_ROW = np.arange(81) // 9
-_COL = np.arange(81) % 9
-_BOX = (_ROW // 3) * 3 + _COL // 3
-
 
 def singles_rounds(puzzles: np.ndarray, solutions: np.ndarray) -> np.ndarray:
     """(N,) parallel rounds of singles needed to fill each puzzle ((N, 81) digits, 0 = blank).

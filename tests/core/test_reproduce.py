@@ -87,8 +87,7 @@ def test_plan_and_argument_errors(tmp_path):
 
 
 def test_table1_generates_with_sampled_values():
-    """L&O-NAE-SAT is generation from all-mask: values are sampled (argmax over near-uniform latents would write
-    the same bit everywhere); the puzzle tables decode argmax values."""
+    """L&O-NAE-SAT is generation from all-mask: values are sampled; the puzzle tables decode argmax values."""
     from unmask.core.reproduce import build_plan
 
     t1 = build_plan(1, "cpu")
