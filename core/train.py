@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from unmask.core import checkpoint as ckpt
 from unmask.core.config import Section, apply_overrides, convert, load_toml, to_builtins
 from unmask.core.errors import CheckpointError, ConfigError
-from unmask.core.models import autocast_context, build_model, count_parameters
+from unmask.core.models import autocast_context, build_model, check_task_matches, count_parameters, objective_of
 from unmask.core.task import Dataset, Task, build_task
 
 
@@ -61,6 +61,10 @@ class TrainOptions(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     order: Literal["solver", "row_major"] = "solver"
     """ARM only: fill order of the answer (the task's solver order, or row-major)."""
+    init_from: str = ""
+    """Warm start: a model, checkpoint or run directory whose weights start this run (fresh optimizer and schedule;
+    its backbone and objective must match, its task the name and token layout). The samples and training time it had
+    seen are carried over."""
 
 
 class RunConfig(Section):
@@ -236,11 +240,14 @@ class Trainer:
         self.np_rng = np.random.default_rng([self.o.seed, self.rank])
         if resume:
             self._resume()
-        elif self.rank == 0 and (self.out / "checkpoints").exists() and ckpt.latest_checkpoint(self.out):
-            raise ConfigError(
-                f"run directory '{self.out}' already has checkpoints; pass --resume to continue it or choose another "
-                "out directory (--set out=...)"
-            )
+        else:
+            if self.o.init_from:
+                self._warm_start(self.o.init_from)
+            if self.rank == 0 and (self.out / "checkpoints").exists() and ckpt.latest_checkpoint(self.out):
+                raise ConfigError(
+                    f"run directory '{self.out}' already has checkpoints; pass --resume to continue it or choose "
+                    "another out directory (--set out=...)"
+                )
         self.fwd = self.model
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -277,6 +284,25 @@ class Trainer:
             self.np_rng = np.random.default_rng([self.o.seed, self.rank, self.step])
         self.resumed_from = latest
         self._log({"event": "resume", "step": self.step, "checkpoint": latest.name})
+
+    def _warm_start(self, path: str) -> None:
+        src = ckpt.resolve_model_dir(path)
+        cfg = ckpt.read_config(src)
+        objective = objective_of(cfg)
+        if objective != self.o.objective:
+            raise CheckpointError(f"train.init_from: '{src}' was trained with objective '{objective}', this run uses "
+                                  f"'{self.o.objective}'; warm-start from a model of the same objective")
+        if cfg["backbone"] != self.config["backbone"]:
+            raise CheckpointError(
+                f"train.init_from: the backbone of '{src}' differs from the config ({cfg['backbone']} vs "
+                f"{self.config['backbone']}); warm-start from a model with the same backbone"
+            )
+        check_task_matches(self.task, cfg, str(src))  # same task and token layout (other options may differ)
+        self.model.load_state_dict(ckpt.load_tensors(src / ckpt.MODEL_FILE))
+        self.samples = int(cfg.get("samples", 0))
+        self.train_seconds = float(cfg.get("train_seconds", 0.0))
+        self.config["init_from"] = {"path": str(src), "step": cfg.get("step"), "samples": self.samples}
+        self._log({"event": "init_from", "path": str(src), "samples": self.samples})
 
     def save(self) -> Path:
         rng = {str(self.rank): {"torch": _torch_state(self.gen), "numpy": self.np_rng.bit_generator.state,

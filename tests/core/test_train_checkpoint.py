@@ -146,3 +146,27 @@ def test_resume_with_other_backbone_is_refused(tmp_path):
     train(CONFIG, tiny(out, tmp_path / "cache", steps=5), progress=False)
     with pytest.raises(CheckpointError, match="backbone in checkpoint .* differs"):
         train(CONFIG, tiny(out, tmp_path / "cache", steps=10, **{"backbone.d_model": "64"}), resume=True, progress=False)
+
+
+def test_warm_start_from_a_model(tmp_path, model_dir):
+    from unmask.core.train import train
+
+    base = ckpt.read_config(model_dir)
+    # zero steps of change would be the same weights: one step at a tiny lr keeps them close, and the samples and
+    # training time of the base model are carried over
+    out = train(CONFIG, tiny(tmp_path / "w", tmp_path / "cache", steps=1, **{
+        "train.init_from": f'"{model_dir}"', "train.lr": "1e-9", "train.warmup_steps": "0"}), progress=False)
+    cfg = ckpt.read_config(out)
+    assert cfg["init_from"]["samples"] == base["samples"] and cfg["samples"] == base["samples"] + 16
+    w0, w1 = ckpt.load_tensors(model_dir / ckpt.MODEL_FILE), ckpt.load_tensors(out / ckpt.MODEL_FILE)
+    assert all(torch.allclose(w0[k], w1[k], atol=1e-5) for k in w0)
+    fresh = ckpt.load_tensors(train(CONFIG, tiny(tmp_path / "f", tmp_path / "cache", steps=1, **{
+        "train.lr": "1e-9", "train.warmup_steps": "0", "train.seed": "5"}), progress=False) / ckpt.MODEL_FILE)
+    assert not all(torch.allclose(w0[k], fresh[k], atol=1e-5) for k in w0)
+    # another backbone or objective is refused with a one-line error before any training
+    with pytest.raises(CheckpointError, match="init_from: the backbone of .* differs"):
+        train(CONFIG, tiny(tmp_path / "x", tmp_path / "cache", steps=1, **{
+            "train.init_from": f'"{model_dir}"', "backbone.d_model": "64"}), progress=False)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(CONFIG, tiny(tmp_path / "y", tmp_path / "cache", steps=1, **{
+            "train.init_from": f'"{tmp_path / "nope"}"'}), progress=False)
