@@ -220,7 +220,9 @@ def ensure_model(plan: ModelPlan, scale: str, *, runs_dir: Path | None = None, o
     command = "unmask train --config " + shlex.quote(cfg_rel) + "".join(f" --set {shlex.quote(s)}" for s in sets)
     candidates = [out / "model"]
     if scale == "cpu" and plan.key == "mdm" and Path(plan.config).name == "sudoku-default.toml":
-        candidates.append(ROOT / "models" / "sudoku-default")  # the committed default model
+        # the committed default model first: it is stage 1 of this config plus a warm-started stage 2
+        # (configs/sudoku-default-stage2.toml), so it beats a stage-1-only run directory
+        candidates.insert(0, ROOT / "models" / "sudoku-default")
     for cand in candidates:
         if (cand / ckpt.CONFIG_FILE).is_file() and (cand / ckpt.MODEL_FILE).is_file():
             cfg = ckpt.read_config(cand)
