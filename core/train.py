@@ -51,7 +51,8 @@ class TrainOptions(Section):
     augment: bool = True
     val_size: Annotated[int, msgspec.Meta(ge=0)] = 200
     val_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
-    val_strategies: list[str] = msgspec.field(default_factory=lambda: ["margin", "vanilla"])
+    val_strategies: list[str | dict[str, Any]] = msgspec.field(default_factory=lambda: ["margin", "vanilla"])
+    """Strategies of the periodic validation: names, or tables with options (``{name = "margin", value = "sample"}``)."""
     val_steps: Annotated[int, msgspec.Meta(ge=1)] = 50
     ckpt_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
     keep_checkpoints: Annotated[int, msgspec.Meta(ge=1)] = 3
@@ -100,16 +101,15 @@ def resolve_config(path: str | os.PathLike | None, overrides: list[str] | None =
     task = build_task(cfg.task, "task")
     if cfg.train.val_size and not cfg.train.val_strategies:
         raise ConfigError("train.val_strategies is empty while train.val_size > 0; name at least one strategy")
-    from unmask.core.registry import strategies
+    from unmask.core.errors import PluginError
+    from unmask.core.strategy import build_strategy
 
     for i, s in enumerate(cfg.train.val_strategies):
-        if s not in strategies:
-            from unmask.core.errors import PluginError
-
-            try:
-                strategies.get(s)
-            except PluginError as exc:
-                raise ConfigError(f"at 'train.val_strategies[{i}]': {exc}") from None
+        where = f"train.val_strategies[{i}]"
+        try:
+            build_strategy(s, where, steps=cfg.train.val_steps)
+        except PluginError as exc:
+            raise ConfigError(f"at '{where}': {exc}") from None
     return Resolved(data, task, cfg.train, Path(cfg.out))
 
 
@@ -349,13 +349,13 @@ class Trainer:
         self.model.eval()
         try:
             engine = self.engine()
-            for name in self.o.val_strategies:
+            for section in self.o.val_strategies:
                 if self.arm is not None:
                     name = "arm"
-                strat = build_strategy(name, steps=self.o.val_steps) if name != "arm" else None
-                if strat is None:
                     res = self.arm.evaluate(engine, val)
                 else:
+                    strat = build_strategy(section, "train.val_strategies", steps=self.o.val_steps)
+                    name = strat.name
                     res = evaluate(engine, self.task, val, strat, batch_size=256, seed=0, device=self.device)
                 out[f"val_{name}"] = res.solved
                 out[f"val_{name}_cells"] = res.cell_accuracy

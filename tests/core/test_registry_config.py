@@ -146,8 +146,13 @@ def test_run_config_errors(tmp_path):
 
         r = resolve_config(None, ["backbone.n_layers=0"], raw=good)
         build_model(r.task, r.raw["backbone"])
-    with pytest.raises(ConfigError, match=r"at 'train.val_strategies\[0\]': unknown strategy 'bogus'"):
+    with pytest.raises(ConfigError, match=r"at 'train.val_strategies\[0\].name': unknown strategy 'bogus'"):
         resolve_config(None, ["train.val_strategies=['bogus']"], raw=good)
+    # a validation strategy may carry options; bad ones are named with their path
+    r = resolve_config(None, ["train.val_strategies=[{name='margin', value='sample'}, 'vanilla']"], raw=good)
+    assert r.train.val_strategies[0] == {"name": "margin", "value": "sample"}
+    with pytest.raises(ConfigError, match=r"train.val_strategies\[1\].value"):
+        resolve_config(None, ["train.val_strategies=['margin', {name='top_prob', value='nope'}]"], raw=good)
     with pytest.raises(ConfigError, match=r"task.min_clues \(40\) must be <= task.max_clues \(30\)"):
         resolve_config(None, ["task.min_clues=40", "task.max_clues=30"], raw=good)
     bad = tmp_path / "bad.toml"
