@@ -199,6 +199,11 @@ PARALLEL_DEFAULT = [
     {"name": "factor", "f": 1.0},
     {"name": "entropy_bound", "gamma": 0.1},
 ]
+# the parallel settings that keep the reference's accuracy on the default model (full sweep in results/decode.md)
+PARALLEL_ACCURATE = [
+    {"name": "confidence_threshold", "tau": 0.99},
+    {"name": "factor", "f": 0.25},
+]
 
 
 def plan(quick: bool) -> dict[str, Any]:
@@ -206,7 +211,7 @@ def plan(quick: bool) -> dict[str, Any]:
         return {
             "test": [{"name": "margin"}, {"name": "confidence_threshold", "tau": 0.99}] + PARALLEL_DEFAULT,
             "schedulers": ["continuous"],
-            "other_runtimes": [{"name": "confidence_threshold", "tau": 0.9}],
+            "other_runtimes": [{"name": "confidence_threshold", "tau": 0.99}],
             "mix": [{"name": "confidence_threshold", "tau": 0.9}],
             "profile": [1, 8, 64],
         }
@@ -219,7 +224,7 @@ def plan(quick: bool) -> dict[str, Any]:
         "test": [{"name": "margin"}, {"name": "top_prob"}, {"name": "entropy"}, {"name": "vanilla"},
                  {"name": "remask"}, {"name": "margin", "block_size": 27}] + sweep,
         "schedulers": ["static", "continuous"],
-        "other_runtimes": [{"name": "margin"}] + PARALLEL_DEFAULT,
+        "other_runtimes": [{"name": "margin"}] + PARALLEL_ACCURATE + PARALLEL_DEFAULT,
         "mix": [{"name": "margin"}] + PARALLEL_DEFAULT,
         "profile": [1, 8, 32, 64, 128, 256],
     }
