@@ -241,13 +241,13 @@ class Trainer:
         if resume:
             self._resume()
         else:
-            if self.o.init_from:
-                self._warm_start(self.o.init_from)
             if self.rank == 0 and (self.out / "checkpoints").exists() and ckpt.latest_checkpoint(self.out):
                 raise ConfigError(
                     f"run directory '{self.out}' already has checkpoints; pass --resume to continue it or choose "
                     "another out directory (--set out=...)"
                 )
+            if self.o.init_from:
+                self._warm_start(self.o.init_from)
         self.fwd = self.model
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -286,8 +286,11 @@ class Trainer:
         self._log({"event": "resume", "step": self.step, "checkpoint": latest.name})
 
     def _warm_start(self, path: str) -> None:
-        src = ckpt.resolve_model_dir(path)
-        cfg = ckpt.read_config(src)
+        try:
+            src = ckpt.resolve_model_dir(path)
+            cfg = ckpt.read_config(src)
+        except CheckpointError as exc:
+            raise CheckpointError(f"train.init_from: {exc}") from None
         objective = objective_of(cfg)
         if objective != self.o.objective:
             raise CheckpointError(f"train.init_from: '{src}' was trained with objective '{objective}', this run uses "

@@ -167,6 +167,6 @@ def test_warm_start_from_a_model(tmp_path, model_dir):
     with pytest.raises(CheckpointError, match="init_from: the backbone of .* differs"):
         train(CONFIG, tiny(tmp_path / "x", tmp_path / "cache", steps=1, **{
             "train.init_from": f'"{model_dir}"', "backbone.d_model": "64"}), progress=False)
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="train.init_from: model path .* does not exist"):
         train(CONFIG, tiny(tmp_path / "y", tmp_path / "cache", steps=1, **{
             "train.init_from": f'"{tmp_path / "nope"}"'}), progress=False)
