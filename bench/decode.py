@@ -211,7 +211,7 @@ def plan(quick: bool) -> dict[str, Any]:
         return {
             "test": [{"name": "margin"}, {"name": "confidence_threshold", "tau": 0.99}] + PARALLEL_DEFAULT,
             "schedulers": ["continuous"],
-            "other_runtimes": [{"name": "confidence_threshold", "tau": 0.99}],
+            "other_runtimes": PARALLEL_ACCURATE[:1],
             "mix": [{"name": "confidence_threshold", "tau": 0.9}],
             "profile": [1, 8, 64],
         }

@@ -152,8 +152,7 @@ def test_warm_start_from_a_model(tmp_path, model_dir):
     from unmask.core.train import train
 
     base = ckpt.read_config(model_dir)
-    # zero steps of change would be the same weights: one step at a tiny lr keeps them close, and the samples and
-    # training time of the base model are carried over
+    # one step at a tiny lr keeps the base weights (a fresh model would not have them); its samples are carried over
     out = train(CONFIG, tiny(tmp_path / "w", tmp_path / "cache", steps=1, **{
         "train.init_from": f'"{model_dir}"', "train.lr": "1e-9", "train.warmup_steps": "0"}), progress=False)
     cfg = ckpt.read_config(out)
@@ -163,7 +162,7 @@ def test_warm_start_from_a_model(tmp_path, model_dir):
     fresh = ckpt.load_tensors(train(CONFIG, tiny(tmp_path / "f", tmp_path / "cache", steps=1, **{
         "train.lr": "1e-9", "train.warmup_steps": "0", "train.seed": "5"}), progress=False) / ckpt.MODEL_FILE)
     assert not all(torch.allclose(w0[k], fresh[k], atol=1e-5) for k in w0)
-    # another backbone or objective is refused with a one-line error before any training
+    # another backbone, or a path that is not there, is refused with a one-line error before any training
     with pytest.raises(CheckpointError, match="init_from: the backbone of .* differs"):
         train(CONFIG, tiny(tmp_path / "x", tmp_path / "cache", steps=1, **{
             "train.init_from": f'"{model_dir}"', "backbone.d_model": "64"}), progress=False)
