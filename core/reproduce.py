@@ -101,14 +101,32 @@ def _sudoku_models(scale: str) -> list[ModelPlan]:
     ]
 
 
+PAPER_NOISE = 0.5  # the paper's puzzle decoding: Gumbel noise with coefficient 0.5 on the scores
+NOISE_SWEEP = (0.0, 0.1, 0.2)  # extra rows: how the two adaptive scores bear noise (the paper's 0.5 comes first)
+
+
+def _noise(scale: float) -> dict[str, Any]:
+    return {"noise": "gumbel", "noise_scale": scale} if scale else {}
+
+
+def _noise_words(scale: float) -> str:
+    return "no noise" if not scale else f"Gumbel {scale:g}" + (" (paper's decoding)" if scale == PAPER_NOISE else "")
+
+
 def _puzzle_rows(paper: dict[str, float | None], mdm_size: str, split: str) -> list[Row]:
-    return [
+    """ARM rows, MDM vanilla, then top prob. / margin under the paper's Gumbel noise (beside the paper's numbers)
+    and under the other noise scales of :data:`NOISE_SWEEP` (no paper number)."""
+    rows = [
         Row("ARM w/o ordering", "arm_row_major", "arm", paper["arm_row_major"], "42M", split),
         Row("ARM with ordering", "arm_solver", "arm", paper["arm_solver"], "42M", split),
         Row("MDM vanilla", "mdm", "vanilla", paper["vanilla"], mdm_size, split),
-        Row("MDM top prob.", "mdm", "top_prob", paper["top_prob"], mdm_size, split),
-        Row("MDM top prob. margin", "mdm", "margin", paper["margin"], mdm_size, split),
     ]
+    for scale in (PAPER_NOISE, *NOISE_SWEEP):
+        mine = scale == PAPER_NOISE
+        for name, strategy in (("MDM top prob.", "top_prob"), ("MDM top prob. margin", "margin")):
+            rows.append(Row(f"{name}, {_noise_words(scale)}", "mdm", strategy, paper[strategy] if mine else None,
+                            mdm_size, split, options=_noise(scale)))
+    return rows
 
 
 N_EVAL = {"smoke": 4, "cpu": 500, "paper": 5000}
@@ -154,7 +172,10 @@ def build_plan(table: int, scale: str, pairs: list[tuple[int, int]] | None = Non
         rows.append(Row("vanilla", key, "vanilla", pv, "19M", "test", f"({N}, {P})", sample))
         rows.append(Row("adaptive (margin)", key, "margin", pa, "19M", "test", f"({N}, {P})", sample))
     notes = ["Score: the mean fraction of generated observations consistent with the generated latents, sequences "
-             "generated from all-mask (always writing 1 scores 75%)."]
+             "generated from all-mask (always writing 1 scores 75%).",
+             "Probe (`Task.diagnostics`, 1,024 sampled sequences, one pass, argmax): % of observations right when "
+             "every latent is shown (100 = the triples and the NAE rule are learnt; 75 = blind to the latents), and "
+             "% of latents right up to the global flip when every observation is shown (50 = no inference)."]
     if scale == "cpu":
         notes.append(f"cpu scale: {len(chosen)} of the paper's 5 (N, P) pairs, {LO_CPU_STEPS} training steps each "
                      "(`--pairs` picks others); a finished model with more steps in the run directory is reused.")
@@ -171,6 +192,7 @@ class ModelInfo:
     train_seconds: float | None
     params: int | None
     command: str
+    diagnostics: dict[str, float] = field(default_factory=dict)  # Task.diagnostics of the model (rank 0)
 
 
 def _rel(p: Path | str) -> str:
@@ -285,14 +307,18 @@ def evaluate_rows(plan: Plan, models: dict[str, ModelInfo], *, n_eval: int, seed
         if dkey not in datasets:
             datasets[dkey] = task.generate(split, n_eval, seed, progress=progress and is_main())
         data = datasets[dkey]
-        names = [r.strategy for r in rows]
-        cmd = (f"unmask eval --model {shlex.quote(_rel(info.path))} --generate {n_eval} --split {split} "
-               f"--seed {seed} --strategies {','.join(names)}")
-        if not is_arm(engine.config):
-            cmd += f" --steps {steps}"
-        for k, v in sorted({k: v for r in rows for k, v in r.options.items()}.items()):
-            cmd += f" --opt {k}={v}"
-        commands.append(cmd)
+        if is_main() and not info.diagnostics:
+            info.diagnostics = task.diagnostics(engine, 1024, seed)
+        by_options: dict[str, list[str]] = {}  # one eval command per set of strategy options
+        for r in rows:
+            by_options.setdefault(json.dumps(r.options, sort_keys=True), []).append(r.strategy)
+        for opts, names in by_options.items():
+            cmd = (f"unmask eval --model {shlex.quote(_rel(info.path))} --generate {n_eval} --split {split} "
+                   f"--seed {seed} --strategies {','.join(dict.fromkeys(names))}")
+            if not is_arm(engine.config):
+                cmd += f" --steps {steps}"
+            cmd += "".join(f" --opt {k}={v}" for k, v in sorted(json.loads(opts).items()))
+            commands.append(cmd)
         for r in rows:
             if r.strategy == "arm":
                 strat: Any = ArmLayout.for_config(task, engine.config)
@@ -302,12 +328,16 @@ def evaluate_rows(plan: Plan, models: dict[str, ModelInfo], *, n_eval: int, seed
                                    progress=progress and is_main())
             if res is None:  # not rank 0
                 continue
-            log(f"[{key}] {split} {r.strategy}: {100 * res.solved:.2f}% solved, NFE {res.nfe_mean:.1f}")
+            log(f"[{key}] {split} {r.method}: {100 * res.solved:.2f}% solved, NFE {res.nfe_mean:.1f}")
             cells.append(Cell(r, res.solved, res.cell_accuracy, res.nfe_mean, res.n, res.seconds, res.options))
     return cells, commands
 
 
 # -- the report -------------------------------------------------------------------------------------------------------
+def _row_key(r: Row) -> tuple[str, str, str, str]:
+    return r.model, r.strategy, r.split, json.dumps(r.options, sort_keys=True)
+
+
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
@@ -325,7 +355,7 @@ def render(plan: Plan, scale: str, models: dict[str, ModelInfo], cells: list[Cel
 
     from unmask.core import __version__
 
-    got = {(c.row.model, c.row.strategy, c.row.split): c for c in cells}
+    got = {_row_key(c.row): c for c in cells}
     L: list[str] = [f"# Table {plan.table}: {plan.title} — ours vs. the paper (scale: {scale})", ""]
     L.append("Paper: Kim et al., ICML 2025, \"Train for the Worst, Plan for the Best\" (numbers from PAPER.md). "
              f"Ours: {n_eval} generated {'/'.join(sorted({r.split for r in plan.rows}))} examples (seed {seed}). "
@@ -336,25 +366,28 @@ def render(plan: Plan, scale: str, models: dict[str, ModelInfo], cells: list[Cel
     L.append("")
     if plan.table == 1:
         L.append("| (N, P) | paper vanilla | paper adaptive | ours vanilla | ours adaptive | ours adaptive − vanilla | "
-                 "ours NFE (vanilla / adaptive) |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|")
+                 "ours NFE (vanilla / adaptive) | probe: obs given latents / latents given obs |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for key in dict.fromkeys(r.model for r in plan.rows):
             rows = [r for r in plan.rows if r.model == key]
             v = next(r for r in rows if r.strategy == "vanilla")
             a = next(r for r in rows if r.strategy == "margin")
-            cv, ca = got.get((key, "vanilla", v.split)), got.get((key, "margin", a.split))
+            cv, ca = got.get(_row_key(v)), got.get(_row_key(a))
             ov = None if cv is None else 100 * cv.solved
             oa = None if ca is None else 100 * ca.solved
             diff = None if ov is None or oa is None else oa - ov
             nfe = "—" if cv is None or ca is None else f"{cv.nfe_mean:.1f} / {ca.nfe_mean:.1f}"
+            d = models[key].diagnostics
+            probe = (f"{100 * d['obs_given_latents']:.1f} / {100 * d['latents_given_obs']:.1f}"
+                     if "obs_given_latents" in d else "—")
             L.append(f"| {v.group} | {_pct(v.paper)} | {_pct(a.paper)} | {_pct(ov)} | {_pct(oa)} | "
-                     f"{'—' if diff is None else f'{diff:+.2f}'} | {nfe} |")
+                     f"{'—' if diff is None else f'{diff:+.2f}'} | {nfe} | {probe} |")
     else:
         L.append("| method | paper model | paper % solved | ours % solved | ours cell acc. % | ours mean NFE | "
                  "our model |")
         L.append("|---|---|---:|---:|---:|---:|---|")
         for r in plan.rows:
-            c = got.get((r.model, r.strategy, r.split))
+            c = got.get(_row_key(r))
             info = models[r.model]
             ours = None if c is None else 100 * c.solved
             L.append(f"| {r.method} | {r.paper_model} | {_pct(r.paper)} | {_pct(ours)} | "
@@ -390,7 +423,10 @@ def _decoding_words(cells: list[Cell]) -> str:
         if c.row.strategy == "arm":
             seen.setdefault("arm", "ARM greedy, givens teacher-forced, filled cells masked")
             continue
-        noise = "no noise" if o.get("noise", "none") == "none" else f"{o['noise']} noise {o.get('noise_scale')}"
+        noises = {json.dumps([d.options.get("noise"), d.options.get("noise_scale")]) for d in cells
+                  if d.row.strategy == c.row.strategy}
+        noise = ("noise as named in each row" if len(noises) > 1 else "no noise" if o.get("noise", "none") == "none"
+                 else f"{o['noise']} noise {o.get('noise_scale')}")
         k = "each position revealed w.p. 1 - s/t" if c.row.strategy == "vanilla" else \
             f"K {o.get('k_rule', 'deterministic')}"
         seen.setdefault(c.row.strategy,
@@ -455,11 +491,31 @@ def reproduce(table: int, scale: str, *, runs_dir: str | os.PathLike | None = No
                   "cell_accuracy": 100 * c.cell_accuracy, "nfe_mean": c.nfe_mean, "n": c.n, "seconds": c.seconds,
                   "options": c.options} for c in cells],
         "models": {k: {"path": _rel(i.path), "config": _rel(i.plan.config), "reused": i.reused, "params": i.params,
-                       "step": i.config.get("step"), "train_seconds": i.train_seconds, "command": i.command}
+                       "step": i.config.get("step"), "train_seconds": i.train_seconds, "command": i.command,
+                       "diagnostics": i.diagnostics}
                    for k, i in models.items()},
     })
-    say(f"wrote {out} and {out.with_suffix('.json')}")
+    png = _noise_plot(plan, cells, out.with_name(f"{out.stem}-noise.png"))
+    say(f"wrote {out} and {out.with_suffix('.json')}" + (f" and {png}" if png else ""))
     return out
+
+
+def _noise_plot(plan: Plan, cells: list[Cell], png: Path) -> Path | None:
+    """Tables 2, 3, 5: % solved of top prob. and margin against the Gumbel noise scale (vanilla as a line)."""
+    from unmask.core.report import noise_chart
+
+    curves: dict[str, list[tuple[float, float]]] = {}
+    flat: dict[str, float] = {}
+    for c in cells:
+        if c.row.strategy in ("top_prob", "margin"):
+            curves.setdefault(c.row.strategy, []).append((float(c.row.options.get("noise_scale", 0.0)),
+                                                          100 * c.solved))
+        elif c.row.strategy == "vanilla":
+            flat["vanilla"] = 100 * c.solved
+    if not any(len(v) > 1 for v in curves.values()):
+        return None
+    noise_chart(png, curves, flat, f"Table {plan.table}: {plan.title}, {cells[0].n} puzzles")
+    return png
 
 
 def parse_pairs(text: str | None) -> list[tuple[int, int]] | None:

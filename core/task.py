@@ -132,6 +132,12 @@ class Task:
         """
         raise NotImplementedError
 
+    def diagnostics(self, engine: Any, n: int, seed: int) -> dict[str, float]:
+        """Probes of what a trained model has learned, beyond the decoded score (e.g. L&O-NAE-SAT: is each observation
+        predicted right when all latents are shown?). ``engine`` maps tokens (B, L) int64 to logits (B, L, V).
+        Named values in [0, 1]; none by default."""
+        return {}
+
     def check_split(self, split: str) -> None:
         if split not in SPLITS:
             raise InputError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -42,6 +42,9 @@ class LoNaeSatOptions(Section):
     """P: observations (the paper keeps N + P = 300)."""
     triples_seed: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Seed of the fixed random triples (the distribution); independent of the data seed."""
+    triple_features: bool = False
+    """Tell the backbone each observation's three latent indices (structure features ``latent``, ``member0..2``),
+    so a small model need not discover the triples from data. The paper's model learns them (off there)."""
 
 
 def nae(latents: np.ndarray, triples: np.ndarray) -> np.ndarray:
@@ -91,7 +94,13 @@ class LoNaeSat(Task):
 
     def structure(self) -> dict[str, tuple[int, tuple[int, ...]]]:
         seg = (0,) * self.N + (1,) * self.P
-        return {"segment": (2, seg)}
+        out = {"segment": (2, seg)}
+        if self.options.triple_features:  # class N = "none" (an observation has no own index, a latent no triple)
+            none_p, none_n = (self.N,) * self.P, (self.N,) * self.N
+            out["latent"] = (self.N + 1, tuple(range(self.N)) + none_p)
+            for k in range(3):
+                out[f"member{k}"] = (self.N + 1, none_n + tuple(int(i) for i in np.sort(self.triples, axis=1)[:, k]))
+        return out
 
     # -- data ---------------------------------------------------------------------------------------------------
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -175,3 +184,27 @@ class LoNaeSat(Task):
         ok = lat_ok & (obs == nae(np.clip(lat, 0, 1), self.triples))
         frac = ok.mean(axis=1) if self.P else np.ones(len(pred))
         return {"solved": frac, "cell_accuracy": frac.copy(), "all_consistent": ok.all(axis=1)}
+
+    # -- probes -------------------------------------------------------------------------------------------------
+    def diagnostics(self, engine: Any, n: int, seed: int) -> dict[str, float]:
+        """Two one-pass probes on ``n`` sampled sequences (argmax over {0, 1}):
+
+        * ``obs_given_latents``: accuracy of the observations when every latent is shown and every observation
+          masked. 1.0 once the model has found the triples and the NAE rule; 0.75 for a model blind to the latents.
+        * ``latents_given_obs``: accuracy of the latents (up to the global flip NAE cannot see) when every
+          observation is shown and every latent masked: the inference an adaptive order leans on. 0.5 = none.
+        """
+        import torch
+
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed) % (1 << 64), 0xD1A6]))
+        x = self.sample(n, rng)
+        out: dict[str, float] = {}
+        for name, hide in (("obs_given_latents", slice(self.N, None)), ("latents_given_obs", slice(0, self.N))):
+            inp = x.copy()
+            inp[:, hide] = MASK
+            pred = engine(torch.as_tensor(inp))[..., :2].argmax(-1).cpu().numpy()[:, hide]
+            right = (pred == x[:, hide]).mean(axis=1)
+            if name == "latents_given_obs":
+                right = np.maximum(right, 1.0 - right)
+            out[name] = float(right.mean())
+        return out

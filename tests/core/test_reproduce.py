@@ -30,18 +30,25 @@ def test_table2_smoke_writes_both_columns_and_reuses_models(tmp_path):
     lines = text.splitlines()
     head = next(i for i, x in enumerate(lines) if x.startswith("| method"))
     assert "paper % solved" in lines[head] and "ours % solved" in lines[head]
-    rows = [numbers(x) for x in lines[head + 2 : head + 7]]
-    assert [r[0] for r in rows] == ["ARM w/o ordering", "ARM with ordering", "MDM vanilla", "MDM top prob.",
-                                    "MDM top prob. margin"]
+    rows = [numbers(x) for x in lines[head + 2 : head + 11]]
+    assert [r[0] for r in rows] == [
+        "ARM w/o ordering", "ARM with ordering", "MDM vanilla",
+        "MDM top prob., Gumbel 0.5 (paper's decoding)", "MDM top prob. margin, Gumbel 0.5 (paper's decoding)",
+        "MDM top prob., no noise", "MDM top prob. margin, no noise",
+        "MDM top prob., Gumbel 0.1", "MDM top prob. margin, Gumbel 0.1"]
     for r, paper in zip(rows, [PAPER_SUDOKU[k] for k in ("arm_row_major", "arm_solver", "vanilla", "top_prob",
                                                          "margin")]):
-        assert float(r[2]) == pytest.approx(paper)
-        assert 0.0 <= float(r[3]) <= 100.0  # ours
+        assert float(r[2]) == pytest.approx(paper)  # the paper's numbers sit beside its own decoding
+    assert all(r[2] == "—" for r in rows[5:])  # no paper number for the other noise scales
+    assert all(0.0 <= float(r[3]) <= 100.0 for r in rows)  # ours
     assert "## Commands" in text and "unmask train --config configs/sudoku-arm.toml" in text
-    assert "--strategies arm" in text and "--strategies vanilla,top_prob,margin" in text
+    assert "--strategies arm" in text
+    assert (tmp_path / "results" / "table2-noise.png").stat().st_size > 0  # % solved against the noise scale
+    assert re.search(r"--strategies top_prob,margin --steps \d+ --opt noise=gumbel --opt noise_scale=0.5\n", text)
+    assert re.search(r"--strategies vanilla,top_prob,margin --steps \d+\n", text)  # no noise: one command
     assert re.search(r"training time", text)
     data = json.loads(out.with_suffix(".json").read_text())
-    assert len(data["rows"]) == 5 and {r["strategy"] for r in data["rows"]} == {"arm", "vanilla", "top_prob", "margin"}
+    assert len(data["rows"]) == 11 and {r["strategy"] for r in data["rows"]} == {"arm", "vanilla", "top_prob", "margin"}
     assert set(data["models"]) == {"mdm", "arm_solver", "arm_row_major"}
     assert not any(m["reused"] for m in data["models"].values())
     assert all((tmp_path / "runs" / d / "model").is_dir() for d in ("sudoku-default", "sudoku-arm",
@@ -92,4 +99,7 @@ def test_table1_generates_with_sampled_values():
 
     t1 = build_plan(1, "cpu")
     assert t1.rows and all(r.options == {"value": "sample"} for r in t1.rows)
-    assert all(r.options == {} for r in build_plan(2, "cpu").rows)
+    t2 = build_plan(2, "cpu").rows
+    assert all("value" not in r.options for r in t2)
+    paper_rows = [r for r in t2 if r.paper is not None and r.strategy in ("top_prob", "margin")]
+    assert [r.options for r in paper_rows] == [{"noise": "gumbel", "noise_scale": 0.5}] * 2  # the paper's decoding

@@ -115,3 +115,44 @@ def test_train_smoke(tmp_path):
                                                 "train.val_size=0", "train.batch_size=16", "train.threads=1"],
                 progress=False)
     assert out.is_dir() and any(out.iterdir())
+
+
+def test_triple_features_name_each_observations_latents():
+    t = task(n_latent=6, n_obs=10, triple_features=True)
+    s = t.structure()
+    assert set(s) == {"segment", "latent", "member0", "member1", "member2"}
+    assert all(len(ids) == t.seq_len and n_cls == 7 for n_cls, ids in (s[k] for k in s if k != "segment"))
+    members = np.array([s[f"member{k}"][1] for k in range(3)]).T  # (L, 3)
+    assert (members[:6] == 6).all() and list(s["latent"][1][:6]) == list(range(6))
+    assert (np.array(s["latent"][1][6:]) == 6).all()
+    np.testing.assert_array_equal(members[6:], np.sort(t.triples, axis=1))
+    assert set(task(n_latent=6, n_obs=10).structure()) == {"segment"}  # off by default (the paper's setting)
+
+
+def test_diagnostics_tell_a_rule_aware_model_from_a_blind_one():
+    import torch
+
+    t = task(n_latent=8, n_obs=40)
+
+    def logits_of(probs_fn):
+        def engine(tokens: torch.Tensor) -> torch.Tensor:
+            x = tokens.numpy()
+            p1 = probs_fn(x)  # (B, L) probability of a 1
+            return torch.as_tensor(np.log(np.stack([1 - p1, p1, np.full_like(p1, 1e-9)], -1) + 1e-12))
+        return engine
+
+    def oracle(x):  # knows the rule: observations from the shown latents; latents copied when shown
+        p1 = np.full(x.shape, 0.5)
+        p1[:, t.N:] = nae(np.clip(x[:, : t.N], 0, 1), t.triples)
+        return p1
+
+    def blind(x):  # marginals only
+        p1 = np.full(x.shape, 0.5)
+        p1[:, t.N:] = 0.75
+        return p1
+
+    good = t.diagnostics(logits_of(oracle), 400, 0)
+    bad = t.diagnostics(logits_of(blind), 400, 0)
+    assert good["obs_given_latents"] == 1.0
+    assert abs(bad["obs_given_latents"] - 0.75) < 0.03
+    assert 0.5 <= bad["latents_given_obs"] <= 1.0
