@@ -190,6 +190,11 @@ def lr_at(step: int, o: TrainOptions) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
 
 
+def _settings(section: dict[str, Any] | None) -> dict[str, Any]:
+    """A task/backbone section without the keys that change neither the data nor the model (where data is cached)."""
+    return {k: v for k, v in (section or {}).items() if k != "cache_dir"}
+
+
 # -- RNG state (JSON-safe) ------------------------------------------------------------------------------------------
 def _torch_state(g: torch.Generator) -> str:
     return base64.b64encode(g.get_state().numpy().tobytes()).decode()
@@ -261,7 +266,7 @@ class Trainer:
             raise CheckpointError(f"--resume: no checkpoint in '{self.out}/checkpoints'; start without --resume")
         cfg = ckpt.read_config(latest)
         for key in ("task", "backbone"):
-            if cfg.get(key) != self.config[key]:
+            if _settings(cfg.get(key)) != _settings(self.config[key]):
                 raise CheckpointError(
                     f"--resume: the {key} in checkpoint '{latest}' differs from the config ({cfg.get(key)} vs "
                     f"{self.config[key]}); resume with the config the run was started with"

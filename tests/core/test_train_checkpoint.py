@@ -146,6 +146,9 @@ def test_resume_with_other_backbone_is_refused(tmp_path):
     train(CONFIG, tiny(out, tmp_path / "cache", steps=5), progress=False)
     with pytest.raises(CheckpointError, match="backbone in checkpoint .* differs"):
         train(CONFIG, tiny(out, tmp_path / "cache", steps=10, **{"backbone.d_model": "64"}), resume=True, progress=False)
+    # where the generated data is cached is not part of what was trained: another cache_dir resumes
+    done = train(CONFIG, tiny(out, tmp_path / "cache2", steps=6), resume=True, progress=False)
+    assert ckpt.read_config(done)["step"] == 6
 
 
 def test_warm_start_from_a_model(tmp_path, model_dir):
