@@ -122,10 +122,10 @@ def _puzzle_rows(paper: dict[str, float | None], mdm_size: str, split: str) -> l
         Row("MDM vanilla", "mdm", "vanilla", paper["vanilla"], mdm_size, split),
     ]
     for scale in (PAPER_NOISE, *NOISE_SWEEP):
-        mine = scale == PAPER_NOISE
         for name, strategy in (("MDM top prob.", "top_prob"), ("MDM top prob. margin", "margin")):
-            rows.append(Row(f"{name}, {_noise_words(scale)}", "mdm", strategy, paper[strategy] if mine else None,
-                            mdm_size, split, options=_noise(scale)))
+            number = paper[strategy] if scale == PAPER_NOISE else None
+            rows.append(Row(f"{name}, {_noise_words(scale)}", "mdm", strategy, number, mdm_size, split,
+                            options=_noise(scale)))
     return rows
 
 

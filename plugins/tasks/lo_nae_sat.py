@@ -98,8 +98,9 @@ class LoNaeSat(Task):
         if self.options.triple_features:  # class N = "none" (an observation has no own index, a latent no triple)
             none_p, none_n = (self.N,) * self.P, (self.N,) * self.N
             out["latent"] = (self.N + 1, tuple(range(self.N)) + none_p)
+            members = np.sort(self.triples, axis=1)
             for k in range(3):
-                out[f"member{k}"] = (self.N + 1, none_n + tuple(int(i) for i in np.sort(self.triples, axis=1)[:, k]))
+                out[f"member{k}"] = (self.N + 1, none_n + tuple(members[:, k].tolist()))
         return out
 
     # -- data ---------------------------------------------------------------------------------------------------

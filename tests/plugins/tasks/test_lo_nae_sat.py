@@ -141,7 +141,7 @@ def test_diagnostics_tell_a_rule_aware_model_from_a_blind_one():
             return torch.as_tensor(np.log(np.stack([1 - p1, p1, np.full_like(p1, 1e-9)], -1) + 1e-12))
         return engine
 
-    def oracle(x):  # knows the rule: observations from the shown latents; latents copied when shown
+    def oracle(x):  # knows the rule: observations from the shown latents; no inference of latents
         p1 = np.full(x.shape, 0.5)
         p1[:, t.N:] = nae(np.clip(x[:, : t.N], 0, 1), t.triples)
         return p1
