@@ -64,6 +64,10 @@ class ModelSpec:
 
     ``structure`` maps a feature name (e.g. ``row``) to ``(num_classes, ids)`` with ``ids`` of length ``seq_len``;
     a backbone may embed these (Sudoku: row, column and box of each cell).
+
+    ``relations`` maps a relation name (e.g. ``peer``) to ``(queries, keys)``, two equally long position tuples: the
+    pairs ``(queries[n], keys[n])`` are related, query attending to key (L&O-NAE-SAT: an observation to its three
+    latents). A backbone may bias its attention along them (the transformer's ``relation_bias``).
     """
 
     vocab_size: int
@@ -71,6 +75,7 @@ class ModelSpec:
     mask_id: int
     structure: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     causal: bool = False
+    relations: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
 
 
 class Task:
@@ -98,8 +103,12 @@ class Task:
     def structure(self) -> dict[str, tuple[int, tuple[int, ...]]]:
         return {}
 
+    def relations(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Named sets of related position pairs ``(queries, keys)`` (see :class:`ModelSpec`); default none."""
+        return {}
+
     def model_spec(self, causal: bool = False) -> ModelSpec:
-        return ModelSpec(self.vocab_size, self.seq_len, self.mask_id, self.structure(), causal)
+        return ModelSpec(self.vocab_size, self.seq_len, self.mask_id, self.structure(), causal, self.relations())
 
     # -- data ---------------------------------------------------------------------------------------------------
     def generate(self, split: str, n: int, seed: int, *, progress: bool = False) -> Dataset:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import msgspec
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +27,11 @@ class TransformerOptions(Section):
     mlp: Literal["gelu", "swiglu"] = "gelu"
     causal: bool = False
     """Causal attention (autoregressive baselines); the training objective may also force it."""
+    relation_bias: bool = False
+    """Add a learned bias per layer, head and task relation to the attention logits of related position pairs
+    (``Task.relations``: Sudoku rows/columns/boxes, an L&O-NAE-SAT observation and its latents)."""
+    relation_bias_init: Annotated[float, msgspec.Meta(ge=-30.0, le=30.0)] = 0.0
+    """Initial value of those biases (e.g. 4: a position first attends ~e^4 times more to a related one)."""
 
 
 class _RMSNorm(nn.Module):
@@ -40,6 +46,29 @@ class _RMSNorm(nn.Module):
 
 def _norm(kind: str, d: int) -> nn.Module:
     return _RMSNorm(d) if kind == "rmsnorm" else nn.LayerNorm(d)
+
+
+def relation_factors(relations: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
+                     seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact low-rank factors of the 0/1 relation maps A_r (L, L): ``(F, G, index)`` with F, G (L, K) and index (K,)
+    the relation of each column, such that A_r = F[:, index == r] @ G[:, index == r].T.
+
+    A bias ``b_r`` on the attention logits of related pairs then equals extra query/key dimensions ``b_r F`` and
+    ``G``, so attention keeps its fused kernel (a dense (L, L) bias with a gradient falls back to a ~4x slower one).
+    """
+    fs, gs, idx = [], [], []
+    for r, name in enumerate(sorted(relations)):
+        qs, ks = relations[name]
+        a = np.zeros((seq_len, seq_len))
+        a[np.asarray(qs, dtype=np.int64), np.asarray(ks, dtype=np.int64)] = 1.0
+        u, sv, vt = np.linalg.svd(a)
+        k = int((sv > 1e-9 * max(sv[0], 1.0)).sum())
+        root = np.sqrt(sv[:k])
+        fs.append(u[:, :k] * root)
+        gs.append(vt[:k].T * root)
+        idx += [r] * k
+    return (torch.tensor(np.concatenate(fs, 1), dtype=torch.float32),
+            torch.tensor(np.concatenate(gs, 1), dtype=torch.float32), torch.tensor(idx, dtype=torch.int64))
 
 
 def _rope_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,12 +86,20 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.cat([rot, x[..., 2 * half :]], dim=-1) if x.shape[-1] > 2 * half else rot
 
 
+# the relation factors a block attends with: F rows of the queries (Lq, K), G rows of the keys (Lk, K), index (K,)
+Relations = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 class Block(nn.Module):
-    def __init__(self, o: TransformerOptions, causal: bool) -> None:
+    def __init__(self, o: TransformerOptions, causal: bool, n_relations: int = 0) -> None:
         super().__init__()
         d = o.d_model
         self.n_heads = o.n_heads
         self.causal = causal
+        # learned attention-logit bias per relation and head (``relation_bias``), flat (R * H) so that it is not
+        # weight-decayed like a matrix; None without relations
+        self.rel_bias = (nn.Parameter(torch.full((n_relations * o.n_heads,), o.relation_bias_init))
+                         if n_relations else None)
         self.norm1 = _norm(o.norm, d)
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.proj = nn.Linear(d, d, bias=False)
@@ -82,17 +119,35 @@ class Block(nn.Module):
             q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: Relations | None,
+                **kw: object) -> torch.Tensor:
+        """Scaled dot-product attention (B, H, Lq, Dh), plus the relation bias when ``rel`` is given: the queries
+        gain ``b F`` and the keys ``G`` as extra dimensions (values gain zeros), so q.k gains sum_r b_r A_r."""
+        dh = q.shape[-1]
+        if rel is None or self.rel_bias is None:
+            return F.scaled_dot_product_attention(q, k, v, **kw)  # type: ignore[arg-type]
+        f, g, index = rel
+        coef = self.rel_bias.view(-1, self.n_heads)[index].t()  # (H, K)
+        B, K = q.shape[0], f.shape[1]
+        qx = (coef[:, None, :] * f[None] * dh**0.5).to(q.dtype).expand(B, -1, -1, -1)  # (B, H, Lq, K)
+        kx = g.to(k.dtype).expand(B, self.n_heads, -1, -1)  # (B, H, Lk, K)
+        vx = v.new_zeros(v.shape[:-1] + (K,))
+        a = F.scaled_dot_product_attention(torch.cat([q, qx], -1), torch.cat([k, kx], -1), torch.cat([v, vx], -1),
+                                           scale=dh**-0.5, **kw)  # type: ignore[arg-type]
+        return a[..., :dh]
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                rel: Relations | None = None) -> torch.Tensor:
         q, k, v = self._qkv(x, rope)
-        a = F.scaled_dot_product_attention(
-            q, k, v, is_causal=self.causal, dropout_p=self.attn_drop if self.training else 0.0
-        )  # (B, H, L, Dh)
+        a = self._attend(q, k, v, rel, is_causal=self.causal,
+                         dropout_p=self.attn_drop if self.training else 0.0)  # (B, H, L, Dh)
         return self._finish(x, a)
 
     def forward_cached(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, kc: torch.Tensor,
-                       vc: torch.Tensor, start: int) -> torch.Tensor:
+                       vc: torch.Tensor, start: int, rel: Relations | None = None) -> torch.Tensor:
         """Causal attention of the T new positions ``start .. start+T-1`` over the cached keys/values before them;
-        writes their keys/values into ``kc``/``vc`` (B, H, L_max, Dh)."""
+        writes their keys/values into ``kc``/``vc`` (B, H, L_max, Dh). ``rel``: relation factors of the new
+        positions (F) and of positions ``0 .. start+T-1`` (G)."""
         T = x.shape[1]
         q, k, v = self._qkv(x, rope)
         end = start + T
@@ -101,7 +156,7 @@ class Block(nn.Module):
         mask = None
         if T > 1:  # new position i sees every cached position and the new ones up to itself
             mask = torch.arange(end, device=x.device)[None, :] <= (start + torch.arange(T, device=x.device))[:, None]
-        a = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end], attn_mask=mask)
+        a = self._attend(q, kc[:, :, :end], vc[:, :, :end], rel, attn_mask=mask)
         return self._finish(x, a)
 
     def _finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -148,8 +203,21 @@ class Transformer(nn.Module):
             cos, sin = _rope_tables(spec.seq_len, d // o.n_heads)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        n_rel = 0
+        if o.relation_bias:
+            if not spec.relations:
+                from unmask.core.errors import ConfigError
+
+                raise ConfigError("backbone.relation_bias = true needs a task with relations (this task's "
+                                  "Task.relations() is empty); set backbone.relation_bias = false")
+            n_rel = len(spec.relations)
+            f, g, index = relation_factors(spec.relations, spec.seq_len)
+            self.register_buffer("rel_f", f, persistent=False)
+            self.register_buffer("rel_g", g, persistent=False)
+            self.register_buffer("rel_index", index, persistent=False)
+        self.has_relations = n_rel > 0
         self.drop = nn.Dropout(o.dropout)
-        self.blocks = nn.ModuleList(Block(o, causal) for _ in range(o.n_layers))
+        self.blocks = nn.ModuleList(Block(o, causal, n_rel) for _ in range(o.n_layers))
         self.norm = _norm(o.norm, d)
         self.head = nn.Linear(d, spec.vocab_size, bias=False)
         self.apply(self._init)
@@ -179,8 +247,9 @@ class Transformer(nn.Module):
             x = x + pe[:L]
         x = self.drop(x)
         rope = (self.rope_cos[:L], self.rope_sin[:L]) if self.rope else None
+        rel = (self.rel_f[:L], self.rel_g[:L], self.rel_index) if self.has_relations else None
         for blk in self.blocks:
-            x = blk(x, rope)
+            x = blk(x, rope, rel)
         return self.head(self.norm(x))  # (B, L, V)
 
     # -- incremental decoding (causal models) ----------------------------------------------------------------------
@@ -207,14 +276,17 @@ class Transformer(nn.Module):
         if pe is not None:
             x = x + pe[start:end]
         rope = (self.rope_cos[start:end], self.rope_sin[start:end]) if self.rope else None
+        rel = (self.rel_f[start:end], self.rel_g[:end], self.rel_index) if self.has_relations else None
         for blk, (kc, vc) in zip(self.blocks, cache):
-            x = blk.forward_cached(x, rope, kc, vc, start)
+            x = blk.forward_cached(x, rope, kc, vc, start, rel)
         return self.head(self.norm(x))
 
 
 @backbones.register("transformer")
 class TransformerBackbone:
-    """Pre-norm transformer encoder: learned / structure / RoPE positions, LayerNorm or RMSNorm, GELU or SwiGLU."""
+    """Pre-norm transformer encoder: learned/structure/RoPE positions, norm and MLP choices, relation-biased attention.
+
+    LayerNorm or RMSNorm, GELU or SwiGLU; optionally a learned attention bias along the task's relations."""
 
     Options = TransformerOptions
     name = "transformer"

@@ -103,6 +103,13 @@ class LoNaeSat(Task):
                 out[f"member{k}"] = (self.N + 1, none_n + tuple(members[:, k].tolist()))
         return out
 
+    def relations(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """``obs_latent``: each observation to its three latents; ``latent_obs``: the reverse."""
+        obs = np.repeat(np.arange(self.N, self.N + self.P), 3)
+        lat = self.triples.reshape(-1)
+        return {"obs_latent": (tuple(obs.tolist()), tuple(lat.tolist())),
+                "latent_obs": (tuple(lat.tolist()), tuple(obs.tolist()))}
+
     # -- data ---------------------------------------------------------------------------------------------------
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """(n, N + P) consistent sequences with uniform latents."""

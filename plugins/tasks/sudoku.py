@@ -68,6 +68,15 @@ class Sudoku(Task):
         box = (row // 3) * 3 + col // 3
         return {"row": (9, tuple(row.tolist())), "col": (9, tuple(col.tolist())), "box": (9, tuple(box.tolist()))}
 
+    def relations(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """``row``, ``col``, ``box``: each cell to the cells of its row, column, box (itself included)."""
+        out = {}
+        for name, (_, ids) in self.structure().items():
+            a = np.asarray(ids)
+            q, k = np.nonzero(a[:, None] == a[None, :])
+            out[name] = (tuple(q.tolist()), tuple(k.tolist()))
+        return out
+
     # -- data ---------------------------------------------------------------------------------------------------
     def from_digits(self, puzzles: np.ndarray, solutions: np.ndarray | None, **meta: np.ndarray) -> Dataset:
         inputs = digits_to_tokens(puzzles)

@@ -50,3 +50,104 @@ def test_onnx_export_dynamic_batch(task, tmp_path):
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
             np.testing.assert_allclose(got, m(x).numpy(), atol=1e-4)
+
+
+# -- relation bias ---------------------------------------------------------------------------------------------------
+def _dense_relations(spec) -> torch.Tensor:
+    names = sorted(spec.relations)
+    a = torch.zeros(len(names), spec.seq_len, spec.seq_len)
+    for r, name in enumerate(names):
+        qs, ks = spec.relations[name]
+        a[r, list(qs), list(ks)] = 1.0
+    return a
+
+
+@pytest.mark.parametrize("task_cfg", [{"name": "sudoku", "cache_dir": ""},
+                                      {"name": "lo_nae_sat", "n_latent": 7, "n_obs": 23}])
+def test_relation_factors_are_exact(task_cfg):
+    from unmask.plugins.backbones.transformer import relation_factors
+
+    spec = build_task(task_cfg).model_spec()
+    f, g, index = relation_factors(spec.relations, spec.seq_len)
+    dense = _dense_relations(spec)
+    for r in range(dense.shape[0]):
+        torch.testing.assert_close(f[:, index == r] @ g[:, index == r].T, dense[r], atol=1e-5, rtol=0)
+    assert f.shape[1] < spec.seq_len  # low rank: the trick only pays when K is small
+
+
+def test_relation_bias_equals_a_dense_attention_bias():
+    """The extra query/key dimensions add exactly b_{r,h} A_r to the attention logits (checked against softmax)."""
+    from unmask.plugins.backbones.transformer import relation_factors
+
+    task = build_task({"name": "lo_nae_sat", "n_latent": 7, "n_obs": 23})
+    m, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 4,
+                              "relation_bias": True, "relation_bias_init": 2.0})
+    blk = m.blocks[0]
+    with torch.no_grad():
+        blk.rel_bias.copy_(torch.linspace(-3, 3, blk.rel_bias.numel()))
+    spec = task.model_spec()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, spec.seq_len, 8, generator=g) for _ in range(3))
+    got = blk._attend(q, k, v, relation_factors(spec.relations, spec.seq_len))
+    bias = torch.einsum("rh,rqk->hqk", blk.rel_bias.detach().view(-1, 4), _dense_relations(spec))
+    want = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5 + bias, -1) @ v
+    torch.testing.assert_close(got.detach(), want, atol=1e-5, rtol=1e-4)
+
+
+def test_relation_bias_steers_attention_and_learns():
+    """A large bias makes an observation's output depend on its latents far more than on an unrelated one; the bias
+    receives a gradient (it is learnt) and no weight decay (it is a vector)."""
+    task = build_task({"name": "lo_nae_sat", "n_latent": 7, "n_obs": 23})
+    torch.manual_seed(0)
+    m, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2,
+                              "positions": "none", "relation_bias": True, "relation_bias_init": 12.0})
+    obs = 7  # first observation
+    members = set(task.triples[0].tolist())
+    other = next(i for i in range(7) if i not in members)
+    x = torch.full((1, 30), task.mask_id)
+
+    def effect(pos: int) -> float:
+        y = x.clone()
+        y[0, pos] = 1
+        with torch.no_grad():
+            return (m(y)[0, obs] - m(x)[0, obs]).abs().max().item()
+
+    assert effect(next(iter(members))) > 50 * effect(other)
+    m(torch.randint(0, 2, (4, 30))).sum().backward()
+    assert all(b.rel_bias.grad is not None and b.rel_bias.grad.abs().sum() > 0 for b in m.blocks)
+    assert m.blocks[0].rel_bias.ndim == 1
+
+
+def test_relation_bias_keeps_the_kv_cache_exact(task):
+    m, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 2, "n_heads": 4,
+                              "relation_bias": True, "relation_bias_init": 1.5}, causal=True)
+    m.eval()
+    x = torch.randint(0, 10, (2, 81))
+    with torch.no_grad():
+        full = m(x)
+        cache = m.new_cache(2)
+        parts = [m.forward_cached(x[:, a:b], a, cache) for a, b in ((0, 40), (40, 41), (41, 81))]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_relation_bias_without_relations_is_a_config_error():
+    from unmask.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="relation_bias"):
+        build_model(build_task({"name": "zebra"}), {"name": "transformer", "relation_bias": True})
+
+
+def test_relation_bias_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    task = build_task({"name": "lo_nae_sat", "n_latent": 7, "n_obs": 23})
+    m, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2,
+                              "relation_bias": True, "relation_bias_init": 3.0})
+    m.eval()
+    path = tmp_path / "m.onnx"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(m, (torch.zeros(2, 30, dtype=torch.int64),), str(path), input_names=["tokens"],
+                      output_names=["logits"], dynamic_shapes={"tokens": {0: batch}}, dynamo=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randint(0, 3, (3, 30))
+    with torch.no_grad():
+        np.testing.assert_allclose(sess.run(None, {"tokens": x.numpy()})[0], m(x).numpy(), atol=1e-4)
