@@ -86,8 +86,12 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.cat([rot, x[..., 2 * half :]], dim=-1) if x.shape[-1] > 2 * half else rot
 
 
-# the relation factors a block attends with: F rows of the queries (Lq, K), G rows of the keys (Lk, K), index (K,)
-Relations = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# what a block attends with: the relation factors (F rows of the queries (Lq, K), G rows of the keys (Lk, K),
+# index (K,)), or the dense 0/1 maps (R, Lq, Lk) when the factors would be too wide
+Relations = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | torch.Tensor
+# widest factorisation (K extra query/key dimensions per head) worth its cost: measured on CPU (L = 300, head dim 16),
+# attention with 16 + K dimensions costs what a dense bias with a gradient costs near K = 110
+MAX_FACTOR_RANK = 96
 
 
 class Block(nn.Module):
@@ -126,6 +130,15 @@ class Block(nn.Module):
         dh = q.shape[-1]
         if rel is None or self.rel_bias is None:
             return F.scaled_dot_product_attention(q, k, v, **kw)  # type: ignore[arg-type]
+        if isinstance(rel, torch.Tensor):  # dense maps: an (H, Lq, Lk) bias (slower: leaves the fused kernel)
+            bias = torch.einsum("rh,rqk->hqk", self.rel_bias.view(-1, self.n_heads), rel).to(q.dtype)
+            mask = kw.pop("attn_mask", None)
+            if mask is not None:
+                bias = bias.masked_fill(~mask, float("-inf"))
+            if kw.pop("is_causal", False):
+                bias = bias.masked_fill(torch.ones(bias.shape[-2:], dtype=torch.bool, device=q.device).triu(1),
+                                        float("-inf"))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, **kw)  # type: ignore[arg-type]
         f, g, index = rel
         coef = self.rel_bias.view(-1, self.n_heads)[index].t()  # (H, K)
         B, K = q.shape[0], f.shape[1]
@@ -204,6 +217,7 @@ class Transformer(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         n_rel = 0
+        self.dense_relations = False
         if o.relation_bias:
             if not spec.relations:
                 from unmask.core.errors import ConfigError
@@ -212,9 +226,14 @@ class Transformer(nn.Module):
                                   "Task.relations() is empty); set backbone.relation_bias = false")
             n_rel = len(spec.relations)
             f, g, index = relation_factors(spec.relations, spec.seq_len)
-            self.register_buffer("rel_f", f, persistent=False)
-            self.register_buffer("rel_g", g, persistent=False)
-            self.register_buffer("rel_index", index, persistent=False)
+            self.dense_relations = f.shape[1] > MAX_FACTOR_RANK
+            if self.dense_relations:  # e.g. L&O (100, 200): rank 100 per direction
+                maps = torch.stack([f[:, index == r] @ g[:, index == r].T for r in range(n_rel)]).round()
+                self.register_buffer("rel_maps", maps, persistent=False)
+            else:
+                self.register_buffer("rel_f", f, persistent=False)
+                self.register_buffer("rel_g", g, persistent=False)
+                self.register_buffer("rel_index", index, persistent=False)
         self.has_relations = n_rel > 0
         self.drop = nn.Dropout(o.dropout)
         self.blocks = nn.ModuleList(Block(o, causal, n_rel) for _ in range(o.n_layers))
@@ -239,6 +258,14 @@ class Transformer(nn.Module):
             pe = e if pe is None else pe + e
         return pe
 
+    def _relations(self, q0: int, q1: int, k1: int) -> Relations | None:
+        """What the blocks attend with for query positions ``q0 .. q1-1`` over key positions ``0 .. k1-1``."""
+        if not self.has_relations:
+            return None
+        if self.dense_relations:
+            return self.rel_maps[:, q0:q1, :k1]
+        return self.rel_f[q0:q1], self.rel_g[:k1], self.rel_index
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         L = tokens.shape[1]
         x = self.tok(tokens)  # (B, L, D)
@@ -247,7 +274,7 @@ class Transformer(nn.Module):
             x = x + pe[:L]
         x = self.drop(x)
         rope = (self.rope_cos[:L], self.rope_sin[:L]) if self.rope else None
-        rel = (self.rel_f[:L], self.rel_g[:L], self.rel_index) if self.has_relations else None
+        rel = self._relations(0, L, L)
         for blk in self.blocks:
             x = blk(x, rope, rel)
         return self.head(self.norm(x))  # (B, L, V)
@@ -276,7 +303,7 @@ class Transformer(nn.Module):
         if pe is not None:
             x = x + pe[start:end]
         rope = (self.rope_cos[start:end], self.rope_sin[start:end]) if self.rope else None
-        rel = (self.rel_f[start:end], self.rel_g[:end], self.rel_index) if self.has_relations else None
+        rel = self._relations(start, end, end)
         for blk, (kc, vc) in zip(self.blocks, cache):
             x = blk.forward_cached(x, rope, kc, vc, start, rel)
         return self.head(self.norm(x))

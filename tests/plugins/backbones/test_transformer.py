@@ -118,6 +118,31 @@ def test_relation_bias_steers_attention_and_learns():
     assert m.blocks[0].rel_bias.ndim == 1
 
 
+def test_dense_relations_match_the_factored_ones(monkeypatch):
+    """Past MAX_FACTOR_RANK the bias is a dense (H, L, L) mask: same logits as the factored form, same weights."""
+    import unmask.plugins.backbones.transformer as tr
+
+    task = build_task({"name": "lo_nae_sat", "n_latent": 7, "n_obs": 23})
+    cfg = {"name": "transformer", "d_model": 32, "n_layers": 2, "n_heads": 4, "relation_bias": True}
+    for causal in (False, True):
+        fac, _ = build_model(task, cfg, causal=causal)
+        monkeypatch.setattr(tr, "MAX_FACTOR_RANK", 0)
+        dense, _ = build_model(task, cfg, causal=causal)
+        monkeypatch.undo()
+        assert dense.dense_relations and not fac.dense_relations
+        with torch.no_grad():
+            for b in fac.blocks:
+                b.rel_bias.copy_(torch.randn(b.rel_bias.shape) * 3)
+        dense.load_state_dict(fac.state_dict())
+        x = torch.randint(0, 3, (3, 30))
+        with torch.no_grad():
+            torch.testing.assert_close(dense(x), fac(x), atol=1e-5, rtol=1e-4)
+            if causal:
+                cache = dense.new_cache(3)
+                parts = [dense.forward_cached(x[:, a:b], a, cache) for a, b in ((0, 11), (11, 12), (12, 30))]
+                torch.testing.assert_close(torch.cat(parts, 1), fac(x), atol=1e-5, rtol=1e-4)
+
+
 def test_relation_bias_keeps_the_kv_cache_exact(task):
     m, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 2, "n_heads": 4,
                               "relation_bias": True, "relation_bias_init": 1.5}, causal=True)
