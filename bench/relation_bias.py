@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    print(f"batch {a.batch}, {a.threads} threads, forward + backward; backbone threshold MAX_FACTOR_RANK = "
+    print(f"batch {a.batch}, {a.threads} thread(s), forward + backward; backbone threshold MAX_FACTOR_RANK = "
           f"{tr.MAX_FACTOR_RANK}")
     for n, p in ((25, 275), (100, 200)):
         task = build_task({"name": "lo_nae_sat", "n_latent": n, "n_obs": p})

@@ -89,9 +89,10 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 # what a block attends with: the relation factors (F rows of the queries (Lq, K), G rows of the keys (Lk, K),
 # index (K,)), or the dense 0/1 maps (R, Lq, Lk) when the factors would be too wide
 Relations = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | torch.Tensor
-# widest factorisation (K extra query/key dimensions per head) worth its cost: measured on CPU (L = 300, head dim 16),
-# attention with 16 + K dimensions costs what a dense bias with a gradient costs near K = 110
-MAX_FACTOR_RANK = 96
+# widest factorisation (K extra query/key dimensions per head) worth its cost. bench/relation_bias.py, one CPU thread,
+# L = 300, head dim 16, training step: factored 1.13x faster than dense at K = 50, 2.9x slower at K = 200 (crossover
+# near K = 60); on 2 threads the dense form fell further behind (1.9x slower at K = 50)
+MAX_FACTOR_RANK = 64
 
 
 class Block(nn.Module):
