@@ -54,7 +54,7 @@ def relation_factors(relations: dict[str, tuple[tuple[int, ...], tuple[int, ...]
     the relation of each column, such that A_r = F[:, index == r] @ G[:, index == r].T.
 
     A bias ``b_r`` on the attention logits of related pairs then equals extra query/key dimensions ``b_r F`` and
-    ``G``, so attention keeps its fused kernel (a dense (L, L) bias with a gradient falls back to a ~4x slower one).
+    ``G``, so attention keeps its fused kernel (a dense (L, L) bias with a gradient leaves it; see MAX_FACTOR_RANK).
     """
     fs, gs, idx = [], [], []
     for r, name in enumerate(sorted(relations)):
@@ -160,8 +160,8 @@ class Block(nn.Module):
     def forward_cached(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, kc: torch.Tensor,
                        vc: torch.Tensor, start: int, rel: Relations | None = None) -> torch.Tensor:
         """Causal attention of the T new positions ``start .. start+T-1`` over the cached keys/values before them;
-        writes their keys/values into ``kc``/``vc`` (B, H, L_max, Dh). ``rel``: relation factors of the new
-        positions (F) and of positions ``0 .. start+T-1`` (G)."""
+        writes their keys/values into ``kc``/``vc`` (B, H, L_max, Dh). ``rel``: the relations of the new positions
+        (queries) over positions ``0 .. start+T-1`` (keys), as factors or dense maps."""
         T = x.shape[1]
         q, k, v = self._qkv(x, rope)
         end = start + T

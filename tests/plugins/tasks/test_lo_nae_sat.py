@@ -151,8 +151,21 @@ def test_diagnostics_tell_a_rule_aware_model_from_a_blind_one():
         p1[:, t.N:] = 0.75
         return p1
 
+    codes = ((np.arange(2**t.N)[:, None] >> np.arange(t.N)) & 1)  # every latent assignment
+    obs_of_codes = nae(codes, t.triples)
+
+    def bayes(x):  # knows the rule and infers: exact posterior marginals of the masked latents given what is shown
+        p1 = oracle(x)
+        for b, row in enumerate(x):
+            shown = row[: t.N] != t.mask_id
+            ok = (codes[:, shown] == row[: t.N][shown]).all(1) & (obs_of_codes == row[t.N:]).all(1)
+            p1[b, : t.N] = codes[ok].mean(0)
+        return p1
+
     good = t.diagnostics(logits_of(oracle), 400, 0)
     bad = t.diagnostics(logits_of(blind), 400, 0)
+    best = t.diagnostics(logits_of(bayes), 100, 0)
     assert good["obs_given_latents"] == 1.0
     assert abs(bad["obs_given_latents"] - 0.75) < 0.03
-    assert 0.5 <= bad["latents_given_obs"] <= 1.0
+    assert abs(bad["latents_given_obs"] - 0.5) < 0.05  # no inference: latents stay coin flips
+    assert best["obs_given_latents"] == 1.0 and best["latents_given_obs"] > 0.9  # 40 clauses on 8 latents
