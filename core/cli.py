@@ -1,4 +1,4 @@
-"""The ``unmask`` command line: list, train, eval, solve, export.
+"""The ``unmask`` command line: list, train, curves, eval, solve, export.
 
 Every user mistake ends as one line ``error: ...`` on stderr and exit status 2, never a traceback.
 """
@@ -48,6 +48,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     final = train(args.config, args.set, resume=args.resume, progress=not args.no_progress)
     if is_main():  # under torchrun only rank 0 reports
         print(f"model written to {final}")
+    return 0
+
+
+# -- curves ---------------------------------------------------------------------------------------------------------
+def _labelled_runs(specs: list[str]) -> dict[str, str]:
+    """``PATH`` or ``LABEL=PATH`` -> {label: path}; a bare path is labelled by its run directory's name."""
+    runs: dict[str, str] = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep:
+            p = Path(spec).resolve()
+            path = spec
+            label = (p.parent if p.name in ("model", "metrics.jsonl") else p).name
+            if p.name == "metrics.jsonl" and p.parent.name == "model":
+                label = p.parent.parent.name
+        if not label or not path:
+            raise InputError(f"run {spec!r}: give PATH or LABEL=PATH, e.g. relation=runs/sudoku-rel")
+        if label in runs:
+            raise InputError(f"two runs are labelled {label!r}; name them with LABEL=PATH")
+        runs[label] = path
+    return runs
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    from unmask.core.report import curves_table, training_curves
+
+    runs = _labelled_runs(args.runs)
+    if len(runs) == 1:
+        runs = {"": next(iter(runs.values()))}
+    print(curves_table(runs))
+    training_curves(Path(args.out), runs, x=args.x, title=args.title or "")
+    print(f"curves written to {args.out}")
     return 0
 
 
@@ -202,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("curves", help="plot the training curves of one run or several overlaid")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="run or model directory or metrics.jsonl, as PATH or "
+                   "LABEL=PATH")
+    s.add_argument("--out", required=True, metavar="PNG", help="where to write the plot")
+    s.add_argument("--x", choices=("samples", "step", "seconds"), default="samples",
+                   help="x axis: samples seen (default), optimizer step or training seconds")
+    s.add_argument("--title")
+    s.set_defaults(fn=cmd_curves)
 
     def model_args(s: argparse.ArgumentParser) -> None:
         s.add_argument("--model", required=True, help="model directory, run directory, .onnx or .plan")

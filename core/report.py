@@ -1,7 +1,9 @@
-"""Evaluation reports: the printed table, the JSON file, and plots (bar chart, commit-order heat map)."""
+"""Reports: the printed evaluation table, the JSON file, and plots (bar chart, commit-order heat map, noise
+sweeps, training curves of one or several runs)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from unmask.core.config import write_json
+from unmask.core.errors import InputError
 from unmask.core.evaluate import EvalResult
 from unmask.core.task import Dataset, Task
 
@@ -137,3 +140,107 @@ def noise_chart(png: Path, curves: dict[str, list[tuple[float, float]]], flat: d
     fig.tight_layout()
     _save(fig, png)
     plt.close(fig)
+
+
+# -- training curves -------------------------------------------------------------------------------------------------
+X_AXES = {"samples": "samples seen", "step": "optimizer step", "seconds": "training time (s)"}
+
+
+def metrics_file(path: str | os.PathLike) -> Path:
+    """The metrics.jsonl of a run directory, a model directory, or the file itself."""
+    p = Path(path)
+    f = p / "metrics.jsonl" if p.is_dir() else p
+    if not f.is_file():
+        raise InputError(f"{path}: no metrics.jsonl there; give a run directory (runs/NAME), its model directory or "
+                         "a metrics.jsonl file")
+    return f
+
+
+def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A run's training and validation records, each sorted by step with one record per step: a resumed run
+    re-logs the steps after its checkpoint and the last record written wins. Validation records get
+    ``train_seconds`` interpolated from the training records when they lack it."""
+    f = metrics_file(path)
+    train: dict[int, dict[str, Any]] = {}
+    val: dict[int, dict[str, Any]] = {}
+    for i, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{f}:{i}: not a JSON record ({exc.msg}); the metrics file is damaged, "
+                             "delete that line to read the rest") from None
+        if not isinstance(rec, dict) or "step" not in rec:
+            continue  # run events ("start") carry no step
+        if "loss" in rec:
+            train[int(rec["step"])] = rec
+        if any(k.startswith("val_") for k in rec):
+            val[int(rec["step"])] = rec
+    tr = [train[k] for k in sorted(train)]
+    va = [dict(val[k]) for k in sorted(val)]
+    timed = [r for r in tr if "train_seconds" in r]
+    if timed:
+        for r in va:
+            r.setdefault("train_seconds", float(np.interp(r["step"], [t["step"] for t in timed],
+                                                          [t["train_seconds"] for t in timed])))
+    return tr, va
+
+
+def _x(rec: dict[str, Any], x: str) -> float:
+    return float(rec["train_seconds" if x == "seconds" else x])
+
+
+def training_curves(png: Path, runs: dict[str, str | os.PathLike], x: str = "samples", title: str = "") -> None:
+    """Training loss (left) and validation % solved per strategy (right) of one run or several overlaid
+    (``runs``: label -> run directory / model directory / metrics.jsonl; an empty label for a single run), against
+    samples seen, optimizer steps or training seconds (``x``: a key of :data:`X_AXES`)."""
+    if x not in X_AXES:
+        raise InputError(f"x axis {x!r} is unknown; use one of {', '.join(X_AXES)}")
+    data = {label: read_metrics(path) for label, path in runs.items()}
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = ["-", "--", ":", "-."]
+    for i, (label, (tr, va)) in enumerate(data.items()):
+        pts = [r for r in tr if x != "seconds" or "train_seconds" in r]
+        if pts:
+            axes[0].plot([_x(r, x) for r in pts], [r["loss"] for r in pts], lw=1, color=colors[i % len(colors)],
+                         label=label or None)
+        keys = sorted({k for r in va for k in r if k.startswith("val_") and not k.endswith("_cells")})
+        for j, k in enumerate(keys):
+            pts = [r for r in va if k in r and (x != "seconds" or "train_seconds" in r)]
+            name = f"{label}: {k[4:]}" if label else k[4:]
+            color = colors[(i if len(data) > 1 else j) % len(colors)]
+            axes[1].plot([_x(r, x) for r in pts], [100 * r[k] for r in pts], marker="o", ms=3, label=name,
+                         color=color, ls=styles[j % len(styles)] if len(data) > 1 else "-")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("training loss (per token)")
+    axes[1].set_ylabel("% solved (validation)")
+    axes[1].set_ylim(0, 100)
+    for ax in axes:
+        ax.set_xlabel(X_AXES[x])
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, png)
+    plt.close(fig)
+
+
+def curves_table(runs: dict[str, str | os.PathLike]) -> str:
+    """Each run's validation records as text: step, samples, training time and % solved per strategy."""
+    lines = []
+    for label, path in runs.items():
+        tr, va = read_metrics(path)
+        last = tr[-1] if tr else {}
+        lines.append(f"{label or path}: {last.get('step', 0)} steps, {last.get('samples', 0)} samples, "
+                     f"{last.get('train_seconds', 0.0) / 60:.1f} min of training")
+        for r in va:
+            vals = "  ".join(f"{k[4:]} {100 * v:.1f}" for k, v in sorted(r.items())
+                             if k.startswith("val_") and not k.endswith("_cells"))
+            lines.append(f"  step {r['step']:>6}  samples {r.get('samples', 0):>8}  "
+                         f"{r.get('train_seconds', float('nan')) / 60:>6.1f} min  {vals}")
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from unmask.core import checkpoint as ckpt
 from unmask.core.config import Section, apply_overrides, convert, load_toml, to_builtins
-from unmask.core.errors import CheckpointError, ConfigError
+from unmask.core.errors import CheckpointError, ConfigError, InputError
 from unmask.core.models import autocast_context, build_model, check_task_matches, count_parameters, objective_of
 from unmask.core.task import Dataset, Task, build_task
 
@@ -465,37 +466,12 @@ def train(config_path: str | None, overrides: list[str] | None = None, *, resume
 
 
 def plot_metrics(jsonl: Path, png: Path) -> None:
-    """Loss and validation curves as a PNG."""
+    """Loss and validation curves of one run as a PNG (nothing before the first record)."""
     if not jsonl.exists():
         return
-    import matplotlib
+    from unmask.core.report import training_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    tr = [r for r in recs if "loss" in r]
-    va = [r for r in recs if any(k.startswith("val_") for k in r)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    if tr:
-        axes[0].plot([r["samples"] for r in tr], [r["loss"] for r in tr], lw=1)
-        axes[0].set_yscale("log")
-    axes[0].set_xlabel("samples seen")
-    axes[0].set_ylabel("training loss (negative ELBO / token)")
-    axes[0].grid(alpha=0.3)
-    keys = sorted({k for r in va for k in r if k.startswith("val_") and not k.endswith("_cells")})
-    for k in keys:
-        pts = [(r["samples"], r[k]) for r in va if k in r]
-        axes[1].plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=3, label=k[4:])
-    axes[1].set_xlabel("samples seen")
-    axes[1].set_ylabel("% solved (validation)")
-    axes[1].set_ylim(0, 100)
-    axes[1].grid(alpha=0.3)
-    if keys:
-        axes[1].legend()
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png)
+    try:
+        training_curves(png, {"": jsonl})
+    except InputError as exc:  # a damaged log must not stop training
+        warnings.warn(f"training curves not drawn: {exc}", stacklevel=2)
