@@ -90,7 +90,7 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 # index (K,)), or the dense 0/1 maps (R, Lq, Lk) when the factors would be too wide
 Relations = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | torch.Tensor
 # widest factorisation (K extra query/key dimensions per head) worth its cost. bench/relation_bias.py, one CPU thread,
-# L = 300, head dim 16, training step: factored 1.13x faster than dense at K = 50, 2.9x slower at K = 200 (crossover
+# L = 300, head dim 16, training step: factored 1.26x faster than dense at K = 50, 3.1x slower at K = 200 (crossover
 # near K = 60); on 2 threads the dense form fell further behind (1.9x slower at K = 50)
 MAX_FACTOR_RANK = 64
 
