@@ -68,6 +68,11 @@ class ModelSpec:
     ``relations`` maps a relation name (e.g. ``peer``) to ``(queries, keys)``, two equally long position tuples: the
     pairs ``(queries[n], keys[n])`` are related, query attending to key (L&O-NAE-SAT: an observation to its three
     latents). A backbone may bias its attention along them (the transformer's ``relation_bias``).
+
+    ``token_relations`` are relations that depend on the tokens: a relation name maps to ``(n_tags, tags)`` with
+    ``tags`` of length ``seq_len * vocab_size``; position ``i`` holding token ``t`` gets tag ``tags[i * vocab_size +
+    t]`` (-1: none), and two positions with the same tag are related, both ways (Zebra: a clue naming an item and
+    the answer cell holding that item).
     """
 
     vocab_size: int
@@ -76,6 +81,7 @@ class ModelSpec:
     structure: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     causal: bool = False
     relations: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    token_relations: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
 
 
 class Task:
@@ -107,8 +113,14 @@ class Task:
         """Named sets of related position pairs ``(queries, keys)`` (see :class:`ModelSpec`); default none."""
         return {}
 
+    def token_relations(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """Named relations given by equal per-(position, token) tags ``(n_tags, tags)`` (see :class:`ModelSpec`);
+        default none."""
+        return {}
+
     def model_spec(self, causal: bool = False) -> ModelSpec:
-        return ModelSpec(self.vocab_size, self.seq_len, self.mask_id, self.structure(), causal, self.relations())
+        return ModelSpec(self.vocab_size, self.seq_len, self.mask_id, self.structure(), causal, self.relations(),
+                         self.token_relations())
 
     # -- data ---------------------------------------------------------------------------------------------------
     def generate(self, split: str, n: int, seed: int, *, progress: bool = False) -> Dataset:

@@ -29,7 +29,8 @@ class TransformerOptions(Section):
     """Causal attention (autoregressive baselines); the training objective may also force it."""
     relation_bias: bool = False
     """Add a learned bias per layer, head and task relation to the attention logits of related position pairs
-    (``Task.relations``: Sudoku rows/columns/boxes, an L&O-NAE-SAT observation and its latents)."""
+    (``Task.relations``: Sudoku rows/columns/boxes, an L&O-NAE-SAT observation and its latents; and
+    ``Task.token_relations``, which depend on the tokens: a Zebra clue's item and the answer cell holding it)."""
     relation_bias_init: Annotated[float, msgspec.Meta(ge=-30.0, le=30.0)] = 0.0
     """Initial value of those biases (e.g. 4: a position first attends ~e^4 times more to a related one)."""
 
@@ -71,6 +72,23 @@ def relation_factors(relations: dict[str, tuple[tuple[int, ...], tuple[int, ...]
             torch.tensor(np.concatenate(gs, 1), dtype=torch.float32), torch.tensor(idx, dtype=torch.int64))
 
 
+def token_tag_tables(token_relations: dict[str, tuple[int, tuple[int, ...]]], seq_len: int, vocab_size: int,
+                     first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tag tables of token relations as ``(tables, index)``: tables (R_t, L * V) int64 hold, per relation (names
+    sorted) and (position, token), the one-hot column of the tag (-1: none), columns of different relations
+    disjoint; index (K_t,) the relation number of each column (``first`` + the relation's rank)."""
+    tables, index, offset = [], [], 0
+    for r, name in enumerate(sorted(token_relations)):
+        n_tags, tags = token_relations[name]
+        t = torch.tensor(tags, dtype=torch.int64)
+        if t.numel() != seq_len * vocab_size or int(t.max()) >= n_tags or int(t.min()) < -1:
+            raise ValueError(f"token relation {name!r}: tags must be seq_len * vocab_size values in -1 .. n_tags - 1")
+        tables.append(torch.where(t >= 0, t + offset, -1))
+        index += [first + r] * n_tags
+        offset += n_tags
+    return torch.stack(tables), torch.tensor(index, dtype=torch.int64)
+
+
 def _rope_tables(seq_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     half = head_dim // 2
     inv = 1.0 / (10000 ** (torch.arange(half, dtype=torch.float32) / half))
@@ -87,7 +105,8 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 
 
 # what a block attends with: the relation factors (F rows of the queries (Lq, K), G rows of the keys (Lk, K),
-# index (K,)), or the dense 0/1 maps (R, Lq, Lk) when the factors would be too wide
+# index (K,); F and G per example (B, L, K) with token relations), or the dense 0/1 maps ((B,) R, Lq, Lk) when the
+# factors would be too wide
 Relations = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | torch.Tensor
 # widest factorisation (K extra query/key dimensions per head) worth its cost. bench/relation_bias.py, one CPU thread,
 # L = 300, head dim 16, training step: factored 1.26x faster than dense at K = 50, 3.1x slower at K = 200 (crossover
@@ -131,8 +150,8 @@ class Block(nn.Module):
         dh = q.shape[-1]
         if rel is None or self.rel_bias is None:
             return F.scaled_dot_product_attention(q, k, v, **kw)  # type: ignore[arg-type]
-        if isinstance(rel, torch.Tensor):  # dense maps: an (H, Lq, Lk) bias (slower: leaves the fused kernel)
-            bias = torch.einsum("rh,rqk->hqk", self.rel_bias.view(-1, self.n_heads), rel).to(q.dtype)
+        if isinstance(rel, torch.Tensor):  # dense maps: an ([B,] H, Lq, Lk) bias (slower: leaves the fused kernel)
+            bias = torch.einsum("rh,...rqk->...hqk", self.rel_bias.view(-1, self.n_heads), rel).to(q.dtype)
             mask = kw.pop("attn_mask", None)
             if mask is not None:
                 bias = bias.masked_fill(~mask, float("-inf"))
@@ -140,11 +159,12 @@ class Block(nn.Module):
                 bias = bias.masked_fill(torch.ones(bias.shape[-2:], dtype=torch.bool, device=q.device).triu(1),
                                         float("-inf"))
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, **kw)  # type: ignore[arg-type]
-        f, g, index = rel
+        f, g, index = rel  # f (Lq, K) / g (Lk, K), or per example (B, Lq, K) / (B, Lk, K)
         coef = self.rel_bias.view(-1, self.n_heads)[index].t()  # (H, K)
-        B, K = q.shape[0], f.shape[1]
-        qx = (coef[:, None, :] * f[None] * dh**0.5).to(q.dtype).expand(B, -1, -1, -1)  # (B, H, Lq, K)
-        kx = g.to(k.dtype).expand(B, self.n_heads, -1, -1)  # (B, H, Lk, K)
+        B, K = q.shape[0], f.shape[-1]
+        f4, g4 = (t[:, None] if t.dim() == 3 else t[None, None] for t in (f, g))  # (B or 1, 1, L, K)
+        qx = (coef[None, :, None, :] * f4 * dh**0.5).to(q.dtype).expand(B, self.n_heads, -1, -1)  # (B, H, Lq, K)
+        kx = g4.to(k.dtype).expand(B, self.n_heads, -1, -1)  # (B, H, Lk, K)
         vx = v.new_zeros(v.shape[:-1] + (K,))
         a = F.scaled_dot_product_attention(torch.cat([q, qx], -1), torch.cat([k, kx], -1), torch.cat([v, vx], -1),
                                            scale=dh**-0.5, **kw)  # type: ignore[arg-type]
@@ -219,22 +239,38 @@ class Transformer(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         n_rel = 0
         self.dense_relations = False
+        self.n_static_relations = self.n_token_relations = 0
         if o.relation_bias:
-            if not spec.relations:
-                from unmask.core.errors import ConfigError
+            from unmask.core.errors import ConfigError
 
+            if not spec.relations and not spec.token_relations:
                 raise ConfigError("backbone.relation_bias = true needs a task with relations (this task's "
-                                  "Task.relations() is empty); set backbone.relation_bias = false")
-            n_rel = len(spec.relations)
-            f, g, index = relation_factors(spec.relations, spec.seq_len)
-            self.dense_relations = f.shape[1] > MAX_FACTOR_RANK
-            if self.dense_relations:  # e.g. L&O (100, 200): rank 100 per direction
-                maps = torch.stack([f[:, index == r] @ g[:, index == r].T for r in range(n_rel)]).round()
-                self.register_buffer("rel_maps", maps, persistent=False)
-            else:
-                self.register_buffer("rel_f", f, persistent=False)
-                self.register_buffer("rel_g", g, persistent=False)
-                self.register_buffer("rel_index", index, persistent=False)
+                                  "Task.relations() and token_relations() are empty); set backbone.relation_bias = "
+                                  "false")
+            if spec.relations:
+                f, g, index = relation_factors(spec.relations, spec.seq_len)
+                self.n_static_relations = len(spec.relations)
+                self.dense_relations = f.shape[1] > MAX_FACTOR_RANK
+                if self.dense_relations:  # e.g. L&O (100, 200): rank 100 per direction
+                    maps = torch.stack([f[:, index == r] @ g[:, index == r].T
+                                        for r in range(self.n_static_relations)]).round()
+                    self.register_buffer("rel_maps", maps, persistent=False)
+                else:
+                    self.register_buffer("rel_f", f, persistent=False)
+                    self.register_buffer("rel_g", g, persistent=False)
+                    self.register_buffer("rel_index", index, persistent=False)
+            if spec.token_relations:
+                if causal:
+                    raise ConfigError("the task's token relations need a bidirectional model (a causal one reads "
+                                      "its keys from a cache without their tokens); set backbone.relation_bias = "
+                                      "false")
+                tables, index = token_tag_tables(spec.token_relations, spec.seq_len, spec.vocab_size,
+                                                 first=self.n_static_relations)
+                self.n_token_relations = len(spec.token_relations)
+                self.register_buffer("tok_tags", tables, persistent=False)
+                self.register_buffer("tok_index", index, persistent=False)
+                self.register_buffer("tok_offset", torch.arange(spec.seq_len) * spec.vocab_size, persistent=False)
+            n_rel = self.n_static_relations + self.n_token_relations
         self.has_relations = n_rel > 0
         self.drop = nn.Dropout(o.dropout)
         self.blocks = nn.ModuleList(Block(o, causal, n_rel) for _ in range(o.n_layers))
@@ -259,13 +295,31 @@ class Transformer(nn.Module):
             pe = e if pe is None else pe + e
         return pe
 
-    def _relations(self, q0: int, q1: int, k1: int) -> Relations | None:
-        """What the blocks attend with for query positions ``q0 .. q1-1`` over key positions ``0 .. k1-1``."""
+    def _relations(self, q0: int, q1: int, k1: int, tokens: torch.Tensor | None = None) -> Relations | None:
+        """What the blocks attend with for query positions ``q0 .. q1-1`` over key positions ``0 .. k1-1``; token
+        relations (bidirectional models only: ``q0 = 0``, ``q1 = k1 = L``) need the ``tokens`` (B, L)."""
         if not self.has_relations:
             return None
+        if not self.n_token_relations:
+            if self.dense_relations:
+                return self.rel_maps[:, q0:q1, :k1]
+            return self.rel_f[q0:q1], self.rel_g[:k1], self.rel_index
+        assert tokens is not None and q0 == 0 and q1 == k1 == tokens.shape[1]
+        L = tokens.shape[1]
+        tags = self.tok_tags[:, self.tok_offset[:L] + tokens]  # (R_t, B, L): column of each position's tag, or -1
+        ft = (tags[..., None] == torch.arange(self.tok_index.numel(), device=tokens.device)).any(0)
+        ft = ft.to(torch.float32)  # (B, L, K_t) one-hot of the tags: equal tags <=> ft ft^T = 1
         if self.dense_relations:
-            return self.rel_maps[:, q0:q1, :k1]
-        return self.rel_f[q0:q1], self.rel_g[:k1], self.rel_index
+            sel = (self.tok_index[None, :] == torch.arange(self.n_static_relations, self.n_static_relations
+                                                           + self.n_token_relations, device=tokens.device)[:, None])
+            maps = torch.einsum("bqk,rk,blk->brql", ft, sel.to(ft.dtype), ft)  # (B, R_t, L, L)
+            static = self.rel_maps[:, :L, :L].expand(tokens.shape[0], -1, -1, -1)
+            return torch.cat([static, maps], 1)
+        if not self.n_static_relations:
+            return ft, ft, self.tok_index
+        B = tokens.shape[0]
+        return (torch.cat([self.rel_f[:L].expand(B, -1, -1), ft], -1), torch.cat([self.rel_g[:L].expand(B, -1, -1),
+                ft], -1), torch.cat([self.rel_index, self.tok_index]))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         L = tokens.shape[1]
@@ -275,7 +329,7 @@ class Transformer(nn.Module):
             x = x + pe[:L]
         x = self.drop(x)
         rope = (self.rope_cos[:L], self.rope_sin[:L]) if self.rope else None
-        rel = self._relations(0, L, L)
+        rel = self._relations(0, L, L, tokens)
         for blk in self.blocks:
             x = blk(x, rope, rel)
         return self.head(self.norm(x))  # (B, L, V)

@@ -106,6 +106,38 @@ class Zebra(Task):
         }
         return {name: (n, tuple(int(x) for x in ids)) for name, (n, ids) in feats.items()}
 
+    def token_relations(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """What a clue refers to, for ``backbone.relation_bias`` (tags of (position, token); equal tags relate):
+
+        * ``item`` (36 tags): a clue operand naming item (a, v) and the answer cell of attribute a holding value v;
+        * ``attribute`` (H): a clue operand naming an item of attribute a and the answer cells of attribute a;
+        * ``house`` (W): a clue operand naming house k and the answer cells of house k;
+        * ``clue`` (C): the tokens of one clue slot. PAD relates to nothing.
+        """
+        C, H, W, V, L = self.C, self.H, self.W, VOCAB, self.seq_len
+        tags = {name: np.full((L, V), -1, np.int64) for name in ("item", "attribute", "house", "clue")}
+        tok = np.arange(V)
+        item = (tok >= ITEM0) & (tok < HOUSE0)
+        house = (tok >= HOUSE0) & (tok < TYPE0)
+        for pos in range(self.grid0):
+            slot, fld = divmod(pos, FIELDS)
+            tags["clue"][pos, tok != PAD] = slot
+            if fld:
+                tags["item"][pos, item] = tok[item] - ITEM0
+                a = (tok[item] - ITEM0) // 6
+                tags["attribute"][pos, item] = np.where(a < H, a, -1)
+                k = tok[house] - HOUSE0
+                tags["house"][pos, house] = np.where(k < W, k, -1)
+        for cell in range(H * W):
+            a, h = divmod(cell, W)
+            pos = self.grid0 + cell
+            real = tok != PAD
+            tags["attribute"][pos, real] = a
+            tags["house"][pos, real] = h
+            tags["item"][pos, VALUE0:VALUE0 + 6] = 6 * a + np.arange(6)
+        n_tags = {"item": 36, "attribute": H, "house": W, "clue": C}
+        return {name: (n_tags[name], tuple(int(x) for x in t.ravel())) for name, t in tags.items()}
+
     # -- encoding -----------------------------------------------------------------------------------------------
     def encode(self, clues: np.ndarray, solutions: np.ndarray | None, sizes: np.ndarray) -> tuple[np.ndarray, ...]:
         """Library arrays -> ``(inputs, given, targets or None)``: clues (N, k<=C, 4) codes (-1 pad), solutions

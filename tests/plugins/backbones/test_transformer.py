@@ -158,8 +158,12 @@ def test_relation_bias_keeps_the_kv_cache_exact(task):
 def test_relation_bias_without_relations_is_a_config_error():
     from unmask.core.errors import ConfigError
 
+    from unmask.core.registry import backbones
+    from unmask.core.task import ModelSpec
+
+    plugin = backbones.get("transformer")
     with pytest.raises(ConfigError, match="relation_bias"):
-        build_model(build_task({"name": "zebra"}), {"name": "transformer", "relation_bias": True})
+        plugin.build(plugin.Options(relation_bias=True), ModelSpec(10, 81, 9))
 
 
 def test_relation_bias_exports_to_onnx(tmp_path):
@@ -174,5 +178,82 @@ def test_relation_bias_exports_to_onnx(tmp_path):
                       output_names=["logits"], dynamic_shapes={"tokens": {0: batch}}, dynamo=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randint(0, 3, (3, 30))
+    with torch.no_grad():
+        np.testing.assert_allclose(sess.run(None, {"tokens": x.numpy()})[0], m(x).numpy(), atol=1e-4)
+
+
+# -- token relations (tags that depend on the tokens) ---------------------------------------------------------------
+def _tag_spec(static: bool):
+    """A small spec with two token relations (and, if ``static``, one position relation): tokens 0..3 on 12
+    positions; ``even`` tags a token 0/2 by its value, ``pair`` tags positions 2i, 2i+1 holding a non-zero token."""
+    from unmask.core.task import ModelSpec
+
+    L, V = 12, 5
+    even = np.full((L, V), -1)
+    even[:, 0], even[:, 2] = 0, 1
+    pair = np.full((L, V), -1)
+    pair[:, 1:4] = (np.arange(L) // 2)[:, None]
+    rel = {"first": (tuple(range(1, L)), (0,) * (L - 1))} if static else {}
+    return ModelSpec(V, L, 4, {}, False, rel, {"even": (2, tuple(even.ravel().tolist())),
+                                              "pair": (L // 2, tuple(pair.ravel().tolist()))})
+
+
+def _dense_tag_bias(m, spec, x) -> torch.Tensor:
+    """Reference (B, H, L, L) bias of block 0 from the tags themselves."""
+    L, V = spec.seq_len, spec.vocab_size
+    names = sorted(spec.relations)
+    maps = [_dense_relations(spec)[r].expand(x.shape[0], L, L) for r in range(len(names))]
+    for name in sorted(spec.token_relations):
+        tab = torch.tensor(spec.token_relations[name][1]).view(L, V)
+        t = tab[torch.arange(L), x]  # (B, L)
+        maps.append(((t[:, :, None] == t[:, None, :]) & (t[:, :, None] >= 0)).float())
+    b = m.blocks[0].rel_bias.detach().view(-1, m.n_heads)
+    return torch.einsum("rh,rbqk->bhqk", b, torch.stack(maps))
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("dense", [False, True])
+def test_token_relations_bias_attention_by_equal_tags(static, dense, monkeypatch):
+    import unmask.plugins.backbones.transformer as tr
+    from unmask.core.registry import backbones
+
+    spec = _tag_spec(static)
+    if dense:
+        monkeypatch.setattr(tr, "MAX_FACTOR_RANK", 0)
+    plugin = backbones.get("transformer")
+    opts = plugin.Options(d_model=16, n_layers=1, n_heads=2, positions="none", relation_bias=True)
+    torch.manual_seed(0)
+    m = plugin.build(opts, spec)
+    assert m.dense_relations == (dense and static)
+    with torch.no_grad():
+        m.blocks[0].rel_bias.copy_(torch.linspace(-2, 3, m.blocks[0].rel_bias.numel()))
+    x = torch.randint(0, 5, (3, 12), generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 12, 8, generator=g) for _ in range(3))
+    got = m.blocks[0]._attend(q, k, v, m._relations(0, 12, 12, x))
+    want = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5 + _dense_tag_bias(m, spec, x), -1) @ v
+    torch.testing.assert_close(got.detach(), want, atol=1e-5, rtol=1e-4)
+
+
+def test_token_relations_need_a_bidirectional_model():
+    from unmask.core.errors import ConfigError
+
+    zebra = build_task({"name": "zebra", "cache_dir": ""})
+    with pytest.raises(ConfigError, match="bidirectional"):
+        build_model(zebra, {"name": "transformer", "relation_bias": True}, causal=True)
+
+
+def test_token_relations_export_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    task = build_task({"name": "zebra", "max_houses": 4, "max_attributes": 4, "max_clues": 12, "cache_dir": ""})
+    m, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2,
+                              "relation_bias": True, "relation_bias_init": 3.0})
+    m.eval()
+    path = tmp_path / "m.onnx"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    x = torch.as_tensor(task.generate("train", 5, 0).targets)
+    torch.onnx.export(m, (x[:2],), str(path), input_names=["tokens"], output_names=["logits"],
+                      dynamic_shapes={"tokens": {0: batch}}, dynamo=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         np.testing.assert_allclose(sess.run(None, {"tokens": x.numpy()})[0], m(x).numpy(), atol=1e-4)

@@ -334,3 +334,36 @@ def test_train_smoke(tmp_path):
                                            "train.val_size=0", 'task.cache_dir=""', "train.batch_size=16",
                                            "train.threads=1"], progress=False)
     assert out.is_dir() and any(out.iterdir())
+
+
+def test_token_relations_link_clues_to_the_cells_they_name():
+    """``item`` relates a clue operand (a, v) to exactly the answer cell of attribute a holding v; ``house`` a house
+    operand to that house's cells; ``clue`` the tokens of one slot; PAD and masked cells hold no item."""
+    t = small_task()
+    rel = t.token_relations()
+    V, L = Z.VOCAB, t.seq_len
+    tags = {name: np.asarray(tab).reshape(L, V) for name, (_, tab) in rel.items()}
+    assert {name: n for name, (n, _) in rel.items()} == {"item": 36, "attribute": t.H, "house": t.W, "clue": t.C}
+    d = t.generate("train", 16, 5)
+    pos = np.arange(L)
+    for row in d.targets:
+        tg = {name: tab[pos, row] for name, tab in tags.items()}
+        grid = row[t.grid0:].reshape(t.H, t.W)
+        for p in range(t.grid0):
+            tok = row[p]
+            same_item = {int(q) for q in np.nonzero(tg["item"] == tg["item"][p])[0] if q >= t.grid0}
+            if p % Z.FIELDS and Z.ITEM0 <= tok < Z.HOUSE0:
+                a, v = divmod(int(tok) - Z.ITEM0, 6)
+                (h,) = np.nonzero(grid[a] == v)[0]
+                assert same_item == {t.grid0 + a * t.W + int(h)}
+            elif Z.HOUSE0 <= tok < Z.TYPE0:
+                k = int(tok) - Z.HOUSE0
+                cells = {int(q) for q in np.nonzero(tg["house"] == k)[0] if q >= t.grid0}
+                assert cells == {t.grid0 + a * t.W + k for a in range(t.H) if grid[a, k] != Z.PAD}
+            if tok == Z.PAD:
+                assert all(tg[name][p] == -1 for name in tags)
+            else:
+                assert tg["clue"][p] == p // Z.FIELDS
+        masked = row.copy()
+        masked[t.grid0:][masked[t.grid0:] != Z.PAD] = Z.MASK
+        assert (tags["item"][pos, masked][t.grid0:] == -1).all()
