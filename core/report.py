@@ -231,7 +231,8 @@ def training_curves(png: Path, runs: dict[str, str | os.PathLike], x: str = "sam
 
 
 def curves_table(runs: dict[str, str | os.PathLike]) -> str:
-    """Each run's validation records as text: step, samples, training time and % solved per strategy."""
+    """Each run's validation records as text: step, samples, training time and % solved per strategy (with % of
+    cells right where logged)."""
     lines = []
     for label, path in runs.items():
         tr, va = read_metrics(path)
@@ -239,8 +240,9 @@ def curves_table(runs: dict[str, str | os.PathLike]) -> str:
         lines.append(f"{label or path}: {last.get('step', 0)} steps, {last.get('samples', 0)} samples, "
                      f"{last.get('train_seconds', 0.0) / 60:.1f} min of training")
         for r in va:
-            vals = "  ".join(f"{k[4:]} {100 * v:.1f}" for k, v in sorted(r.items())
-                             if k.startswith("val_") and not k.endswith("_cells"))
+            vals = "  ".join(f"{k[4:]} {100 * v:.1f}" + (f" (cells {100 * r[k + '_cells']:.1f})"
+                                                           if k + "_cells" in r else "")
+                             for k, v in sorted(r.items()) if k.startswith("val_") and not k.endswith("_cells"))
             lines.append(f"  step {r['step']:>6}  samples {r.get('samples', 0):>8}  "
                          f"{r.get('train_seconds', float('nan')) / 60:>6.1f} min  {vals}")
     return "\n".join(lines)

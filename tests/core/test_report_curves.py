@@ -31,7 +31,7 @@ def run_records(scale: float = 1.0) -> list[dict]:
     recs.append({"step": 150, "loss": 0.5, "samples": 1200, "train_seconds": scale * 160})
     recs.append({"step": 200, "loss": 0.25, "samples": 1600, "train_seconds": scale * 210})
     recs.append({"step": 200, "samples": 1600, "val_margin": 0.5, "val_vanilla": 0.2})
-    recs.append({"step": 125, "samples": 1000, "val_margin": 0.3})
+    recs.append({"step": 125, "samples": 1000, "val_margin": 0.3, "val_margin_cells": 0.6})
     return recs
 
 
@@ -72,7 +72,8 @@ def test_curves_command_overlays_runs(tmp_path):
     lines = p.stdout.splitlines()
     assert lines[0] == "plain: 200 steps, 1600 samples, 3.5 min of training"
     assert "rel: 200 steps, 1600 samples, 7.0 min of training" in lines
-    assert any("margin 50.0  vanilla 20.0" in x for x in lines)
+    assert any("margin 50.0  vanilla 20.0" in x for x in lines)  # the resumed run's record at step 200
+    assert any("margin 30.0 (cells 60.0)" in x for x in lines) and not any("cells 70.0" in x for x in lines)
     p = unmask("curves", str(b), "--out", str(png))  # one run: labelled by its run directory, drawn unlabelled
     assert p.returncode == 0 and p.stdout.startswith(f"{b}: 200 steps"), p.stdout + p.stderr
     assert_one_line_error(unmask("curves", str(a), str(a), "--out", str(png)), "two runs are labelled 'plain'")
