@@ -78,7 +78,10 @@ def cmd_curves(args: argparse.Namespace) -> int:
     if len(runs) == 1:
         runs = {"": next(iter(runs.values()))}
     print(curves_table(runs))
-    training_curves(Path(args.out), runs, x=args.x, title=args.title or "")
+    try:
+        training_curves(Path(args.out), runs, x=args.x, title=args.title or "")
+    except OSError as exc:
+        raise InputError(f"cannot write {args.out}: {exc.strerror or exc}; choose another --out path") from None
     print(f"curves written to {args.out}")
     return 0
 

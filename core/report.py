@@ -187,8 +187,8 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[di
     return tr, va
 
 
-def _x(rec: dict[str, Any], x: str) -> float:
-    return float(rec["train_seconds" if x == "seconds" else x])
+def _xkey(x: str) -> str:
+    return "train_seconds" if x == "seconds" else x
 
 
 def training_curves(png: Path, runs: dict[str, str | os.PathLike], x: str = "samples", title: str = "") -> None:
@@ -202,17 +202,18 @@ def training_curves(png: Path, runs: dict[str, str | os.PathLike], x: str = "sam
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
+    xk = _xkey(x)
     for i, (label, (tr, va)) in enumerate(data.items()):
-        pts = [r for r in tr if x != "seconds" or "train_seconds" in r]
+        pts = [r for r in tr if xk in r]
         if pts:
-            axes[0].plot([_x(r, x) for r in pts], [r["loss"] for r in pts], lw=1, color=colors[i % len(colors)],
+            axes[0].plot([r[xk] for r in pts], [r["loss"] for r in pts], lw=1, color=colors[i % len(colors)],
                          label=label or None)
         keys = sorted({k for r in va for k in r if k.startswith("val_") and not k.endswith("_cells")})
         for j, k in enumerate(keys):
-            pts = [r for r in va if k in r and (x != "seconds" or "train_seconds" in r)]
+            pts = [r for r in va if k in r and xk in r]
             name = f"{label}: {k[4:]}" if label else k[4:]
             color = colors[(i if len(data) > 1 else j) % len(colors)]
-            axes[1].plot([_x(r, x) for r in pts], [100 * r[k] for r in pts], marker="o", ms=3, label=name,
+            axes[1].plot([r[xk] for r in pts], [100 * r[k] for r in pts], marker="o", ms=3, label=name,
                          color=color, ls=styles[j % len(styles)] if len(data) > 1 else "-")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("training loss (per token)")

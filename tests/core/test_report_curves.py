@@ -78,3 +78,5 @@ def test_curves_command_overlays_runs(tmp_path):
     assert p.returncode == 0 and p.stdout.startswith(f"{b}: 200 steps"), p.stdout + p.stderr
     assert_one_line_error(unmask("curves", str(a), str(a), "--out", str(png)), "two runs are labelled 'plain'")
     assert_one_line_error(unmask("curves", f"x={tmp_path / 'nope'}", "--out", str(png)), "no metrics.jsonl there")
+    (tmp_path / "file").write_text("")
+    assert_one_line_error(unmask("curves", str(a), "--out", str(tmp_path / "file" / "c.png")), "cannot write")
