@@ -176,7 +176,7 @@ def build_plan(table: int, scale: str, pairs: list[tuple[int, int]] | None = Non
         rows.append(Row("vanilla", key, "vanilla", pv, "19M", "test", group, sample))
         rows.append(Row("adaptive (margin)", key, "margin", pa, "19M", "test", group, sample))
         # the paper does not state L&O's noise: its puzzle decoding (Gumbel 0.5) and top prob. as extra columns
-        rows.append(Row(f"margin, {_noise_words(PAPER_NOISE).split(' (')[0]}", key, "margin", None, "19M", "test",
+        rows.append(Row(f"margin, Gumbel {PAPER_NOISE:g}", key, "margin", None, "19M", "test",
                         group, {**sample, **_noise(PAPER_NOISE)}))
         rows.append(Row("top prob.", key, "top_prob", None, "19M", "test", group, sample))
     notes = ["Score: the mean fraction of generated observations consistent with the generated latents, sequences "

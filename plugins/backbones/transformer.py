@@ -271,7 +271,6 @@ class Transformer(nn.Module):
                 self.register_buffer("tok_index", index, persistent=False)
                 self.register_buffer("tok_offset", torch.arange(spec.seq_len) * spec.vocab_size, persistent=False)
             n_rel = self.n_static_relations + self.n_token_relations
-        self.has_relations = n_rel > 0
         self.drop = nn.Dropout(o.dropout)
         self.blocks = nn.ModuleList(Block(o, causal, n_rel) for _ in range(o.n_layers))
         self.norm = _norm(o.norm, d)
@@ -298,9 +297,9 @@ class Transformer(nn.Module):
     def _relations(self, q0: int, q1: int, k1: int, tokens: torch.Tensor | None = None) -> Relations | None:
         """What the blocks attend with for query positions ``q0 .. q1-1`` over key positions ``0 .. k1-1``; token
         relations (bidirectional models only: ``q0 = 0``, ``q1 = k1 = L``) need the ``tokens`` (B, L)."""
-        if not self.has_relations:
-            return None
         if not self.n_token_relations:
+            if not self.n_static_relations:
+                return None
             if self.dense_relations:
                 return self.rel_maps[:, q0:q1, :k1]
             return self.rel_f[q0:q1], self.rel_g[:k1], self.rel_index

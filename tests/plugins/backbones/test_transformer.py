@@ -36,20 +36,25 @@ def test_bidirectional_vs_causal(task):
         assert torch.allclose(ca(x)[0, :80], ca(y)[0, :80], atol=1e-6)  # but never under causal attention
 
 
-def test_onnx_export_dynamic_batch(task, tmp_path):
+def assert_onnx_parity(m, example: torch.Tensor, checks: list[torch.Tensor], tmp_path) -> None:
+    """Export ``m`` with a dynamic batch axis (traced on ``example``) and check onnxruntime's logits on ``checks``."""
     ort = pytest.importorskip("onnxruntime")
-    m, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2})
     m.eval()
     path = tmp_path / "m.onnx"
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(m, (torch.zeros(2, 81, dtype=torch.int64),), str(path), input_names=["tokens"],
-                      output_names=["logits"], dynamic_shapes={"tokens": {0: batch}}, dynamo=True)
+    torch.onnx.export(m, (example,), str(path), input_names=["tokens"], output_names=["logits"],
+                      dynamic_shapes={"tokens": {0: batch}}, dynamo=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for b in (1, 5):
-        x = torch.randint(0, 10, (b, 81))
+    for x in checks:
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
             np.testing.assert_allclose(got, m(x).numpy(), atol=1e-4)
+
+
+def test_onnx_export_dynamic_batch(task, tmp_path):
+    m, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2})
+    assert_onnx_parity(m, torch.zeros(2, 81, dtype=torch.int64), [torch.randint(0, 10, (b, 81)) for b in (1, 5)],
+                       tmp_path)
 
 
 # -- relation bias ---------------------------------------------------------------------------------------------------
@@ -167,19 +172,10 @@ def test_relation_bias_without_relations_is_a_config_error():
 
 
 def test_relation_bias_exports_to_onnx(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
     task = build_task({"name": "lo_nae_sat", "n_latent": 7, "n_obs": 23})
     m, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2,
                               "relation_bias": True, "relation_bias_init": 3.0})
-    m.eval()
-    path = tmp_path / "m.onnx"
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(m, (torch.zeros(2, 30, dtype=torch.int64),), str(path), input_names=["tokens"],
-                      output_names=["logits"], dynamic_shapes={"tokens": {0: batch}}, dynamo=True)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = torch.randint(0, 3, (3, 30))
-    with torch.no_grad():
-        np.testing.assert_allclose(sess.run(None, {"tokens": x.numpy()})[0], m(x).numpy(), atol=1e-4)
+    assert_onnx_parity(m, torch.zeros(2, 30, dtype=torch.int64), [torch.randint(0, 3, (3, 30))], tmp_path)
 
 
 # -- token relations (tags that depend on the tokens) ---------------------------------------------------------------
@@ -244,16 +240,8 @@ def test_token_relations_need_a_bidirectional_model():
 
 
 def test_token_relations_export_to_onnx(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
     task = build_task({"name": "zebra", "max_houses": 4, "max_attributes": 4, "max_clues": 12, "cache_dir": ""})
     m, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2,
                               "relation_bias": True, "relation_bias_init": 3.0})
-    m.eval()
-    path = tmp_path / "m.onnx"
-    batch = torch.export.Dim("batch", min=1, max=4096)
     x = torch.as_tensor(task.generate("train", 5, 0).targets)
-    torch.onnx.export(m, (x[:2],), str(path), input_names=["tokens"], output_names=["logits"],
-                      dynamic_shapes={"tokens": {0: batch}}, dynamo=True)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        np.testing.assert_allclose(sess.run(None, {"tokens": x.numpy()})[0], m(x).numpy(), atol=1e-4)
+    assert_onnx_parity(m, x[:2], [x], tmp_path)
