@@ -148,6 +148,17 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     return latest
 
 
+def checkpoint_name(step: int) -> str:
+    """The directory name of a run's checkpoint at ``step`` (``step-0000100``)."""
+    return f"step-{int(step):07d}"
+
+
+def checkpoint_at(run_dir: str | os.PathLike, step: int) -> Path | None:
+    """The complete checkpoint of ``run_dir`` at ``step``, or None."""
+    cand = Path(run_dir) / "checkpoints" / checkpoint_name(step)
+    return cand if (cand / MODEL_FILE).exists() and (cand / CONFIG_FILE).exists() else None
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     run = Path(run_dir)
     ptr = run / LATEST

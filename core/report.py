@@ -120,9 +120,10 @@ def order_heatmap(png: Path, order: np.ndarray, given: np.ndarray, shape: tuple[
     plt.close(fig)
 
 
-def noise_chart(png: Path, curves: dict[str, list[tuple[float, float]]], flat: dict[str, float], title: str) -> None:
-    """% solved against the noise scale added to the scores: one line per strategy (``curves``: name -> [(scale,
-    % solved)]), and horizontal lines for methods without scores (``flat``: name -> % solved, e.g. vanilla)."""
+def line_chart(png: Path, curves: dict[str, list[tuple[float, float]]], flat: dict[str, float], title: str, *,
+               xlabel: str, ylabel: str = "% solved", logx: bool = False) -> None:
+    """Scores against a setting (a noise scale, a training step): one line per method (``curves``: name -> [(x,
+    score)]), and horizontal lines for methods without that setting (``flat``: name -> score, e.g. vanilla)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, pts in curves.items():
@@ -130,9 +131,12 @@ def noise_chart(png: Path, curves: dict[str, list[tuple[float, float]]], flat: d
         ax.plot(xs, ys, marker="o", label=name)
     for name, y in flat.items():
         ax.axhline(y, ls="--", color="gray", lw=1)
-        ax.annotate(name, (0, y), xytext=(2, 2), textcoords="offset points", fontsize=8, color="gray")
-    ax.set_xlabel("Gumbel noise scale on the scores")
-    ax.set_ylabel("% solved")
+        ax.annotate(name, (0, y), xycoords=("axes fraction", "data"), xytext=(2, 2), textcoords="offset points",
+                    fontsize=8, color="gray")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
     ax.set_title(title)
     ax.grid(alpha=0.3)

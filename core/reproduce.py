@@ -44,7 +44,7 @@ PAPER_LO = {(25, 275): (78.06, 93.76), (30, 270): (75.70, 93.54), (40, 260): (74
 # Tiny models for the smoke scale.
 SMOKE = ["train.steps=2", "train.batch_size=4", "train.data_size=16", "train.val_size=0", "train.warmup_steps=1",
          "train.ckpt_every=2", "train.log_every=1", "train.threads=1", "backbone.d_model=32", "backbone.n_layers=1",
-         "backbone.n_heads=2"]
+         "backbone.n_heads=2", "train.keep_steps=[1]"]
 
 
 @dataclass
@@ -131,6 +131,9 @@ def _puzzle_rows(paper: dict[str, float | None], mdm_size: str, split: str) -> l
 
 N_EVAL = {"smoke": 4, "cpu": 500, "paper": 5000}
 LO_PAIRS = {"smoke": [(25, 275), (100, 200)], "cpu": [(25, 275)], "paper": list(PAPER_LO)}
+ARGMAX_MARGIN, ARGMAX_VANILLA = "margin, argmax values", "vanilla, argmax values"
+BUDGET_METHODS = ("vanilla", "adaptive (margin)", ARGMAX_VANILLA, ARGMAX_MARGIN)  # decodings of Table 1's training-budget sweep
+ALWAYS_ONE = 75.0  # L&O score of writing 1 for every observation (NAE of uniform bits is 1 w.p. 3/4)
 LO_CPU_STEPS = 1500  # per (N, P) pair at cpu scale: ~80 min on one core (with the relation bias the rule is learnt by ~200)
 
 
@@ -171,10 +174,12 @@ def build_plan(table: int, scale: str, pairs: list[tuple[int, int]] | None = Non
         base = (N, P) == (25, 275)  # the config's own (N, P): its run directory
         models.append(ModelPlan(key, cfg, extra, suffix="" if base else f"-{N}-{P}", label=f"MDM (N, P) = ({N}, {P})"))
         pv, pa = PAPER_LO.get((N, P), (None, None))
-        sample = {"value": "sample"}  # generation from all-mask samples values (argmax margin scored 0% at cpu scale)
+        sample = {"value": "sample"}  # the paper samples values; its reference code takes the argmax (a column)
         group = f"({N}, {P})"
         rows.append(Row("vanilla", key, "vanilla", pv, "19M", "test", group, sample))
         rows.append(Row("adaptive (margin)", key, "margin", pa, "19M", "test", group, sample))
+        rows.append(Row(ARGMAX_VANILLA, key, "vanilla", None, "19M", "test", group, {"value": "argmax"}))
+        rows.append(Row(ARGMAX_MARGIN, key, "margin", None, "19M", "test", group, {"value": "argmax"}))
         # the paper does not state L&O's noise: its puzzle decoding (Gumbel 0.5) and top prob. as extra columns
         rows.append(Row(f"margin, Gumbel {PAPER_NOISE:g}", key, "margin", None, "19M", "test",
                         group, {**sample, **_noise(PAPER_NOISE)}))
@@ -186,13 +191,16 @@ def build_plan(table: int, scale: str, pairs: list[tuple[int, int]] | None = Non
              "% of latents 2..N right when every observation and latent 1 are shown (latent 1 pins the global flip; "
              "50 = no inference)."]
     notes.append("Adaptive (margin) decodes as the other columns without noise; the paper does not state L&O's "
-                 "noise, so \"margin, Gumbel 0.5\" uses its puzzle decoding (Gumbel noise, coefficient 0.5).")
+                 "noise, so \"margin, Gumbel 0.5\" uses its puzzle decoding (Gumbel noise, coefficient 0.5). The "
+                 "paper samples token values; the reference code it builds on takes the argmax (\"margin, argmax "
+                 "values\"), and so does \"vanilla, argmax values\" (random order, argmax tokens).")
     if scale == "cpu":
         notes.append(f"cpu scale: {len(chosen)} of the paper's 5 (N, P) pairs, {LO_CPU_STEPS} training steps each "
                      "(`--pairs` picks others); a finished model with more steps in the run directory is reused. "
                      "The backbone's attention is biased along the task's relations (an observation and its three "
                      "latents: `backbone.relation_bias`); without it the 0.8M model never found the triples "
-                     "(probe 75%) in 3,000 steps.")
+                     "(probe 75%) in 3,000 steps. The run keeps checkpoints at `train.keep_steps`; each is decoded "
+                     "again (the training-budget table and `table1-budget.png`).")
     return Plan(1, "L&O-NAE-SAT", models, rows, n, notes)
 
 
@@ -207,6 +215,8 @@ class ModelInfo:
     params: int | None
     command: str
     diagnostics: dict[str, float] = field(default_factory=dict)  # Task.diagnostics of the model (rank 0)
+    keep_steps: list[int] = field(default_factory=list)  # the planned config's train.keep_steps
+    budget_of: str = ""  # a kept checkpoint of another model of the table (its key): Table 1's budget sweep
 
 
 def _rel(p: Path | str) -> str:
@@ -264,7 +274,7 @@ def ensure_model(plan: ModelPlan, scale: str, *, runs_dir: Path | None = None, o
             cfg = ckpt.read_config(cand)
             if _matches(cfg, want, resolved.train):
                 log(f"[{plan.key}] reusing {_rel(cand)} (step {cfg.get('step')})")
-                return _info(plan, cand, cfg, True, command)
+                return _info(plan, cand, cfg, True, command, resolved.train.keep_steps)
     resume = ckpt.latest_checkpoint(out) is not None if (out / "checkpoints").exists() else False
     log(f"[{plan.key}] {'resuming' if resume else 'training'} {_rel(out)}: {command}")
     final = train(plan.config, sets, resume=resume, progress=progress)
@@ -272,10 +282,11 @@ def ensure_model(plan: ModelPlan, scale: str, *, runs_dir: Path | None = None, o
 
     barrier()
     cfg = ckpt.read_config(final)
-    return _info(plan, final, cfg, False, command)
+    return _info(plan, final, cfg, False, command, resolved.train.keep_steps)
 
 
-def _info(plan: ModelPlan, path: Path, cfg: dict[str, Any], reused: bool, command: str) -> ModelInfo:
+def _info(plan: ModelPlan, path: Path, cfg: dict[str, Any], reused: bool, command: str,
+          keep_steps: list[int]) -> ModelInfo:
     from unmask.core.checkpoint import MODEL_FILE, load_tensors
 
     try:
@@ -283,7 +294,40 @@ def _info(plan: ModelPlan, path: Path, cfg: dict[str, Any], reused: bool, comman
     except Exception:  # noqa: BLE001 - informational only
         params = None
     secs = cfg.get("train_seconds")
-    return ModelInfo(plan, Path(path), cfg, reused, float(secs) if secs is not None else None, params, command)
+    return ModelInfo(plan, Path(path), cfg, reused, float(secs) if secs is not None else None, params, command,
+                     keep_steps=sorted(keep_steps))
+
+
+def add_budget_sweep(plan: Plan, models: dict[str, ModelInfo]) -> None:
+    """Table 1: the checkpoints a model's run kept at ``train.keep_steps`` join the table as models ``key@step``,
+    decoded as :data:`BUDGET_METHODS` (the same model at several training budgets). Missing ones are named in a note."""
+    from dataclasses import replace
+
+    from unmask.core import checkpoint as ckpt
+
+    if plan.table != 1:
+        return
+    for key, info in list(models.items()):
+        if not info.keep_steps or info.budget_of:
+            continue
+        run = info.path.parent if info.path.name == "model" else None
+        final = int(info.config.get("step", 0))
+        base = [r for r in plan.rows if r.model == key and r.method in BUDGET_METHODS]
+        missing = []
+        for step in (k for k in info.keep_steps if k < final):
+            c = ckpt.checkpoint_at(run, step) if run is not None else None
+            if c is None:
+                missing.append(step)
+                continue
+            state, _ = ckpt.load_training_state(c)
+            models[f"{key}@{step}"] = ModelInfo(info.plan, c, ckpt.read_config(c), True,
+                                                state.get("train_seconds"), info.params, info.command,
+                                                budget_of=key)
+            plan.rows += [replace(r, model=f"{key}@{step}", paper=None) for r in base]
+        if missing:
+            plan.notes.append(f"{info.plan.label}: no checkpoint at step(s) {', '.join(map(str, missing))} in "
+                              f"`{_rel(info.path.parent)}/checkpoints` (trained without `train.keep_steps`?); train "
+                              "the run again to get the whole budget sweep.")
 
 
 # -- evaluation -------------------------------------------------------------------------------------------------------
@@ -385,7 +429,7 @@ def render(plan: Plan, scale: str, models: dict[str, ModelInfo], cells: list[Cel
                  + "".join(f"ours {m} | " for m in extra)
                  + "ours adaptive − vanilla | ours NFE (vanilla / adaptive) | probe: obs given latents / latents given obs |")
         L.append("|---|" + "---:|" * (7 + len(extra)))
-        for key in dict.fromkeys(r.model for r in plan.rows):
+        for key in dict.fromkeys(r.model for r in plan.rows if not models[r.model].budget_of):
             v, a, *more = [r for r in plan.rows if r.model == key]
             cv, ca = got.get(_row_key(v)), got.get(_row_key(a))
             ov = None if cv is None else 100 * cv.solved
@@ -393,12 +437,12 @@ def render(plan: Plan, scale: str, models: dict[str, ModelInfo], cells: list[Cel
             diff = None if ov is None or oa is None else oa - ov
             nfe = "—" if cv is None or ca is None else f"{cv.nfe_mean:.1f} / {ca.nfe_mean:.1f}"
             d = models[key].diagnostics
-            probe = (f"{100 * d['obs_given_latents']:.1f} / {100 * d['latents_given_obs']:.1f}"
-                     if "obs_given_latents" in d else "—")
+            probe = _probe(d)
             others = "".join(f"{_pct(None if (c := got.get(_row_key(r))) is None else 100 * c.solved)} | "
                              for r in more)
             L.append(f"| {v.group} | {_pct(v.paper)} | {_pct(a.paper)} | {_pct(ov)} | {_pct(oa)} | {others}"
                      f"{'—' if diff is None else f'{diff:+.2f}'} | {nfe} | {probe} |")
+        L += _budget_table(plan, models, got)
     else:
         L.append("| method | paper model | paper % solved | ours % solved | ours cell acc. % | ours mean NFE | "
                  "our model |")
@@ -413,16 +457,18 @@ def render(plan: Plan, scale: str, models: dict[str, ModelInfo], cells: list[Cel
     L += ["", "## Models", "", "| model | config | run | parameters | steps | samples | training time | |",
           "|---|---|---|---:|---:|---:|---:|---|"]
     for key, info in models.items():
+        if info.budget_of:
+            continue
         cfg = info.config
         L.append(f"| {info.plan.label or key} | `{_rel(info.plan.config)}` | `{_rel(info.path)}` | "
                  f"{'—' if info.params is None else f'{info.params / 1e6:.2f}M'} | {cfg.get('step', '—')} | "
                  f"{cfg.get('samples', '—')} | {_hms(info.train_seconds)} | "
                  f"{'reused' if info.reused else 'trained now'} |")
-    total = sum(i.train_seconds or 0.0 for i in models.values())
+    total = sum(i.train_seconds or 0.0 for i in models.values() if not i.budget_of)
     L += ["", f"Training time of these models: {_hms(total)} in all. This reproduction took {_hms(wall)} of wall time "
           "(training not reused plus evaluation).", ""]
     L += ["## Commands", "", "```", command, "", "# what it ran (equivalent commands):"]
-    L += [info.command for info in models.values()]
+    L += [info.command for info in models.values() if not info.budget_of]
     L += eval_commands
     L += ["```", ""]
     if plan.notes:
@@ -431,6 +477,69 @@ def render(plan: Plan, scale: str, models: dict[str, ModelInfo], cells: list[Cel
           f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
     return "\n".join(L)
+
+
+def _probe(d: dict[str, float]) -> str:
+    return (f"{100 * d['obs_given_latents']:.1f} / {100 * d['latents_given_obs']:.1f}"
+            if "obs_given_latents" in d else "—")
+
+
+def _budget_points(plan: Plan, models: dict[str, ModelInfo], got: dict[Any, Cell], key: str
+                   ) -> list[tuple[ModelInfo, dict[str, float | None]]]:
+    """The budget sweep of model ``key``: (model, {method: % solved}) per kept checkpoint, then the final model."""
+    out = []
+    for k in [k for k, i in models.items() if i.budget_of == key] + [key]:
+        scores: dict[str, float | None] = {}
+        for r in plan.rows:
+            if r.model == k and r.method in BUDGET_METHODS:
+                c = got.get(_row_key(r))
+                scores[r.method] = None if c is None else 100 * c.solved
+        out.append((models[k], scores))
+    return out
+
+
+def _budget_table(plan: Plan, models: dict[str, ModelInfo], got: dict[Any, Cell]) -> list[str]:
+    keys = list(dict.fromkeys(i.budget_of for i in models.values() if i.budget_of))
+    if not keys:
+        return []
+    L = ["", "## Training budget: the same run's checkpoints", "",
+         "Each model above decoded again at the checkpoints its run kept (`train.keep_steps`), the last row being "
+         "the model itself: how the gap between the decodings moves while the model learns.", "",
+         "| (N, P) | step | samples | training time | " + "".join(f"{m} | " for m in BUDGET_METHODS)
+         + "margin − vanilla (sampled) | margin − vanilla (argmax) | probe |",
+         "|---|" + "---:|" * (6 + len(BUDGET_METHODS))]
+    for key in keys:
+        group = next(r.group for r in plan.rows if r.model == key)
+        for info, sc in _budget_points(plan, models, got, key):
+            def gap(a: str, b: str) -> str:
+                return "—" if sc.get(a) is None or sc.get(b) is None else f"{sc[a] - sc[b]:+.2f}"  # type: ignore
+
+            L.append(f"| {group} | {info.config.get('step', '—')} | {info.config.get('samples', '—')} | "
+                     f"{_hms(info.train_seconds)} | " + "".join(f"{_pct(sc.get(m))} | " for m in BUDGET_METHODS)
+                     + f"{gap('adaptive (margin)', 'vanilla')} | {gap(ARGMAX_MARGIN, ARGMAX_VANILLA)} | "
+                     f"{_probe(info.diagnostics)} |")
+    return L
+
+
+def _budget_plot(plan: Plan, models: dict[str, ModelInfo], cells: list[Cell], png: Path) -> Path | None:
+    """Table 1: % consistent against the training step, one line per decoding (and per (N, P) when several)."""
+    from unmask.core.report import line_chart
+
+    got = {_row_key(c.row): c for c in cells}
+    keys = list(dict.fromkeys(i.budget_of for i in models.values() if i.budget_of))
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for key in keys:
+        group = next(r.group for r in plan.rows if r.model == key)
+        for info, sc in _budget_points(plan, models, got, key):
+            for m, y in sc.items():
+                if y is not None:
+                    name = m if len(keys) == 1 else f"{group} {m}"
+                    curves.setdefault(name, []).append((float(info.config.get("step", 0)), y))
+    if not any(len(v) > 1 for v in curves.values()):
+        return None
+    line_chart(png, curves, {"always 1": ALWAYS_ONE}, f"Table {plan.table}: {plan.title}, the same run's checkpoints",
+               xlabel="training step", ylabel="% observations consistent", logx=True)
+    return png
 
 
 def _decoding_words(cells: list[Cell]) -> str:
@@ -442,12 +551,14 @@ def _decoding_words(cells: list[Cell]) -> str:
             continue
         noises = {json.dumps([d.options.get("noise"), d.options.get("noise_scale")]) for d in cells
                   if d.row.strategy == c.row.strategy}
+        values = {d.options.get("value") for d in cells if d.row.strategy == c.row.strategy}
+        value = "values as named in each row" if len(values) > 1 else f"{o.get('value')} values"
         noise = ("noise as named in each row" if len(noises) > 1 else "no noise" if o.get("noise", "none") == "none"
                  else f"{o['noise']} noise {o.get('noise_scale')}")
         k = "each position revealed w.p. 1 - s/t" if c.row.strategy == "vanilla" else \
             f"K {o.get('k_rule', 'deterministic')}"
         seen.setdefault(c.row.strategy,
-                        f"{c.row.strategy} (T = {o.get('steps')}, {o.get('value')} values, {noise}, {k})")
+                        f"{c.row.strategy} (T = {o.get('steps')}, {value}, {noise}, {k})")
     return "; ".join(seen.values()) or "—"
 
 
@@ -489,6 +600,7 @@ def reproduce(table: int, scale: str, *, runs_dir: str | os.PathLike | None = No
     for mp in plan.models:
         models[mp.key] = ensure_model(mp, scale, runs_dir=Path(runs_dir) if runs_dir else None, overrides=overrides,
                                       progress=progress and main, log=say)
+    add_budget_sweep(plan, models)
     cells, eval_cmds = evaluate_rows(plan, models, n_eval=n, seed=seed, device=device, batch_size=batch_size,
                                      steps=steps, progress=progress, log=say)
     if not main:
@@ -509,17 +621,18 @@ def reproduce(table: int, scale: str, *, runs_dir: str | os.PathLike | None = No
                   "options": c.options} for c in cells],
         "models": {k: {"path": _rel(i.path), "config": _rel(i.plan.config), "reused": i.reused, "params": i.params,
                        "step": i.config.get("step"), "train_seconds": i.train_seconds, "command": i.command,
-                       "diagnostics": i.diagnostics}
+                       "diagnostics": i.diagnostics, "budget_of": i.budget_of or None}
                    for k, i in models.items()},
     })
-    png = _noise_plot(plan, cells, out.with_name(f"{out.stem}-noise.png"))
-    say(f"wrote {out} and {out.with_suffix('.json')}" + (f" and {png}" if png else ""))
+    pngs = [p for p in (_noise_plot(plan, cells, out.with_name(f"{out.stem}-noise.png")),
+                        _budget_plot(plan, models, cells, out.with_name(f"{out.stem}-budget.png"))) if p]
+    say(f"wrote {out} and {out.with_suffix('.json')}" + "".join(f" and {p}" for p in pngs))
     return out
 
 
 def _noise_plot(plan: Plan, cells: list[Cell], png: Path) -> Path | None:
     """Tables 2, 3, 5: % solved of top prob. and margin against the Gumbel noise scale (vanilla as a line)."""
-    from unmask.core.report import noise_chart
+    from unmask.core.report import line_chart
 
     curves: dict[str, list[tuple[float, float]]] = {}
     flat: dict[str, float] = {}
@@ -531,7 +644,8 @@ def _noise_plot(plan: Plan, cells: list[Cell], png: Path) -> Path | None:
             flat["vanilla"] = 100 * c.solved
     if not any(len(v) > 1 for v in curves.values()):
         return None
-    noise_chart(png, curves, flat, f"Table {plan.table}: {plan.title}, {cells[0].n} puzzles")
+    line_chart(png, curves, flat, f"Table {plan.table}: {plan.title}, {cells[0].n} puzzles",
+               xlabel="Gumbel noise scale on the scores")
     return png
 
 

@@ -57,6 +57,10 @@ class TrainOptions(Section):
     val_steps: Annotated[int, msgspec.Meta(ge=1)] = 50
     ckpt_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
     keep_checkpoints: Annotated[int, msgspec.Meta(ge=1)] = 3
+    keep_steps: list[Annotated[int, msgspec.Meta(ge=1)]] = msgspec.field(default_factory=list)
+    """Steps whose checkpoints are written whatever ckpt_every says and never rotated away: the model at several
+    training budgets (``unmask eval --model <out>/checkpoints/step-0000100``; Table 1 sweeps them). Steps past
+    ``steps`` are never reached (a shortened run keeps what it reaches)."""
     log_every: Annotated[int, msgspec.Meta(ge=1)] = 50
     threads: Annotated[int, msgspec.Meta(ge=0)] = 0
     """torch CPU threads (0 = default)."""
@@ -316,13 +320,15 @@ class Trainer:
     def save(self) -> Path:
         rng = {str(self.rank): {"torch": _torch_state(self.gen), "numpy": self.np_rng.bit_generator.state,
                                 "torch_global": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}}
-        path = self.out / "checkpoints" / f"step-{self.step:07d}"
+        path = self.out / "checkpoints" / ckpt.checkpoint_name(self.step)
         cfg = {**self.config, "step": self.step, "samples": self.samples}
         ckpt.save_model_dir(path, self.model.state_dict(), cfg, optimizer=self.opt.state_dict(),
                             state={"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
                                    "rng": rng})
         ckpt.mark_latest(self.out, path)
-        done = sorted(d for d in (self.out / "checkpoints").iterdir() if d.is_dir() and d.name.startswith("step-"))
+        kept = {ckpt.checkpoint_name(k) for k in self.o.keep_steps}
+        done = sorted(d for d in (self.out / "checkpoints").iterdir()
+                      if d.is_dir() and d.name.startswith("step-") and d.name not in kept)
         for old in done[: -self.o.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
         return path
@@ -433,7 +439,7 @@ class Trainer:
                 v = self.validate(val)
                 self._log({"step": self.step, "samples": self.samples, **v})
                 bar.write(f"step {self.step}: " + ", ".join(f"{k}={x:.3f}" for k, x in v.items()))
-            if self.rank == 0 and (self.step % o.ckpt_every == 0 or self.step == o.steps):
+            if self.rank == 0 and (self.step % o.ckpt_every == 0 or self.step == o.steps or self.step in o.keep_steps):
                 self.save()
         bar.close()
         final = self.out / "model"

@@ -69,12 +69,25 @@ def test_table1_smoke_one_pair(tmp_path):
     row = next(x for x in text.splitlines() if x.startswith("| (25, 275)"))
     cells = numbers(row)
     assert float(cells[1]) == pytest.approx(78.06) and float(cells[2]) == pytest.approx(93.76)
-    assert all(0 <= float(c) <= 100 for c in cells[3:7])  # vanilla, margin, margin + Gumbel 0.5, top prob.
-    assert float(cells[7]) == pytest.approx(float(cells[4]) - float(cells[3]), abs=0.011)  # adaptive - vanilla
+    # vanilla, margin, vanilla argmax, margin argmax, margin + Gumbel 0.5, top prob.
+    assert all(0 <= float(c) <= 100 for c in cells[3:9])
+    assert float(cells[9]) == pytest.approx(float(cells[4]) - float(cells[3]), abs=0.011)  # adaptive - vanilla
     header = next(x for x in text.splitlines() if x.startswith("| (N, P)"))
     assert "ours margin, Gumbel 0.5 |" in header and "ours top prob. |" in header
+    assert "ours margin, argmax values |" in header and "ours vanilla, argmax values |" in header
     assert "task.n_latent=25" in text and "task.n_obs=275" in text
     assert "--strategies margin --steps 50 --opt noise=gumbel --opt noise_scale=0.5 --opt value=sample" in text
+    # the training-budget sweep: the checkpoint kept at step 1 (smoke's train.keep_steps), then the model (step 2)
+    lines = text.splitlines()
+    head = lines.index("## Training budget: the same run's checkpoints")
+    sweep = [numbers(x) for x in lines[head:] if x.startswith("| (25, 275)")]
+    assert [r[1] for r in sweep] == ["1", "2"]
+    assert numbers(row)[3:7] == sweep[1][4:8]  # the model's own numbers
+    assert float(sweep[0][8]) == pytest.approx(float(sweep[0][5]) - float(sweep[0][4]), abs=0.011)
+    assert (tmp_path / "results" / "table1-budget.png").stat().st_size > 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["models"]["lo_25_275@1"]["budget_of"] == "lo_25_275" and data["models"]["lo_25_275@1"]["step"] == 1
+    assert "| MDM (N, P) = (25, 275) |" in text and text.count("| MDM (N, P)") == 1  # checkpoints not listed as models
 
 
 def test_plan_and_argument_errors(tmp_path):
@@ -98,11 +111,14 @@ def test_plan_and_argument_errors(tmp_path):
 
 
 def test_table1_generates_with_sampled_values():
-    """L&O-NAE-SAT is generation from all-mask: values are sampled; the puzzle tables decode argmax values."""
-    from unmask.core.reproduce import build_plan
+    """L&O-NAE-SAT is generation from all-mask: the paper's rows sample values (argmax rows are named so); the
+    puzzle tables decode argmax values."""
+    from unmask.core.reproduce import BUDGET_METHODS, build_plan
 
     t1 = build_plan(1, "cpu")
-    assert t1.rows and all(r.options.get("value") == "sample" for r in t1.rows)
+    assert t1.rows and all(r.options.get("value") == ("argmax" if "argmax" in r.method else "sample") for r in t1.rows)
+    assert [r.options["value"] for r in t1.rows if r.paper is not None] == ["sample", "sample"]
+    assert set(BUDGET_METHODS) <= {r.method for r in t1.rows}
     t2 = build_plan(2, "cpu").rows
     assert all("value" not in r.options for r in t2)
     paper_rows = [r for r in t2 if r.paper is not None and r.strategy in ("top_prob", "margin")]

@@ -172,3 +172,18 @@ def test_warm_start_from_a_model(tmp_path, model_dir):
     with pytest.raises(CheckpointError, match="train.init_from: model path .* does not exist"):
         train(CONFIG, tiny(tmp_path / "y", tmp_path / "cache", steps=1, **{
             "train.init_from": f'"{tmp_path / "nope"}"'}), progress=False)
+
+
+def test_keep_steps_survive_rotation(tmp_path):
+    from unmask.core.train import train
+
+    # checkpoints every 5 steps, 2 kept by rotation; steps 3 and 10 are kept whatever ckpt_every and the rotation say,
+    # and step 40 is past the run's end (a shortened run keeps what it reaches)
+    out = tmp_path / "k"
+    train(CONFIG, tiny(out, tmp_path / "cache", steps=25, **{"train.keep_checkpoints": "2",
+                                                              "train.keep_steps": "[3, 10, 40]"}), progress=False)
+    names = sorted(d.name for d in (out / "checkpoints").iterdir())
+    assert names == [ckpt.checkpoint_name(s) for s in (3, 10, 20, 25)]
+    assert ckpt.checkpoint_at(out, 3) is not None and ckpt.checkpoint_at(out, 5) is None
+    assert ckpt.read_config(ckpt.checkpoint_at(out, 3))["step"] == 3
+    assert ckpt.latest_checkpoint(out).name == ckpt.checkpoint_name(25)
