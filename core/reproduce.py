@@ -132,7 +132,8 @@ def _puzzle_rows(paper: dict[str, float | None], mdm_size: str, split: str) -> l
 N_EVAL = {"smoke": 4, "cpu": 500, "paper": 5000}
 LO_PAIRS = {"smoke": [(25, 275), (100, 200)], "cpu": [(25, 275)], "paper": list(PAPER_LO)}
 ARGMAX_MARGIN, ARGMAX_VANILLA = "margin, argmax values", "vanilla, argmax values"
-BUDGET_METHODS = ("vanilla", "adaptive (margin)", ARGMAX_VANILLA, ARGMAX_MARGIN)  # decodings of Table 1's training-budget sweep
+# decodings of Table 1's training-budget sweep
+BUDGET_METHODS = ("vanilla", "adaptive (margin)", ARGMAX_VANILLA, ARGMAX_MARGIN)
 ALWAYS_ONE = 75.0  # L&O score of writing 1 for every observation (NAE of uniform bits is 1 w.p. 3/4)
 LO_CPU_STEPS = 1500  # per (N, P) pair at cpu scale: ~80 min on one core (with the relation bias the rule is learnt by ~200)
 
