@@ -270,6 +270,9 @@ class Transformer(nn.Module):
                 self.register_buffer("tok_tags", tables, persistent=False)
                 self.register_buffer("tok_index", index, persistent=False)
                 self.register_buffer("tok_offset", torch.arange(spec.seq_len) * spec.vocab_size, persistent=False)
+                if self.dense_relations:  # (R_t, K_t): which tag columns make up each token relation's dense map
+                    rel_no = torch.arange(self.n_static_relations, self.n_static_relations + self.n_token_relations)
+                    self.register_buffer("tok_sel", (index[None, :] == rel_no[:, None]).float(), persistent=False)
             n_rel = self.n_static_relations + self.n_token_relations
         self.drop = nn.Dropout(o.dropout)
         self.blocks = nn.ModuleList(Block(o, causal, n_rel) for _ in range(o.n_layers))
@@ -309,9 +312,7 @@ class Transformer(nn.Module):
         ft = (tags[..., None] == torch.arange(self.tok_index.numel(), device=tokens.device)).any(0)
         ft = ft.to(torch.float32)  # (B, L, K_t) one-hot of the tags: equal tags <=> ft ft^T = 1
         if self.dense_relations:
-            sel = (self.tok_index[None, :] == torch.arange(self.n_static_relations, self.n_static_relations
-                                                           + self.n_token_relations, device=tokens.device)[:, None])
-            maps = torch.einsum("bqk,rk,blk->brql", ft, sel.to(ft.dtype), ft)  # (B, R_t, L, L)
+            maps = torch.einsum("bqk,rk,blk->brql", ft, self.tok_sel, ft)  # (B, R_t, L, L)
             static = self.rel_maps[:, :L, :L].expand(tokens.shape[0], -1, -1, -1)
             return torch.cat([static, maps], 1)
         if not self.n_static_relations:
