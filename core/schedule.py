@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from unmask.core.decode import DecodeResult, _check_inputs, apply_step, check_finished, engine_logits
+from unmask.core.decode import DecodeResult, _check_inputs, check_strategy, engine_vocab, pass_cap_error, run_step
 from unmask.core.errors import InputError
-from unmask.core.strategy import StepInput, Strategy
+from unmask.core.strategy import Strategy
 
 
 def _device_of(engine: Any, fallback: torch.device) -> torch.device:
@@ -44,6 +44,8 @@ def decode_many(
     trace: bool = False,
     progress: bool = False,
     desc: str = "decode",
+    vocab_size: int | None = None,
+    validate: bool = True,
 ) -> DecodeResult:
     """Decode the N requests ``inputs`` (N, L) with a slot table of ``batch_size`` rows (continuous batching).
 
@@ -51,10 +53,13 @@ def decode_many(
     NFE per request (N,), and with ``trace`` the NFE index at which each position was committed (0 = given).
     ``batch_size`` is capped by the engine's ``max_batch`` (a TensorRT profile's largest batch), if it has one.
     State lives on the engine's device (``engine.device``, when it is a torch device), results on the inputs'.
+    ``vocab_size`` and ``validate`` are as in :func:`unmask.core.decode.decode` (errors name request ids).
     """
     from tqdm.auto import tqdm
 
+    steps = check_strategy(strategy)
     _check_inputs(inputs, given, mask_id)
+    vocab_size = engine_vocab(engine, vocab_size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     max_batch = getattr(engine, "max_batch", None)
@@ -71,8 +76,6 @@ def decode_many(
     res_order = torch.zeros_like(src_tok) if trace else None
     queue = src_masked.any(dim=1).nonzero().squeeze(1)  # (Q,) request ids to decode, in order
     Q = int(queue.numel())
-    steps = strategy.steps
-    name = strategy.name or type(strategy).__name__
 
     # The slot table: live rows occupy the prefix [:n].
     B = max(1, min(batch_size, Q))
@@ -103,21 +106,22 @@ def decode_many(
 
     n = min(B, Q)
     load(0, n)
+    # Hard cap on passes (host-side, never skipped): a request takes at most `steps` passes, every pass serves
+    # B rows while the queue lasts, and the tail after it drains takes at most `steps` more.
+    max_passes = -(-Q * steps // B) + steps
+    passes = 0
     with tqdm(total=N, desc=desc, unit="seq", disable=not progress, leave=False) as bar:
         bar.update(N - Q)
         while n > 0:
-            t, m, g = tok[:n], msk[:n], giv[:n]
-            logits = engine_logits(engine, t, mask_id)  # (n, L, V)
-            if logits.device != dev:
-                logits = logits.to(dev)
-            s = stp[:n]
-            out = strategy.step(StepInput(logits, t, m, g, s, steps, generator, mask_id))
-            t2, m2, nfe2, o2 = apply_step(
-                out, t, m, g, nfe[:n], None if order is None else order[:n], mask_id=mask_id, name=name
+            passes += 1
+            if passes > max_passes:
+                raise pass_cap_error(strategy, steps)
+            t, g = tok[:n], giv[:n]
+            t2, m2, s2, nfe2, o2, left = run_step(
+                engine, strategy, t, msk[:n], g, stp[:n], nfe[:n], None if order is None else order[:n],
+                steps=steps, mask_id=mask_id, generator=generator, vocab_size=vocab_size, validate=validate,
+                row_ids=req[:n],
             )
-            s2 = s + (out.advance if out.advance is not None else 1)
-            left = m2.any(dim=1)  # (n,)
-            check_finished(left, s2, steps, name)
             k = int(left.sum())
             if k == n:  # nobody finished: update in place
                 tok[:n] = t2
