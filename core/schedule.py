@@ -8,7 +8,9 @@ batch shrinks to the live rows, so the tail of a run costs only what is left of 
 
 The live slots always form a prefix ``[:n]`` of preallocated (B, L) tensors, so the engine and the strategy get
 contiguous views with no copy; the table is compacted with index ops only on the iterations where rows finish.
-Checks and the state update are shared with :func:`unmask.core.decode.decode`.
+Checks and the state update are shared with :func:`unmask.core.decode.decode`. The table itself is
+:class:`SlotTable`; :func:`decode_many` feeds it from a fixed list of requests, ``unmask serve``
+(:mod:`unmask.core.serve`) from a stream of HTTP requests.
 
 For deterministic strategies (``strategy.deterministic``: argmax values, no noise, fixed K) every row's result is
 identical to decoding it alone, as long as the engine computes each row independently of the others in the
@@ -18,6 +20,7 @@ Random strategies draw from ``generator`` batch-wise, so their draws depend on t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +33,130 @@ from unmask.core.strategy import Strategy
 def _device_of(engine: Any, fallback: torch.device) -> torch.device:
     dev = getattr(engine, "device", None)
     return dev if isinstance(dev, torch.device) else fallback
+
+
+@dataclass
+class Finished:
+    """Rows that finished on one :meth:`SlotTable.step`: their request ids and final state."""
+
+    ids: torch.Tensor  # (k,) int64 request ids
+    tokens: torch.Tensor  # (k, L) int64, no mask left
+    nfe: torch.Tensor  # (k,) int64
+    order: torch.Tensor | None  # (k, L) int64 with ``trace``
+
+
+class SlotTable:
+    """The slot table: ``capacity`` preallocated rows whose live prefix ``[:n]`` is decoded one step at a time.
+
+    Rows enter with :meth:`admit` (each tagged with an int64 request id), advance with :meth:`step` (one
+    :func:`unmask.core.decode.run_step` on the live rows) and leave when they finish (returned by :meth:`step`) or
+    when :meth:`drop` removes them (a cancelled request). This is the one slot-table implementation: the batch
+    scheduler :func:`decode_many` and the streaming worker of ``unmask serve`` (:mod:`unmask.core.serve`) both
+    drive it.
+    """
+
+    def __init__(self, capacity: int, seq_len: int, *, device: torch.device | str = "cpu", trace: bool = False):
+        assert capacity >= 1
+        dev = torch.device(device)
+        B, L = capacity, seq_len
+        self.capacity = B
+        self.device = dev
+        self.tok = torch.empty((B, L), dtype=torch.int64, device=dev)
+        self.msk = torch.empty((B, L), dtype=torch.bool, device=dev)
+        self.giv = torch.empty((B, L), dtype=torch.bool, device=dev)
+        self.stp = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.nfe = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.req = torch.empty(B, dtype=torch.int64, device=dev)  # request id held by each slot
+        self.order = torch.zeros((B, L), dtype=torch.int64, device=dev) if trace else None
+        self.n = 0  # live rows occupy [:n]
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.n
+
+    def ids(self) -> torch.Tensor:
+        """Request ids of the live rows (n,)."""
+        return self.req[: self.n]
+
+    def admit(self, tokens: torch.Tensor, masked: torch.Tensor, given: torch.Tensor, ids: torch.Tensor) -> None:
+        """Load rows (k, L) with request ids (k,) behind the live ones; every row must have a masked position."""
+        count = int(tokens.shape[0])
+        if count <= 0:
+            return
+        assert count <= self.free, "slot table overflow"
+        sl = slice(self.n, self.n + count)
+        self.tok[sl] = tokens
+        self.msk[sl] = masked
+        self.giv[sl] = given
+        self.stp[sl] = 0
+        self.nfe[sl] = 0
+        self.req[sl] = ids
+        if self.order is not None:
+            self.order[sl] = 0
+        self.n += count
+
+    def _keep(self, keep: torch.Tensor, t2: torch.Tensor, m2: torch.Tensor, g: torch.Tensor, s2: torch.Tensor,
+              nfe2: torch.Tensor, req: torch.Tensor, o2: torch.Tensor | None) -> None:
+        """Compact the rows ``keep`` of the given state into [:k] (right-hand sides are gathered copies)."""
+        k = int(keep.numel())
+        self.tok[:k] = t2[keep]
+        self.msk[:k] = m2[keep]
+        self.giv[:k] = g[keep]
+        self.stp[:k] = s2[keep]
+        self.nfe[:k] = nfe2[keep]
+        self.req[:k] = req[keep]
+        if self.order is not None:
+            self.order[:k] = o2[keep]  # type: ignore[index]
+        self.n = k
+
+    def drop(self, ids: torch.Tensor) -> int:
+        """Remove the live rows whose request id is in ``ids``; returns how many were removed."""
+        n = self.n
+        if n == 0 or ids.numel() == 0:
+            return 0
+        gone = torch.isin(self.req[:n], ids.to(self.device))
+        k = int(gone.sum())
+        if k:
+            o = None if self.order is None else self.order[:n]
+            self._keep((~gone).nonzero().squeeze(1), self.tok[:n], self.msk[:n], self.giv[:n], self.stp[:n],
+                       self.nfe[:n], self.req[:n], o)
+        return k
+
+    def clear(self) -> torch.Tensor:
+        """Empty the table; returns the request ids it held."""
+        ids = self.req[: self.n].clone()
+        self.n = 0
+        return ids
+
+    def step(self, engine: Any, strategy: Strategy, generator: torch.Generator, *, mask_id: int, steps: int,
+             vocab_size: int | None = None, validate: bool = True) -> Finished | None:
+        """One engine call and one strategy step on the live rows; returns the rows that finished (or None).
+
+        Errors name request ids. On an error the table is unchanged (the step's results are not written).
+        """
+        n = self.n
+        if n == 0:
+            return None
+        order = self.order
+        t, g, req = self.tok[:n], self.giv[:n], self.req[:n]
+        t2, m2, s2, nfe2, o2, left = run_step(
+            engine, strategy, t, self.msk[:n], g, self.stp[:n], self.nfe[:n], None if order is None else order[:n],
+            steps=steps, mask_id=mask_id, generator=generator, vocab_size=vocab_size, validate=validate,
+            row_ids=req,
+        )
+        k = int(left.sum())
+        if k == n:  # nobody finished: update in place
+            self.tok[:n] = t2
+            self.msk[:n] = m2
+            self.nfe[:n] = nfe2
+            self.stp[:n] = s2
+            if order is not None:
+                order[:n] = o2
+            return None
+        done = ~left
+        fin = Finished(req[done], t2[done], nfe2[done], None if o2 is None else o2[done])
+        self._keep(left.nonzero().squeeze(1), t2, m2, g, s2, nfe2, req, o2)
+        return fin
 
 
 def decode_many(
@@ -77,84 +204,43 @@ def decode_many(
     queue = src_masked.any(dim=1).nonzero().squeeze(1)  # (Q,) request ids to decode, in order
     Q = int(queue.numel())
 
-    # The slot table: live rows occupy the prefix [:n].
-    B = max(1, min(batch_size, Q))
-    tok = torch.empty((B, L), dtype=torch.int64, device=dev)
-    msk = torch.empty((B, L), dtype=torch.bool, device=dev)
-    giv = torch.empty((B, L), dtype=torch.bool, device=dev)
-    stp = torch.zeros(B, dtype=torch.int64, device=dev)
-    nfe = torch.zeros(B, dtype=torch.int64, device=dev)
-    req = torch.empty(B, dtype=torch.int64, device=dev)  # request id held by each slot
-    order = torch.zeros((B, L), dtype=torch.int64, device=dev) if trace else None
+    table = SlotTable(max(1, min(batch_size, Q)), L, device=dev, trace=trace)
+    B = table.capacity
     head = 0  # next queue entry to load
 
-    def load(at: int, count: int) -> None:
+    def load(count: int) -> None:
         nonlocal head
         if count <= 0:
             return
         ids = queue[head : head + count]
-        sl = slice(at, at + count)
-        tok[sl] = src_tok[ids]
-        msk[sl] = src_masked[ids]
-        giv[sl] = src_given[ids]
-        stp[sl] = 0
-        nfe[sl] = 0
-        req[sl] = ids
-        if order is not None:
-            order[sl] = 0
+        table.admit(src_tok[ids], src_masked[ids], src_given[ids], ids)
         head += count
 
-    n = min(B, Q)
-    load(0, n)
+    load(min(B, Q))
     # Hard cap on passes (host-side, never skipped): a request takes at most `steps` passes, every pass serves
     # B rows while the queue lasts, and the tail after it drains takes at most `steps` more.
     max_passes = -(-Q * steps // B) + steps
     passes = 0
     with tqdm(total=N, desc=desc, unit="seq", disable=not progress, leave=False) as bar:
         bar.update(N - Q)
-        while n > 0:
+        while table.n > 0:
             passes += 1
             if passes > max_passes:
                 raise pass_cap_error(strategy, steps)
-            t, g = tok[:n], giv[:n]
-            t2, m2, s2, nfe2, o2, left = run_step(
-                engine, strategy, t, msk[:n], g, stp[:n], nfe[:n], None if order is None else order[:n],
-                steps=steps, mask_id=mask_id, generator=generator, vocab_size=vocab_size, validate=validate,
-                row_ids=req[:n],
-            )
-            k = int(left.sum())
-            if k == n:  # nobody finished: update in place
-                tok[:n] = t2
-                msk[:n] = m2
-                nfe[:n] = nfe2
-                stp[:n] = s2
-                if order is not None:
-                    order[:n] = o2
+            fin = table.step(engine, strategy, generator, mask_id=mask_id, steps=steps, vocab_size=vocab_size,
+                             validate=validate)
+            if fin is None:
                 continue
-            done = ~left
-            ids = req[:n][done]
-            res_tok[ids] = t2[done]
-            res_nfe[ids] = nfe2[done]
+            res_tok[fin.ids] = fin.tokens
+            res_nfe[fin.ids] = fin.nfe
             if res_order is not None:
-                res_order[ids] = o2[done]  # type: ignore[index]
-            # Compact the survivors into [:k] (right-hand sides are gathered copies), then refill behind them.
-            keep = left.nonzero().squeeze(1)
-            tok[:k] = t2[keep]
-            msk[:k] = m2[keep]
-            giv[:k] = g[keep]
-            stp[:k] = s2[keep]
-            nfe[:k] = nfe2[keep]
-            req[:k] = req[:n][keep]
-            if order is not None:
-                order[:k] = o2[keep]  # type: ignore[index]
-            fill = min(n - k, Q - head)
-            load(k, fill)
-            n = k + fill
-            bar.update(int(ids.numel()))
+                res_order[fin.ids] = fin.order  # type: ignore[index]
+            load(min(table.free, Q - head))  # refill the finished rows' slots at once
+            bar.update(int(fin.ids.numel()))
     assert head == Q, "scheduler left requests in the queue"
     return DecodeResult(
         res_tok.to(out_dev), res_nfe.to(out_dev), None if res_order is None else res_order.to(out_dev)
     )
 
 
-__all__ = ["decode_many"]
+__all__ = ["Finished", "SlotTable", "decode_many"]
