@@ -8,6 +8,7 @@ decoded into the plugin's ``Options`` Struct after the name is looked up in its 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tomllib
@@ -25,7 +26,14 @@ _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
 class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Base of every config section: keyword-only fields, unknown keys are errors."""
+    """Base of every config section: keyword-only fields, unknown keys are errors, float values must be finite
+    (``inf``/``nan`` pass msgspec's range bounds, e.g. ``ge=0``, but make no sense as an option anywhere)."""
+
+    def __post_init__(self) -> None:
+        for f in self.__struct_fields__:
+            v = getattr(self, f)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"'{f}' must be a finite number, got {v}")
 
 
 class NoOptions(Section):

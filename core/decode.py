@@ -4,8 +4,24 @@ Each row has its own step counter and quota; rows that have no masked position l
 engine (per-row finish); the number of forward passes each row took part in (NFE) is counted; given positions
 never change. The loop runs on whatever device the inputs are on (CPU or CUDA).
 
-The per-step checks and state update (``engine_logits``, ``apply_step``, ``check_finished``) are shared with the
+One step (engine call, strategy call, checks, state update) is :func:`run_step`, shared with the
 continuous-batching scheduler in :mod:`unmask.core.schedule`, so both loops enforce the same contract.
+
+What is checked, and what it costs (``validate=True``, the default):
+
+- on the host, free (tensor metadata only): the logits' shape and vocabulary size, and the shape, dtype and
+  device of everything the strategy returns (no silent broadcast);
+- on the device, one fused reduction per step: non-finite logits at masked positions (NaN, +inf, or all -inf; one
+  ``amax`` over (B, L, V), cheaper than the strategy's own softmax), commits outside the masked
+  positions, rows that commit nothing, committed values that are the mask id or outside the vocabulary,
+  ``advance < 1``, and rows left unfinished after their last step. The flags of all of these are stacked into one
+  (B, 6) tensor and read back with a single ``bool(...)``: one device->host sync of one byte per step (the loop
+  itself syncs once per step anyway to drop finished rows). Only when a flag is set is anything else computed.
+
+``validate=False`` skips the device checks (not the host ones, which cost nothing). What is never skipped is the
+hard cap on passes: a row can take at most ``steps`` passes (every valid pass advances its step counter by >= 1,
+and no row may outlive its last step), counted on the host, so even a strategy that re-masks what it commits or
+never advances ends with a one-line :class:`PluginError` naming it instead of looping forever.
 """
 
 from __future__ import annotations
@@ -14,8 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from unmask.core.errors import InputError, PluginError
+from unmask.core.errors import DeviceError, InputError, PluginError
 from unmask.core.strategy import StepInput, StepOutput, Strategy
+
+MAX_STEPS = 1_000_000  # the largest step count a strategy may ask for (as ``StrategyOptions.steps``)
 
 
 @dataclass
@@ -34,12 +52,166 @@ def _check_inputs(inputs: torch.Tensor, given: torch.Tensor, mask_id: int) -> No
         raise InputError("a given position holds the mask token; given positions must hold real tokens")
 
 
-def engine_logits(engine: object, tokens: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """``engine(tokens)`` checked for shape, as float32 with the mask token's logit at -inf: (B, L, V)."""
+def strategy_name(strategy: object) -> str:
+    """The name errors use for ``strategy``: its registry name, else its class name."""
+    return getattr(strategy, "name", "") or type(strategy).__name__
+
+
+def check_strategy(strategy: object) -> int:
+    """``strategy`` must have a ``step`` method (a :class:`Strategy` or a wrapper around one) and a sane step
+    count; returns the step count T."""
+    if not callable(getattr(strategy, "step", None)):
+        raise PluginError(
+            f"decoding strategy {strategy!r} is a {type(strategy).__name__} without a step() method; derive it "
+            "from unmask.core.strategy.Strategy or ScoreStrategy"
+        )
+    steps = getattr(strategy, "steps", None)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise PluginError(
+            f"strategy '{strategy_name(strategy)}' has steps = {steps!r}; it must be an integer in 1..{MAX_STEPS}"
+        )
+    return steps
+
+
+def engine_vocab(engine: object, vocab_size: int | None) -> int | None:
+    """The vocabulary size logits must have: ``vocab_size`` if given, else the engine's own, if it says."""
+    if vocab_size is None:
+        v = getattr(engine, "vocab_size", None)
+        vocab_size = v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+    return vocab_size
+
+
+def engine_logits(engine: object, tokens: torch.Tensor, mask_id: int, vocab_size: int | None = None) -> torch.Tensor:
+    """``engine(tokens)`` checked for shape (and vocabulary size, when known), as float32 on the tokens' device with
+    the mask token's logit at -inf: (B, L, V). Host-side checks only (no sync)."""
     logits = engine(tokens)  # type: ignore[operator]
+    if not isinstance(logits, torch.Tensor):
+        raise PluginError(f"engine {type(engine).__name__} returned a {type(logits).__name__}, not a tensor of logits")
     if logits.ndim != 3 or logits.shape[:2] != tokens.shape:
         raise PluginError(f"engine returned logits of shape {tuple(logits.shape)} for tokens {tuple(tokens.shape)}")
+    if vocab_size is not None and logits.shape[2] != vocab_size:
+        raise PluginError(
+            f"engine returned logits over {logits.shape[2]} tokens but the model's vocabulary has {vocab_size}; "
+            "the model and the task (or its metadata) do not match"
+        )
+    if not (logits.is_floating_point()):
+        raise PluginError(f"engine returned {logits.dtype} logits; logits must be floating point")
+    if logits.device != tokens.device:
+        logits = logits.to(tokens.device)
     return logits.float().masked_fill(_mask_column(logits, mask_id), float("-inf"))  # (B, L, V)
+
+
+def _check_output(out: object, B: int, L: int, device: torch.device, name: str) -> StepOutput:
+    """Shape, dtype and device of a strategy's output (host-side, free); no broadcasting is ever accepted."""
+    if not isinstance(out, StepOutput):
+        raise PluginError(f"strategy '{name}' returned a {type(out).__name__}; step() must return a StepOutput")
+
+    def need(t: object, what: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        if not isinstance(t, torch.Tensor):
+            raise PluginError(f"strategy '{name}' returned {what} as a {type(t).__name__}; expected a {dtype} tensor "
+                              f"of shape {shape}")
+        if tuple(t.shape) != shape or t.dtype != dtype or t.device != device:
+            raise PluginError(
+                f"strategy '{name}' returned {what} as {t.dtype} {tuple(t.shape)} on {t.device}; expected {dtype} "
+                f"{shape} on {device}"
+            )
+
+    need(out.commit, "commit", (B, L), torch.bool)
+    need(out.values, "values", (B, L), torch.int64)
+    if out.remask is not None:
+        need(out.remask, "remask", (B, L), torch.bool)
+    if out.advance is not None:
+        need(out.advance, "advance", (B,), torch.int64)
+    return out
+
+
+_PROBLEMS = (
+    (DeviceError, "engine returned non-finite logits (NaN, +inf, or all -inf at a position) for {rows}; the model "
+                  "or its runtime is broken (for bf16/fp16 artifacts try fp32)"),
+    (PluginError, "strategy '{name}' committed a position that was not masked ({rows})"),
+    (PluginError, "strategy '{name}' committed nothing for {rows}; every step must commit >= 1 per row"),
+    (PluginError, "strategy '{name}' committed values that are the mask id or outside the vocabulary 0..{vmax} "
+                  "({rows})"),
+    (PluginError, "strategy '{name}' returned advance < 1 for {rows}; every step must advance a row by >= 1"),
+    (PluginError, "strategy '{name}' left masked positions after its last step ({steps}) in {rows}"),
+)
+
+
+def _rows_text(flags: torch.Tensor, row_ids: torch.Tensor | None) -> str:
+    idx = flags.nonzero().squeeze(1)
+    ids = (row_ids[idx] if row_ids is not None else idx).tolist()
+    shown = ", ".join(map(str, ids[:8])) + (f", ... ({len(ids)} rows)" if len(ids) > 8 else "")
+    return f"row{'s' if len(ids) > 1 else ''} {shown}"
+
+
+def run_step(
+    engine: object,
+    strategy: Strategy,
+    tokens: torch.Tensor,
+    masked: torch.Tensor,
+    given: torch.Tensor,
+    step: torch.Tensor,
+    nfe: torch.Tensor,
+    order: torch.Tensor | None,
+    *,
+    steps: int,
+    mask_id: int,
+    generator: torch.Generator,
+    vocab_size: int | None = None,
+    validate: bool = True,
+    row_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One engine call and one strategy step on the live rows (B, L): new (tokens, masked, step, nfe, order, left).
+
+    ``left`` (B,) marks rows that still have masks. Nothing is modified in place. ``row_ids`` (B,) are the ids
+    errors name (the caller's row or request numbers; default: the position in this batch).
+    """
+    name = strategy_name(strategy)
+    B, L = tokens.shape
+    logits = engine_logits(engine, tokens, mask_id, vocab_size)  # (B, L, V)
+    out = strategy.step(StepInput(logits, tokens, masked, given, step, steps, generator, mask_id))
+    out = _check_output(out, B, L, tokens.device, name)
+    commit = out.commit
+    new_tokens = torch.where(commit, out.values, tokens)
+    new_masked = masked & ~commit
+    new_nfe = nfe + 1
+    if order is not None:
+        order = torch.where(commit, new_nfe[:, None], order)
+    if out.remask is not None:
+        remask = out.remask & ~given & ~new_masked
+        new_tokens = new_tokens.masked_fill(remask, mask_id)
+        new_masked = new_masked | remask
+        if order is not None:
+            order = order.masked_fill(remask, 0)
+    new_step = step + (out.advance if out.advance is not None else 1)
+    left = new_masked.any(dim=1)  # (B,)
+    if validate:
+        V = logits.shape[2]
+        values = out.values
+        bad_value = commit & ((values < 0) | (values >= V) | (values == mask_id))
+        flags = torch.stack(
+            [
+                (masked & ~torch.isfinite(logits.amax(dim=2))).any(dim=1),  # amax propagates NaN; all -inf stays
+                (commit & ~masked).any(dim=1),
+                ~commit.any(dim=1),
+                bad_value.any(dim=1),
+                (out.advance < 1) if out.advance is not None else torch.zeros_like(left),
+                left & (new_step >= steps),
+            ],
+            dim=1,
+        )  # (B, 6)
+        if bool(flags.any()):  # the one sync of the checks
+            col = int(flags.any(dim=0).nonzero()[0])
+            cls, msg = _PROBLEMS[col]
+            raise cls(msg.format(name=name, rows=_rows_text(flags[:, col], row_ids), vmax=V - 1, steps=steps))
+    return new_tokens, new_masked, new_step, new_nfe, order, left
+
+
+def pass_cap_error(strategy: Strategy, steps: int) -> PluginError:
+    return PluginError(
+        f"strategy '{strategy_name(strategy)}' did not finish a row within {steps} passes (its step count); a "
+        "strategy must advance every row by >= 1 step per pass and commit everything on its last step"
+    )
 
 
 def apply_step(
@@ -55,14 +227,18 @@ def apply_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Check a strategy's output against the contract and apply it: new (tokens, masked, nfe, order).
 
+    Kept for loops that call the strategy themselves; :func:`run_step` does the same with fused checks.
     Inputs are the rows of this step (B, L) / (B,); nothing is modified in place.
     """
+    B, L = tokens.shape
+    out = _check_output(out, B, L, tokens.device, name)
     commit = out.commit
     if bool((commit & ~masked).any()):
         raise PluginError(f"strategy '{name}' committed a position that was not masked")
-    n_commit = commit.sum(dim=1)
-    if bool((n_commit < 1).any()):
+    if bool((~commit.any(dim=1)).any()):
         raise PluginError(f"strategy '{name}' committed nothing for a row; every step must commit >= 1 per row")
+    if bool((commit & ((out.values < 0) | (out.values == mask_id))).any()):
+        raise PluginError(f"strategy '{name}' committed values that are the mask id or negative")
     tokens = torch.where(commit, out.values, tokens)
     masked = masked & ~commit
     nfe = nfe + 1
@@ -92,12 +268,18 @@ def decode(
     mask_id: int,
     generator: torch.Generator,
     trace: bool = False,
+    vocab_size: int | None = None,
+    validate: bool = True,
 ) -> DecodeResult:
     """Decode every masked position of ``inputs`` (B, L) with ``engine`` and ``strategy``.
 
     ``given`` (B, L) marks prompt positions that never change. Randomness comes only from ``generator``.
+    ``vocab_size``: the size the logits must have (default: ``engine.vocab_size`` when the engine has one).
+    ``validate=False`` skips the per-step device checks (see the module docstring for what they cost).
     """
+    steps = check_strategy(strategy)
     _check_inputs(inputs, given, mask_id)
+    vocab_size = engine_vocab(engine, vocab_size)
     tokens = inputs.clone()
     masked = (tokens == mask_id) & ~given  # (B, L)
     B = tokens.shape[0]
@@ -105,31 +287,23 @@ def decode(
     step = torch.zeros(B, dtype=torch.int64, device=dev)
     nfe = torch.zeros(B, dtype=torch.int64, device=dev)
     order = torch.zeros_like(tokens) if trace else None
-    steps = strategy.steps
     active = masked.any(dim=1).nonzero().squeeze(1)  # (B_a,)
-    name = strategy.name or type(strategy).__name__
+    passes = 0
     while active.numel() > 0:
-        tok_a = tokens[active]
-        masked_a = masked[active]
-        given_a = given[active]
-        logits = engine_logits(engine, tok_a, mask_id)  # (B_a, L, V)
-        out = strategy.step(
-            StepInput(logits, tok_a, masked_a, given_a, step[active], steps, generator, mask_id)
-        )
-        tok_a, masked_a, nfe_a, order_a = apply_step(
-            out, tok_a, masked_a, given_a, nfe[active], None if order is None else order[active],
-            mask_id=mask_id, name=name,
+        passes += 1
+        if passes > steps:  # every live row takes part in every pass: the hard cap, counted on the host
+            raise pass_cap_error(strategy, steps)
+        tok_a, masked_a, step_a, nfe_a, order_a, left = run_step(
+            engine, strategy, tokens[active], masked[active], given[active], step[active], nfe[active],
+            None if order is None else order[active], steps=steps, mask_id=mask_id, generator=generator,
+            vocab_size=vocab_size, validate=validate, row_ids=active,
         )
         tokens[active] = tok_a
         masked[active] = masked_a
         nfe[active] = nfe_a
+        step[active] = step_a
         if order is not None:
             order[active] = order_a
-        adv = out.advance if out.advance is not None else 1
-        step_a = step[active] + adv
-        step[active] = step_a
-        left = masked_a.any(dim=1)
-        check_finished(left, step_a, steps, name)
         active = active[left]
     return DecodeResult(tokens, nfe, order)
 

@@ -89,7 +89,7 @@ def evaluate(
         res = decode_many(
             engine, torch.from_numpy(data.inputs), torch.from_numpy(data.given), strategy,
             mask_id=task.mask_id, generator=gen, batch_size=batch_size, trace=trace, progress=progress,
-            desc=f"eval {name}",
+            desc=f"eval {name}", vocab_size=task.vocab_size,
         )
         preds, nfes = [res.tokens.cpu().numpy()], [res.nfe.cpu().numpy()]
         if trace and res.order is not None:
@@ -100,7 +100,8 @@ def evaluate(
                 sl = slice(start, start + batch_size)
                 inputs = torch.from_numpy(data.inputs[sl]).to(device)
                 given = torch.from_numpy(data.given[sl]).to(device)
-                res = decode(engine, inputs, given, strategy, mask_id=task.mask_id, generator=gen, trace=trace)
+                res = decode(engine, inputs, given, strategy, mask_id=task.mask_id, generator=gen, trace=trace,
+                             vocab_size=task.vocab_size)
                 preds.append(res.tokens.cpu().numpy())
                 nfes.append(res.nfe.cpu().numpy())
                 if trace and res.order is not None:

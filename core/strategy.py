@@ -174,8 +174,14 @@ class Strategy:
 
     @staticmethod
     def top_k(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """(B, L) bool: the k[b] highest-scoring candidates of each row b (ties broken by position)."""
-        s = scores.masked_fill(~candidates, NEG_INF)
+        """(B, L) bool: the k[b] highest-scoring candidates of each row b (ties broken by position).
+
+        Candidates always rank above non-candidates, even when scored -inf (e.g. by huge noise) or NaN (both rank
+        last among candidates), so a row's last step, with k = all candidates, commits every one of them.
+        """
+        s = scores if scores.is_floating_point() else scores.float()
+        lowest = torch.finfo(s.dtype).min
+        s = s.nan_to_num(nan=lowest, neginf=lowest).masked_fill(~candidates, NEG_INF)
         order = torch.sort(s, dim=1, descending=True, stable=True).indices  # (B, L)
         ranks = torch.empty_like(order)
         ranks.scatter_(1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
