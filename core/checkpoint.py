@@ -58,6 +58,7 @@ def save_model_dir(
     optimizer: dict[str, Any] | None = None,
     state: dict[str, Any] | None = None,
     extra_files: dict[str, str] | None = None,
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a model directory (and optionally the training state) atomically; returns its path."""
     out = Path(out)
@@ -73,6 +74,9 @@ def save_model_dir(
             _write_json(tmp / STATE_FILE, {**(state or {}), "optimizer": opt_meta})
         elif state is not None:
             _write_json(tmp / STATE_FILE, state)
+        for name, group in (extra_tensors or {}).items():  # more safetensors files (e.g. a training pool)
+            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / name),
+                      metadata={"format": FORMAT})
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         for f in tmp.iterdir():

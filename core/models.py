@@ -27,6 +27,20 @@ def build_model(task: Task, backbone_section: Any, *, causal: bool = False) -> t
     return module, plugin_section(name, options)
 
 
+def resolved_backbone(section: Any, where: str = "backbone") -> dict[str, Any]:
+    """A backbone section with every default filled in (what ``build_model`` records), so configs written by an
+    older unmask (without keys added since) compare equal to today's when they mean the same model."""
+    from unmask.core.config import plugin_section
+
+    name, _plugin, options = resolve_plugin(backbones, section, where)
+    return plugin_section(name, options)
+
+
+def resolved_task(section: Any, where: str = "task") -> dict[str, Any]:
+    """A task section with every default filled in (see ``resolved_backbone``)."""
+    return build_task(section, where).config_dict()
+
+
 def objective_of(config: dict[str, Any]) -> str:
     return str(config.get("train", {}).get("objective", "mdm"))
 

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from unmask.core import checkpoint as ckpt
 from unmask.core.config import Section, apply_overrides, convert, load_toml, to_builtins
 from unmask.core.errors import CheckpointError, ConfigError, InputError
-from unmask.core.models import autocast_context, build_model, check_task_matches, count_parameters, objective_of
+from unmask.core.masking import ProgressiveOptions, ProgressivePool, random_mask
+from unmask.core.models import (autocast_context, build_model, check_task_matches, count_parameters, objective_of,
+                                resolved_backbone, resolved_task)
 from unmask.core.task import Dataset, Task, build_task
 
 
@@ -46,6 +48,10 @@ class TrainOptions(Section):
     eps: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 1e-3
     low_discrepancy: bool = True
     """Stratified t over the batch (t_i = (u + i) / B mod 1): same objective, lower-variance gradients."""
+    masking: Literal["random", "progressive"] = "random"
+    """MDM masking process: the paper's random masking, or progressive unmasking (PUMA: training masks that follow
+    confidence-ordered decoding; options in ``[train.progressive]``). See unmask.core.masking."""
+    progressive: ProgressiveOptions = msgspec.field(default_factory=ProgressiveOptions)
     seed: int = 0
     data_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     """Training examples generated once (and cached); batches draw from them with random augmentation."""
@@ -104,6 +110,9 @@ def resolve_config(path: str | os.PathLike | None, overrides: list[str] | None =
     data = apply_overrides(raw if raw is not None else load_toml(path), overrides)  # type: ignore[arg-type]
     cfg = convert(data, RunConfig)
     task = build_task(cfg.task, "task")
+    if cfg.train.masking != "random" and cfg.train.objective != "mdm":
+        raise ConfigError(f"train.masking = '{cfg.train.masking}' is a masking process of the MDM objective, not of "
+                          f"'{cfg.train.objective}'; set train.masking = 'random' or train.objective = 'mdm'")
     if cfg.train.val_size and not cfg.train.val_strategies:
         raise ConfigError("train.val_strategies is empty while train.val_size > 0; name at least one strategy")
     from unmask.core.errors import PluginError
@@ -153,25 +162,27 @@ def mdm_loss(
     logits_fn: Any, batch_tokens: torch.Tensor, given: torch.Tensor, mask_id: int, eps: float,
     generator: torch.Generator, low_discrepancy: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Negative ELBO of the masked diffusion model for one batch (see module docstring)."""
-    B, L = batch_tokens.shape
-    dev = batch_tokens.device
-    u = torch.rand(B, generator=generator)
-    if low_discrepancy:
-        u = (u[:1] + torch.arange(B) / B) % 1.0
-    t = u.to(dev)
-    p_mask = (1.0 - eps) * t + eps  # (B,)
-    noise = torch.rand(B, L, generator=generator).to(dev)
-    masked = (noise < p_mask[:, None]) & ~given  # (B, L)
-    x = batch_tokens.masked_fill(masked, mask_id)
+    """Negative ELBO of the masked diffusion model for one batch under random masking (see module docstring)."""
+    masked, p_mask = random_mask(batch_tokens, given, eps, generator, low_discrepancy)
+    loss, info, _ = masked_loss(logits_fn, batch_tokens, masked, p_mask, mask_id)
+    return loss, info
+
+
+def masked_loss(
+    logits_fn: Any, targets: torch.Tensor, masked: torch.Tensor, p_mask: torch.Tensor, mask_id: int,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """sum over masked positions of CE / p_mask (per row), divided by B * L; also returns the logits (B, L, V) of
+    the one forward pass (progressive masking reuses them to pick its next reveals)."""
+    B, L = targets.shape
+    x = targets.masked_fill(masked, mask_id)
     logits = logits_fn(x).float()  # (B, L, V)
     logits[..., mask_id] = float("-inf")
-    ce = F.cross_entropy(logits.reshape(B * L, -1), batch_tokens.reshape(-1), reduction="none").view(B, L)
+    ce = F.cross_entropy(logits.reshape(B * L, -1), targets.reshape(-1), reduction="none").view(B, L)
     loss = (ce * masked / p_mask[:, None]).sum() / (B * L)
     with torch.no_grad():
         n = masked.sum().clamp(min=1)
-        acc = ((logits.argmax(-1) == batch_tokens) & masked).sum() / n
-    return loss, {"masked_acc": float(acc), "masked_frac": float(masked.float().mean())}
+        acc = ((logits.argmax(-1) == targets) & masked).sum() / n
+    return loss, {"masked_acc": float(acc), "masked_frac": float(masked.float().mean())}, logits
 
 
 def arm_loss(logits_fn: Any, seq: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -198,6 +209,15 @@ def lr_at(step: int, o: TrainOptions) -> float:
 def _settings(section: dict[str, Any] | None) -> dict[str, Any]:
     """A task/backbone section without the keys that change neither the data nor the model (where data is cached)."""
     return {k: v for k, v in (section or {}).items() if k != "cache_dir"}
+
+
+def _differences(have: dict[str, Any], want: dict[str, Any]) -> str:
+    """'key: old vs new' for each key whose value differs between two resolved sections."""
+    keys = sorted(set(have) | set(want), key=lambda k: (k != "name", k))
+    return ", ".join(f"{k}: {have.get(k, '-')!r} vs {want.get(k, '-')!r}" for k in keys if have.get(k) != want.get(k))
+
+
+POOL_FILE = "masking.safetensors"  # a checkpoint's progressive-masking pool (unmask.core.masking)
 
 
 # -- RNG state (JSON-safe) ------------------------------------------------------------------------------------------
@@ -248,6 +268,13 @@ class Trainer:
         self.train_seconds = 0.0
         self.gen = torch.Generator().manual_seed(self.o.seed * 1000 + self.rank)
         self.np_rng = np.random.default_rng([self.o.seed, self.rank])
+        self.pool: ProgressivePool | None = None
+        if self.o.masking == "progressive":
+            n_pool = self.o.batch_size - round(self.o.progressive.random_fraction * self.o.batch_size)
+            if n_pool < 1:
+                raise ConfigError(f"train.progressive.random_fraction = {self.o.progressive.random_fraction} leaves "
+                                  f"no pool slot in a batch of {self.o.batch_size}; lower it")
+            self.pool = ProgressivePool(self.o.progressive, n_pool, self.task.seq_len)
         if resume:
             self._resume()
         else:
@@ -270,12 +297,17 @@ class Trainer:
         if latest is None:
             raise CheckpointError(f"--resume: no checkpoint in '{self.out}/checkpoints'; start without --resume")
         cfg = ckpt.read_config(latest)
+        resolve = {"task": resolved_task, "backbone": resolved_backbone}
         for key in ("task", "backbone"):
-            if _settings(cfg.get(key)) != _settings(self.config[key]):
+            try:
+                have = resolve[key](cfg.get(key), f"{key} of checkpoint '{latest}'")
+            except ConfigError as exc:
+                raise CheckpointError(f"--resume: {exc}") from None
+            if _settings(have) != _settings(self.config[key]):
                 raise CheckpointError(
-                    f"--resume: the {key} in checkpoint '{latest}' differs from the config ({cfg.get(key)} vs "
-                    f"{self.config[key]}); resume with the config the run was started with"
-                )
+                    f"--resume: the {key} in checkpoint '{latest}' differs from the config "
+                    f"({_differences(_settings(have), _settings(self.config[key]))}); resume with the config the run "
+                    "was started with")
         state = ckpt.load_tensors(latest / ckpt.MODEL_FILE)
         self.model.load_state_dict(state)
         st, opt = ckpt.load_training_state(latest)
@@ -292,6 +324,14 @@ class Trainer:
         else:  # only rank 0 saves its streams: other ranks get fresh ones of their own (never rank 0's batches)
             self.gen.manual_seed(self.o.seed * 1000 + self.rank + 7919 * self.step)
             self.np_rng = np.random.default_rng([self.o.seed, self.rank, self.step])
+        pool_file = latest / POOL_FILE
+        if self.pool is not None and pool_file.is_file():  # else (e.g. a random-masking run resumed as progressive)
+            try:                                             # the pool starts afresh
+                self.pool.load_state_dict(ckpt.load_tensors(pool_file))
+            except (KeyError, ValueError) as exc:
+                raise CheckpointError(f"--resume: the progressive-masking pool in '{pool_file}' does not fit this "
+                                      f"config ({exc}); resume with the batch size and random_fraction the run "
+                                      "was started with") from None
         self.resumed_from = latest
         self._log({"event": "resume", "step": self.step, "checkpoint": latest.name})
 
@@ -305,11 +345,14 @@ class Trainer:
         if objective != self.o.objective:
             raise CheckpointError(f"train.init_from: '{src}' was trained with objective '{objective}', this run uses "
                                   f"'{self.o.objective}'; warm-start from a model of the same objective")
-        if cfg["backbone"] != self.config["backbone"]:
-            raise CheckpointError(
-                f"train.init_from: the backbone of '{src}' differs from the config ({cfg['backbone']} vs "
-                f"{self.config['backbone']}); warm-start from a model with the same backbone"
-            )
+        try:
+            src_backbone = resolved_backbone(cfg["backbone"], f"backbone of '{src}'")
+        except ConfigError as exc:
+            raise CheckpointError(f"train.init_from: {exc}") from None
+        if src_backbone != self.config["backbone"]:
+            diff = _differences(src_backbone, self.config["backbone"])
+            raise CheckpointError(f"train.init_from: the backbone of '{src}' differs from the config ({diff}); "
+                                  "warm-start from a model with the same backbone")
         check_task_matches(self.task, cfg, str(src))  # same task and token layout (other options may differ)
         self.model.load_state_dict(ckpt.load_tensors(src / ckpt.MODEL_FILE))
         self.samples = int(cfg.get("samples", 0))
@@ -324,7 +367,8 @@ class Trainer:
         cfg = {**self.config, "step": self.step, "samples": self.samples}
         ckpt.save_model_dir(path, self.model.state_dict(), cfg, optimizer=self.opt.state_dict(),
                             state={"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
-                                   "rng": rng})
+                                   "rng": rng},
+                            extra_tensors={POOL_FILE: self.pool.state_dict()} if self.pool is not None else None)
         ckpt.mark_latest(self.out, path)
         kept = {ckpt.checkpoint_name(k) for k in self.o.keep_steps}
         done = sorted(d for d in (self.out / "checkpoints").iterdir()
@@ -344,8 +388,10 @@ class Trainer:
     def _data(self) -> Dataset:
         return self.task.generate("train", self.o.data_size, self.o.seed, progress=self.progress and self.rank == 0)
 
-    def _batch(self, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.np_rng.integers(0, len(data), size=self.o.batch_size)
+    def _batch(self, data: Dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` (default: the batch size) random training examples, augmented: (targets, given) for an MDM,
+        (sequence, loss mask) for an ARM."""
+        idx = self.np_rng.integers(0, len(data), size=self.o.batch_size if n is None else n)
         b = data.take(idx)
         if self.o.augment:
             b = self.task.augment(b, self.np_rng)
@@ -354,6 +400,27 @@ class Trainer:
             seq, loss_mask = self.arm.encode(b)
             return torch.from_numpy(seq).to(self.device), torch.from_numpy(loss_mask).to(self.device)
         return torch.from_numpy(b.targets).to(self.device), torch.from_numpy(b.given).to(self.device)
+
+    def _progressive_loss(self, data: Dataset) -> tuple[torch.Tensor, dict[str, float]]:
+        """The MDM loss on a batch of pool slots (plus the random-masking fraction), then every slot moves one stage
+        on using the same forward pass's logits (unmask.core.masking)."""
+        pool, o = self.pool, self.o
+        assert pool is not None
+        empty = pool.empty()
+        if empty.numel():
+            t, g = self._batch(data, empty.numel())
+            pool.refill(empty, t.cpu(), g.cpu(), self.gen)
+        _, masked, p = pool.inputs(self.task.mask_id)
+        targets = pool.x0
+        n_rand = o.batch_size - pool.size
+        if n_rand:
+            t, g = (x.cpu() for x in self._batch(data, n_rand))
+            m_r, p_r = random_mask(t, g, o.eps, self.gen, o.low_discrepancy)
+            targets, masked, p = torch.cat([t, targets]), torch.cat([m_r, masked]), torch.cat([p_r, p])
+        loss, info, logits = masked_loss(self.fwd, targets.to(self.device), masked.to(self.device),
+                                         p.to(self.device), self.task.mask_id)
+        pool.advance(logits[n_rand:].detach(), self.gen)
+        return loss, info
 
     # -- validation -----------------------------------------------------------------------------------------------
     def validate(self, val: Dataset) -> dict[str, float]:
@@ -406,11 +473,13 @@ class Trainer:
             lr = lr_at(self.step, o)
             for g in self.opt.param_groups:
                 g["lr"] = lr
-            a, b = self._batch(data)
             with autocast_context(self.device, o.bf16):
                 if self.arm is not None:
-                    loss, info = arm_loss(self.fwd, a, b)
+                    loss, info = arm_loss(self.fwd, *self._batch(data))
+                elif self.pool is not None and self.step >= o.progressive.warmup_steps:
+                    loss, info = self._progressive_loss(data)
                 else:
+                    a, b = self._batch(data)
                     loss, info = mdm_loss(self.fwd, a, b, self.task.mask_id, o.eps, self.gen, o.low_discrepancy)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"training diverged at step {self.step} (loss={float(loss)}); lower train.lr")

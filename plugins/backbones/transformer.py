@@ -104,6 +104,29 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.cat([rot, x[..., 2 * half :]], dim=-1) if x.shape[-1] > 2 * half else rot
 
 
+# bf16 attention on the CPU as plain matmuls (see _math_attention); bench/train_step.py turns it off to compare
+CPU_BF16_MATH_ATTENTION = True
+
+
+def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                    dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v as plain batched matmuls (B, H, Lq, Dh), the softmax in fp32.
+
+    Used for bf16 on the CPU: there PyTorch's fused flash-attention kernel has a bf16 backward about 20x slower than
+    its fp32 one (Intel Xeon with AMX, one thread, the default Sudoku model: 227 ms vs 24 ms per layer and step),
+    while bf16 matmuls run on AMX; with this path a bf16 training step is 1.7x the fp32 one (bench/train_step.py).
+    Same maths as ``F.scaled_dot_product_attention`` (tested against it)."""
+    s = (q @ k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5 if scale is None else scale)  # (B, H, Lq, Lk)
+    if is_causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask
+    p = torch.softmax(s, dim=-1)
+    if dropout_p:
+        p = F.dropout(p, dropout_p)
+    return p.to(v.dtype) @ v
+
+
 # what a block attends with: the relation factors (F rows of the queries (Lq, K), G rows of the keys (Lk, K),
 # index (K,); F and G per example (B, L, K) with token relations), or the dense 0/1 maps ((B,) R, Lq, Lk) when the
 # factors would be too wide
@@ -149,6 +172,8 @@ class Block(nn.Module):
         gain ``b F`` and the keys ``G`` as extra dimensions (values gain zeros), so q.k gains sum_r b_r A_r."""
         dh = q.shape[-1]
         if rel is None or self.rel_bias is None:
+            if CPU_BF16_MATH_ATTENTION and q.dtype == torch.bfloat16 and q.device.type == "cpu":
+                return _math_attention(q, k, v, **kw)
             return F.scaled_dot_product_attention(q, k, v, **kw)  # type: ignore[arg-type]
         if isinstance(rel, torch.Tensor):  # dense maps: an ([B,] H, Lq, Lk) bias (slower: leaves the fused kernel)
             bias = torch.einsum("rh,...rqk->...hqk", self.rel_bias.view(-1, self.n_heads), rel).to(q.dtype)

@@ -187,3 +187,33 @@ def test_keep_steps_survive_rotation(tmp_path):
     assert ckpt.checkpoint_at(out, 3) is not None and ckpt.checkpoint_at(out, 5) is None
     assert ckpt.read_config(ckpt.checkpoint_at(out, 3))["step"] == 3
     assert ckpt.latest_checkpoint(out).name == ckpt.checkpoint_name(25)
+
+
+def test_warm_start_and_resume_fill_in_defaults_of_older_configs(tmp_path, model_dir):
+    """A model or checkpoint written before some backbone/task keys existed (e.g. relation_bias) still warm-starts
+    and resumes: configs are compared with defaults filled in; a real difference is named key by key."""
+    import shutil
+
+    from unmask.core.train import train
+
+    old = tmp_path / "old-model"
+    shutil.copytree(model_dir, old)
+    cfg = json.loads((old / ckpt.CONFIG_FILE).read_text())
+    for key in ("relation_bias", "relation_bias_init", "norm"):
+        cfg["backbone"].pop(key)
+    (old / ckpt.CONFIG_FILE).write_text(json.dumps(cfg))
+    out = train(CONFIG, tiny(tmp_path / "w", tmp_path / "cache", steps=1, **{"train.init_from": f'"{old}"'}),
+                progress=False)
+    assert ckpt.read_config(out)["init_from"]["path"] == str(old)
+    # the same for --resume from a checkpoint whose config lacks those keys
+    run = tmp_path / "r"
+    train(CONFIG, tiny(run, tmp_path / "cache", steps=5), progress=False)
+    latest = ckpt.latest_checkpoint(run)
+    cfg = json.loads((latest / ckpt.CONFIG_FILE).read_text())
+    cfg["backbone"].pop("relation_bias")
+    (latest / ckpt.CONFIG_FILE).write_text(json.dumps(cfg))
+    assert ckpt.read_config(train(CONFIG, tiny(run, tmp_path / "cache", steps=6), resume=True,
+                                  progress=False))["step"] == 6
+    with pytest.raises(CheckpointError, match=r"differs from the config \(d_model: 32 vs 64\)"):
+        train(CONFIG, tiny(tmp_path / "x", tmp_path / "cache", steps=1, **{
+            "train.init_from": f'"{old}"', "backbone.d_model": "64"}), progress=False)

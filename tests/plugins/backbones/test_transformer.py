@@ -245,3 +245,36 @@ def test_token_relations_export_to_onnx(tmp_path):
                               "relation_bias": True, "relation_bias_init": 3.0})
     x = torch.as_tensor(task.generate("train", 5, 0).targets)
     assert_onnx_parity(m, x[:2], [x], tmp_path)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_math_attention_equals_sdpa(causal, with_mask):
+    """The CPU bf16 attention path (plain matmuls) computes what F.scaled_dot_product_attention does."""
+    import torch.nn.functional as F
+
+    from unmask.plugins.backbones.transformer import _math_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g) for _ in range(3))
+    mask = (torch.rand(7, 7, generator=g) > 0.3) | torch.eye(7, dtype=torch.bool) if with_mask else None
+    kw = {"attn_mask": mask} if with_mask else {"is_causal": causal}
+    want = F.scaled_dot_product_attention(q, k, v, **kw)
+    assert torch.allclose(_math_attention(q, k, v, **kw), want, atol=1e-5)
+    assert torch.allclose(_math_attention(q, k, v, scale=0.1, **kw),
+                          F.scaled_dot_product_attention(q, k, v, scale=0.1, **kw), atol=1e-5)
+
+
+def test_bf16_autocast_forward_close_to_fp32():
+    """A bf16 autocast forward on the CPU (matmul attention) gives nearly the fp32 logits."""
+    from unmask.core.models import build_model
+    from unmask.core.task import build_task
+
+    task = build_task({"name": "sudoku", "minimal": False, "cache_dir": ""})
+    model, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 2, "n_heads": 4})
+    x = torch.randint(0, task.vocab_size, (4, task.seq_len), generator=torch.Generator().manual_seed(1))
+    ref = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x).float()
+    assert (low - ref).abs().max() < 0.1 * ref.abs().max()
+    assert (low.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
