@@ -21,6 +21,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unmask.core.errors import CheckpointError
+from unmask.core.files import read_text
+
+
+def _read_text(p: Path, what: str) -> str:
+    """UTF-8 text of ``p`` (FileNotFoundError when missing; not UTF-8: a CheckpointError naming the line)."""
+    if not p.is_file():
+        raise FileNotFoundError(p)
+    return read_text(p, what, CheckpointError)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -186,7 +194,7 @@ def mark_latest(run_dir: Path, ckpt: Path) -> None:
 def read_config(model_dir: str | os.PathLike) -> dict[str, Any]:
     p = Path(model_dir) / CONFIG_FILE
     try:
-        cfg = json.loads(p.read_text())
+        cfg = json.loads(_read_text(p, "model config"))
     except FileNotFoundError:
         raise CheckpointError(f"'{p}' is missing; a model directory needs {CONFIG_FILE}") from None
     except json.JSONDecodeError as exc:
@@ -196,6 +204,10 @@ def read_config(model_dir: str | os.PathLike) -> dict[str, Any]:
     for key in ("task", "backbone"):
         if key not in cfg:
             raise CheckpointError(f"'{p}' has no '{key}' section; the checkpoint is corrupt or from another tool")
+    for key in ("task", "backbone", "train"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise CheckpointError(f"'{p}': section '{key}' is a {type(cfg[key]).__name__}, not a table; the config "
+                                  "was edited or is corrupt")
     return cfg
 
 
@@ -214,7 +226,7 @@ def load_training_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | No
     if not sp.is_file():
         raise CheckpointError(f"'{ckpt}' has no {STATE_FILE}; it is a model, not a resumable checkpoint")
     try:
-        state = json.loads(sp.read_text())
+        state = json.loads(_read_text(sp, "training state"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"'{sp}' is not valid JSON ({exc}); the checkpoint is corrupt") from None
     opt = None

@@ -6,10 +6,11 @@ Every user mistake ends as one line ``error: ...`` on stderr and exit status 2, 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from unmask.core.errors import InputError, UnmaskError
 
@@ -18,6 +19,25 @@ KINDS = ("tasks", "backbones", "strategies", "runtimes")
 
 def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one line ``error: ...`` and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        sys.exit(2)
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 # -- list -----------------------------------------------------------------------------------------------------------
@@ -128,6 +148,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from unmask.core.arm import eval_strategies
     from unmask.core.report import eval_report, format_table, order_heatmap, write_report
 
+    from unmask.core.files import check_writable
+
+    if args.json:  # before any work, so a typo costs no evaluation (the bar chart and heat maps go beside it)
+        check_writable(args.json, "--json")
+    elif args.trace:
+        check_writable(Path("order.png"), "--trace (heat maps go to the current directory without --json)")
     distributed.setup(args.device)  # under torchrun: each rank decodes a shard, rank 0 reports
     main = distributed.is_main()
     engine, task, runtime = _engine_and_task(args)
@@ -172,6 +198,10 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
     from unmask.core.decode import decode
 
+    from unmask.core.files import check_writable
+
+    if args.order_png:
+        check_writable(args.order_png, "--order-png")
     text = sys.stdin.read() if args.puzzle == "-" else args.puzzle
     engine, task, runtime = _engine_and_task(args)
     from unmask.core.arm import is_arm
@@ -224,7 +254,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unmask", description="Masked diffusion models that plan their decoding order.")
+    p = _Parser(prog="unmask", description="Masked diffusion models that plan their decoding order.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="list registered plugins")
@@ -252,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--runtime", help="torch, onnxruntime, tensorrt, ... (default: from the model path)")
         s.add_argument("--device", help="cpu, cuda (or tensorrt for onnxruntime)")
         s.add_argument("--bf16", action="store_true", help="bf16 autocast (torch runtime)")
-        s.add_argument("--threads", type=int, help="CPU threads for the runtime")
-        s.add_argument("--steps", type=int, help="decoding steps T (default: the strategy's, 50)")
+        s.add_argument("--threads", type=_positive, help="CPU threads for the runtime")
+        s.add_argument("--steps", type=_positive, help="decoding steps T (default: the strategy's, 50)")
         s.add_argument("--opt", action="append", metavar="KEY=VALUE",
                        help="strategy option for every strategy, e.g. noise=gumbel, noise_scale=0.5, value=sample")
         s.add_argument("--seed", type=int, default=0)
@@ -263,10 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", help="task name (checked against the model's)")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="data file of the task's format")
-    src.add_argument("--generate", type=int, metavar="N", help="generate N examples")
+    src.add_argument("--generate", type=_positive, metavar="N", help="generate N examples")
     s.add_argument("--split", default="test", help="split to generate: test or hard (default test)")
     s.add_argument("--strategies", default="vanilla,top_prob,margin")
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--batch-size", type=_positive, default=256)
     s.add_argument("--scheduler", choices=("static", "continuous"), default="static")
     s.add_argument("--json", help="write results as JSON (and a bar chart PNG beside it)")
     s.add_argument("--trace", action="store_true", help="record the commit order and plot it")
@@ -300,6 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     except UnmaskError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except MemoryError:
+        print("error: out of memory; use smaller sizes (--batch-size, train.batch_size, backbone.d_model)",
+              file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, a file vanishing mid-run: the environment, not a bug
+        where = f": '{exc.filename}'" if exc.filename else ""
+        hint = "free some disk space and retry" if exc.errno == errno.ENOSPC else "check the path and retry"
+        print(" ".join(f"error: {exc.strerror or exc}{where}; {hint}".split()), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from unmask.core.errors import ConfigError, PluginError
+from unmask.core.files import read_text
 from unmask.core.registry import Registry
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -115,7 +116,7 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file '{p}' not found; pass an existing TOML file (see configs/)")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(read_text(p, "config file", ConfigError))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file '{p}' is not valid TOML: {exc}") from None
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from unmask.core.errors import DeviceError, InputError, PluginError
+from unmask.core.errors import DeviceError, InputError, PluginError, UnmaskError
 from unmask.core.strategy import StepInput, StepOutput, Strategy
 
 MAX_STEPS = 1_000_000  # the largest step count a strategy may ask for (as ``StrategyOptions.steps``)
@@ -55,6 +55,17 @@ def _check_inputs(inputs: torch.Tensor, given: torch.Tensor, mask_id: int) -> No
 def strategy_name(strategy: object) -> str:
     """The name errors use for ``strategy``: its registry name, else its class name."""
     return getattr(strategy, "name", "") or type(strategy).__name__
+
+
+def _origin(strategy: object) -> str:
+    """``'name' (package 'pkg')`` for errors about a strategy plugin."""
+    from unmask.core.registry import strategies
+
+    name = strategy_name(strategy)
+    pkg = strategies.package(name) if getattr(strategy, "name", "") else None
+    if pkg is None:
+        pkg = (type(strategy).__module__ or "?").split(".")[0]
+    return f"'{name}' (package '{pkg}')"
 
 
 def check_strategy(strategy: object) -> int:
@@ -169,7 +180,12 @@ def run_step(
     name = strategy_name(strategy)
     B, L = tokens.shape
     logits = engine_logits(engine, tokens, mask_id, vocab_size)  # (B, L, V)
-    out = strategy.step(StepInput(logits, tokens, masked, given, step, steps, generator, mask_id))
+    try:
+        out = strategy.step(StepInput(logits, tokens, masked, given, step, steps, generator, mask_id))
+    except UnmaskError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's bug is reported as one line naming it (free: no sync)
+        raise PluginError(f"strategy {_origin(strategy)} failed: {type(exc).__name__}: {exc}") from exc
     out = _check_output(out, B, L, tokens.device, name)
     commit = out.commit
     new_tokens = torch.where(commit, out.values, tokens)

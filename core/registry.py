@@ -192,6 +192,10 @@ class Registry:
             out.append(PluginInfo(name, _first_line(getattr(obj, "__doc__", None)), self._packages.get(name, "?")))
         return out
 
+    def package(self, name: str) -> str | None:
+        """The package that provides the loaded plugin ``name`` (None if it is not loaded)."""
+        return self._packages.get(name)
+
     def collisions(self) -> list[str]:
         self._scan_entry_points()
         return list(self._collisions.values())

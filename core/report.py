@@ -13,6 +13,7 @@ import numpy as np
 from unmask.core.config import write_json
 from unmask.core.errors import InputError
 from unmask.core.evaluate import EvalResult
+from unmask.core.files import read_text
 from unmask.core.task import Dataset, Task
 
 
@@ -167,7 +168,7 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[di
     f = metrics_file(path)
     train: dict[int, dict[str, Any]] = {}
     val: dict[int, dict[str, Any]] = {}
-    for i, line in enumerate(f.read_text().splitlines(), 1):
+    for i, line in enumerate(read_text(f, "metrics file").splitlines(), 1):
         if not line.strip():
             continue
         try:

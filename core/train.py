@@ -124,6 +124,9 @@ def resolve_config(path: str | os.PathLike | None, overrides: list[str] | None =
             build_strategy(s, where, steps=cfg.train.val_steps)
         except PluginError as exc:
             raise ConfigError(f"at '{where}': {exc}") from None
+    from unmask.core.files import check_writable
+
+    check_writable(cfg.out, "out (the run directory)", directory=True)  # before any training work
     return Resolved(data, task, cfg.train, Path(cfg.out))
 
 

@@ -59,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--model CKPT is required (or --from-onnx IN.onnx with --trt)")
     if args.trt and args.quantize:
         raise ConfigError("--quantize int8 is for onnxruntime on the CPU; TensorRT plans take --precision fp16|bf16")
+    from unmask.core.files import check_writable
+
+    for flag, path in (("--onnx", args.onnx), ("--trt", args.trt), ("--report", args.report)):
+        if path:  # before the export work starts
+            check_writable(path, flag)
     report: dict = {}
     if args.trt:
         from unmask.export.tensorrt import build_tensorrt, require_tensorrt

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from unmask.core.errors import CheckpointError
+from unmask.core.files import read_text
 
 ONNX_FORMAT = "unmask-onnx/1"
 PLAN_FORMAT = "unmask-tensorrt/1"
@@ -176,7 +177,7 @@ def read_plan_info(plan: str | os.PathLike) -> ArtifactInfo:
             "`unmask export --trt`"
         )
     try:
-        data = json.loads(side.read_text())
+        data = json.loads(read_text(side, "sidecar", CheckpointError))
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"sidecar '{side}' is not valid JSON ({exc}); rebuild the plan") from None
     if not isinstance(data, dict) or data.get(K_FORMAT) != PLAN_FORMAT:

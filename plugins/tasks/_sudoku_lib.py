@@ -952,10 +952,9 @@ def read_puzzle_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
     naming the file and line.
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read puzzle file {p}: {e}") from None
+    from unmask.core.files import read_text
+
+    text = read_text(p, "puzzle file")  # UTF-8, a BOM accepted; another encoding names its line
     puzzles: list[np.ndarray] = []
     solutions: list[np.ndarray] = []
     first_kind: tuple[int, bool] | None = None

@@ -28,6 +28,7 @@ import numpy as np
 
 from unmask.core.config import Section
 from unmask.core.errors import ConfigError, InputError
+from unmask.core.files import read_text
 from unmask.core.registry import tasks
 from unmask.core.task import Dataset, Task
 
@@ -170,7 +171,7 @@ class LoNaeSat(Task):
         p = Path(path)
         if not p.is_file():
             raise InputError(f"sequence file '{path}' not found")
-        lines = [(f"{path} line {i}", ln.split("#", 1)[0]) for i, ln in enumerate(p.read_text().splitlines(), 1)]
+        lines = [(f"{path} line {i}", ln.split("#", 1)[0]) for i, ln in enumerate(read_text(p, "sequence file").splitlines(), 1)]
         lines = [x for x in lines if x[1].strip()]
         if not lines:
             raise InputError(f"sequence file '{path}' holds no sequence")

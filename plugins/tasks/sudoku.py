@@ -12,6 +12,7 @@ import numpy as np
 
 from unmask.core.config import Section
 from unmask.core.errors import InputError
+from unmask.core.files import check_writable
 from unmask.core.registry import tasks
 from unmask.core.task import Dataset, Task
 from unmask.plugins.tasks import _sudoku_lib as lib
@@ -104,6 +105,8 @@ class Sudoku(Task):
                 return self.from_digits(arr["puzzles"], arr["solutions"], order=arr["order"].astype(np.int64))
             except Exception:  # noqa: BLE001 - a corrupt cache is regenerated
                 path.unlink(missing_ok=True)
+        if path is not None:  # before generating, so an unwritable cache costs no work
+            check_writable(path.parent, "task.cache_dir (set it to \"\" to disable the cache)", directory=True)
         o = self.options
         puzzles, solutions, order = _generate_with_progress(n, seed, split, o, progress)
         if path is not None:

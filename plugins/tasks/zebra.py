@@ -35,6 +35,7 @@ import numpy as np
 
 from unmask.core.config import Section
 from unmask.core.errors import ConfigError, InputError
+from unmask.core.files import check_writable, read_text
 from unmask.core.registry import tasks
 from unmask.core.task import Dataset, Task
 from unmask.plugins.tasks import _zebra_lib as lib
@@ -237,6 +238,8 @@ class Zebra(Task):
             except InputError:
                 path.unlink(missing_ok=True)
         if arr is None:
+            if path is not None:  # before generating, so an unwritable cache costs no work
+                check_writable(path.parent, "task.cache_dir (set it to \"\" to disable the cache)", directory=True)
             with tqdm(total=n, desc=f"zebra {split}", unit="puzzle", disable=not progress, leave=False) as bar:
                 arr = lib.generate_split(n, seed, split, progress=bar.update, **self._lib_options())
             if path is not None:
@@ -300,10 +303,7 @@ class Zebra(Task):
         p = Path(path)
         if not p.is_file():
             raise InputError(f"puzzle file '{path}' not found")
-        try:
-            text = p.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"cannot read puzzle file '{path}': {e}") from None
+        text = read_text(p, "puzzle file")  # UTF-8, a BOM accepted; another encoding names its line
         blocks = lib.parse_blocks(text, max_houses=self.W, max_attributes=self.H, source=str(path))
         if not blocks:
             raise InputError(f"puzzle file '{path}' holds no puzzle; each starts with 'houses N attributes M'")

@@ -74,7 +74,8 @@ def test_bad_inputs_are_one_line_errors(model, tmp_path):
     assert_one_line_error(unmask("eval", "--model", str(tmp_path / "none"), "--generate", "4"), "does not exist")
     assert_one_line_error(unmask("eval", "--model", str(model), "--generate", "4", "--strategies", "margn"),
                           "unknown strategy 'margn'", "margin")
-    assert_one_line_error(unmask("eval", "--model", str(model), "--generate", "4", "--steps", "0"), "steps", ">= 1")
+    assert_one_line_error(unmask("eval", "--model", str(model), "--generate", "4", "--steps", "0"),
+                          "argument --steps", "positive integer")
     assert_one_line_error(unmask("eval", "--model", str(model), "--generate", "4", "--split", "easy"),
                           "unknown split 'easy'")
     assert_one_line_error(unmask("eval", "--model", str(model), "--generate", "4", "--device", "cuda"), "CUDA")
