@@ -1,4 +1,4 @@
-"""The ``unmask`` command line: list, train, curves, eval, solve, export.
+"""The ``unmask`` command line: list, train, curves, eval, solve, serve, export.
 
 Every user mistake ends as one line ``error: ...`` on stderr and exit status 2, never a traceback.
 """
@@ -246,6 +246,22 @@ def cmd_solve(args: argparse.Namespace) -> int:
     return 0 if ok or (valid and not unique) else 1
 
 
+# -- serve ----------------------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from unmask.core import serve
+
+    missing = serve.missing_extra()
+    if missing:
+        raise InputError(f"unmask serve needs the 'serve' extra ({missing} is not installed): pip install -e '.[serve]'")
+    engine, task, _ = _engine_and_task(args)
+    from unmask.core.arm import is_arm
+
+    if is_arm(engine.config):
+        raise InputError("this model is autoregressive (train.objective = 'arm'); unmask serve decodes MDMs")
+    strategy = _strategies(args.strategy, args.steps, args.opt)[0]
+    return serve.run(args, engine, task, strategy)
+
+
 # -- export ---------------------------------------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
     from unmask.export.cli import run
@@ -309,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--order-png", metavar="PNG", help="save the commit order as a PNG heat map")
     s.add_argument("puzzle", help="81 characters (0 or . for blanks), 9 lines of 9, or - to read stdin")
     s.set_defaults(fn=cmd_solve)
+
+    s = sub.add_parser("serve", help="serve a model over HTTP, batching concurrent requests continuously")
+    model_args(s)
+    from unmask.core.serve import add_arguments as serve_arguments
+
+    serve_arguments(s)
+    s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("export", help="export a model to ONNX or a TensorRT plan")
     try:

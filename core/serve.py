@@ -1,0 +1,654 @@
+"""``unmask serve``: an HTTP front end that feeds the continuous scheduler's slot table as a stream.
+
+Like the CLI, the server is a front end: it parses each request with the model's task (``task.parse``), hands the
+rows to ONE decode worker thread and scores the finished rows with the task (``task.score``); it knows no task by
+name. The worker drives :class:`unmask.core.schedule.SlotTable`, the same table :func:`decode_many` uses:
+
+* ``continuous`` (default): a request's rows join the table at the next step (as many as there are free slots)
+  and each request is answered the moment its last row finishes;
+* ``static`` (for comparison, ``bench/serve.py``): collect up to ``max_batch`` rows or wait ``static_wait_ms``
+  from the oldest queued row, decode that batch to completion (rows still leave as they finish), then take the
+  next batch. Requests that arrive meanwhile wait for the whole batch (head-of-line blocking).
+
+For a deterministic strategy a row's answer does not depend on the other rows in the table (up to the engine's
+floating-point summation order), so it equals ``unmask solve``'s. A random strategy draws from the server's
+generator batch-wise; a request with a ``seed`` is then decoded in a private one-request table with its own
+generator, so it equals ``unmask solve --seed``.
+
+Errors: malformed JSON, unknown fields, wrong types, an input the task refuses -> 400; a body over the size limit
+-> 413; a full queue -> 503 with ``Retry-After`` (the queue is bounded in rows); a request that outlives
+``request_timeout`` -> 504; a failing engine or strategy step -> 500 for the requests in that step's table, and the
+worker goes on. Every error body is ``{"error": "<one line>"}``. A request whose client disconnects is dropped
+from the queue or the table at the next step. SIGTERM / SIGINT: stop accepting, finish the requests in flight
+(bounded by ``shutdown_timeout``), exit 0.
+
+Starlette, uvicorn and prometheus-client are the ``serve`` extra (``pip install -e ".[serve]"``); they are imported
+only here, so ``import unmask.core`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import logging
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+import torch
+
+from unmask.core.decode import check_strategy, engine_vocab
+from unmask.core.errors import InputError, UnmaskError
+from unmask.core.schedule import SlotTable
+from unmask.core.strategy import Strategy
+from unmask.core.task import Dataset, Task
+
+log = logging.getLogger("unmask.serve")
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0)
+
+
+# -- requests -------------------------------------------------------------------------------------------------------
+class SolveRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``{"input": "..."}`` or ``{"inputs": ["...", ...]}``; optional ``seed`` and ``trace``."""
+
+    input: str | None = None
+    inputs: list[str] | None = None
+    seed: int | None = None
+    trace: bool = False
+
+
+@dataclass
+class ServeOptions:
+    max_batch: int = 256  # slot table rows (capped by the engine's max_batch)
+    max_queue: int = 1024  # rows waiting for a slot; beyond this: 503
+    max_inputs: int = 256  # inputs in one batch request
+    max_body: int = 1 << 20  # bytes
+    request_timeout: float = 300.0  # seconds from arrival to answer; then 504
+    scheduler: str = "continuous"  # or "static"
+    static_wait_ms: float = 50.0
+    seed: int = 0  # the server generator's seed (random strategies)
+    retry_after: int = 1  # seconds, on 503
+
+
+class QueueFull(Exception):
+    pass
+
+
+class ShuttingDown(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    """One HTTP request: its parsed rows and, once decoded, their tokens / NFE / order."""
+
+    data: Dataset
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    seed: int | None = None
+    t0: float = field(default_factory=time.perf_counter)
+    tokens: np.ndarray | None = None
+    nfe: np.ndarray | None = None
+    order: np.ndarray | None = None
+    remaining: int = 0
+    cancelled: bool = False
+    error: str | None = None
+    ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n, L = self.data.inputs.shape
+        self.tokens = self.data.inputs.copy()
+        self.nfe = np.zeros(n, dtype=np.int64)
+        self.order = np.zeros((n, L), dtype=np.int64)
+
+
+class Metrics:
+    """Prometheus metrics of one server (its own registry, so several servers can live in one process)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("unmask_requests", "HTTP requests answered, by status code", ["status"], registry=r)
+        self.queue = Gauge("unmask_queue_depth", "rows waiting for a slot", registry=r)
+        self.slots = Gauge("unmask_slots_occupied", "live rows in the slot table", registry=r)
+        self.capacity = Gauge("unmask_slots_capacity", "rows in the slot table", registry=r)
+        self.forward = Counter("unmask_forward_passes", "engine calls", registry=r)
+        self.rows = Counter("unmask_row_forward_passes", "rows sent to the engine, summed over engine calls",
+                            registry=r)
+        self.latency = Histogram("unmask_request_latency_seconds", "arrival to answer of answered solve requests",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.step_seconds = Counter("unmask_worker_step_seconds", "worker time in engine calls and strategy steps",
+                                    registry=r)
+        self.busy_seconds = Counter("unmask_worker_busy_seconds", "worker time not spent waiting for work",
+                                    registry=r)
+        self.cancelled = Counter("unmask_cancelled_rows", "rows dropped because their client went away or timed out",
+                                 registry=r)
+        self.engine_errors = Counter("unmask_engine_errors", "steps that failed (their requests got 500)", registry=r)
+
+
+# -- the decode worker ----------------------------------------------------------------------------------------------
+class Worker(threading.Thread):
+    """The one decode worker: a slot table fed from a bounded row queue."""
+
+    def __init__(self, engine: Any, task: Task, strategy: Strategy, options: ServeOptions, metrics: Metrics) -> None:
+        super().__init__(name="unmask-decode", daemon=True)
+        self.engine, self.task, self.strategy, self.opts, self.m = engine, task, strategy, options, metrics
+        cap = options.max_batch
+        max_batch = getattr(engine, "max_batch", None)
+        if isinstance(max_batch, int) and max_batch > 0:
+            cap = min(cap, max_batch)
+        dev = getattr(engine, "device", None)
+        self.device = dev if isinstance(dev, torch.device) else torch.device("cpu")
+        self.L = int(task.seq_len)
+        self.table = SlotTable(cap, self.L, device=self.device, trace=True)
+        self.generator = torch.Generator(device="cpu").manual_seed(options.seed)
+        self.private: list[tuple[SlotTable, torch.Generator]] = []  # seeded requests of a random strategy
+        self.steps = check_strategy(strategy)
+        self.vocab_size = engine_vocab(engine, None)
+        self.cv = threading.Condition()
+        self.pending: collections.deque[tuple[int, Job, int]] = collections.deque()  # (row id, job, row index)
+        self.rows: dict[int, tuple[Job, int]] = {}  # row id -> (job, index) for rows in the queue or a table
+        self.next_id = 0
+        self.cancels: list[Job] = []
+        self.new_private: list[Job] = []  # seeded jobs of a random strategy, for the worker to give a table each
+        self._idle = 0.0
+        self.stopping = False
+        self.stats = {"steps": 0, "rows": 0, "step_seconds": 0.0, "busy_seconds": 0.0, "errors": 0}
+        metrics.capacity.set(cap)
+
+    # called from the event loop ----------------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue a job's rows, or finish it at once when it has nothing to decode; raises QueueFull / ShuttingDown."""
+        masked = (job.data.inputs == self.task.mask_id) & ~job.data.given  # (k, L)
+        todo = [i for i in range(len(job.data)) if masked[i].any()]
+        with self.cv:
+            if self.stopping:
+                raise ShuttingDown()
+            if not todo:
+                job.future.set_result(job)
+                return
+            private = job.seed is not None and not self.strategy.deterministic
+            if len(self.pending) + sum(len(j.ids) for j in self.new_private) + len(todo) > self.opts.max_queue:
+                raise QueueFull()
+            job.remaining = len(todo)
+            for i in todo:
+                rid = self.next_id
+                self.next_id += 1
+                job.ids.append(rid)
+                self.rows[rid] = (job, i)
+                if not private:
+                    self.pending.append((rid, job, i))
+            if private:
+                self.new_private.append(job)
+            self.m.queue.set(len(self.pending))
+            self.cv.notify()
+
+    def cancel(self, job: Job) -> None:
+        """The job's client went away (or it timed out): drop its rows at the next step."""
+        with self.cv:
+            if job.cancelled:
+                return
+            job.cancelled = True
+            self.cancels.append(job)
+            self.cv.notify()
+
+    def stop(self) -> None:
+        with self.cv:
+            self.stopping = True
+            self.cv.notify()
+
+    # the worker thread --------------------------------------------------------------------------------------------
+    def _admit(self, table: SlotTable, rows: list[tuple[int, Job, int]]) -> None:
+        if not rows:
+            return
+        tok = np.stack([job.data.inputs[i] for _, job, i in rows])
+        giv = np.stack([job.data.given[i] for _, job, i in rows])
+        t = torch.from_numpy(tok).to(self.device)
+        g = torch.from_numpy(giv).to(self.device)
+        ids = torch.tensor([rid for rid, _, _ in rows], dtype=torch.int64, device=self.device)
+        table.admit(t, (t == self.task.mask_id) & ~g, g, ids)
+
+    def _take(self) -> list[tuple[int, Job, int]] | None:
+        """Under the lock: the rows to admit now ([] = none, step what is live), or None when the worker should exit.
+
+        Waits (idle) while there is nothing to do."""
+        table, W = self.table, self.opts.static_wait_ms / 1000
+        while True:
+            if self.new_private:
+                for job in self.new_private:
+                    t = SlotTable(len(job.ids), self.L, device=self.device, trace=True)
+                    self._admit(t, [(rid, job, self.rows[rid][1]) for rid in job.ids if rid in self.rows])
+                    self.private.append((t, torch.Generator(device="cpu").manual_seed(int(job.seed))))  # type: ignore[arg-type]
+                self.new_private = []
+            live = table.n > 0 or bool(self.private)
+            ready = bool(self.pending) and table.free > 0
+            wait = 0.5
+            if ready and self.opts.scheduler == "static":
+                if table.n > 0:  # a static batch runs to completion before the next one starts
+                    ready = False
+                elif len(self.pending) < table.capacity and not self.stopping:
+                    left = self.pending[0][1].t0 + W - time.perf_counter()
+                    if left > 0:
+                        ready, wait = False, left
+            if ready:
+                out = []
+                while self.pending and len(out) < table.free:
+                    out.append(self.pending.popleft())
+                self.m.queue.set(len(self.pending))
+                return out
+            if live or self.cancels:
+                return []
+            if self.stopping and not self.pending:
+                return None
+            t_idle = time.perf_counter()
+            self.cv.wait(wait)
+            self._idle += time.perf_counter() - t_idle
+
+    def run(self) -> None:
+        t_start = time.perf_counter()
+        while True:
+            with self.cv:
+                rows = self._take()
+                if rows is None:
+                    break
+                cancels, self.cancels = self.cancels, []
+            if cancels:
+                self._drop(cancels)
+            self._admit(self.table, [r for r in rows if not r[1].cancelled])
+            for table, gen in [(self.table, self.generator), *self.private]:
+                self._step(table, gen)
+            self.private = [(t, g) for t, g in self.private if t.n > 0]
+            self.m.slots.set(self.table.n + sum(t.n for t, _ in self.private))
+            busy = time.perf_counter() - t_start - self._idle
+            self.m.busy_seconds.inc(max(0.0, busy - self.stats["busy_seconds"]))
+            self.stats["busy_seconds"] = busy
+
+    def _step(self, table: SlotTable, gen: torch.Generator) -> None:
+        n = table.n
+        if n == 0:
+            return
+        t0 = time.perf_counter()
+        try:
+            fin = table.step(self.engine, self.strategy, gen, mask_id=self.task.mask_id, steps=self.steps,
+                             vocab_size=self.vocab_size)
+        except Exception as exc:  # noqa: BLE001 - an engine or plugin failure must not stop the server
+            ids = table.clear().tolist()
+            msg = " ".join(f"decode step failed: {type(exc).__name__}: {exc}".split())
+            log.error("%s (%d rows failed)", msg, len(ids))
+            self.stats["errors"] += 1
+            self.m.engine_errors.inc()
+            for rid in ids:
+                self._fail(rid, msg)
+            return
+        dt = time.perf_counter() - t0
+        self.stats["steps"] += 1
+        self.stats["rows"] += n
+        self.stats["step_seconds"] += dt
+        self.m.forward.inc()
+        self.m.rows.inc(n)
+        self.m.step_seconds.inc(dt)
+        if fin is None:
+            return
+        tok = fin.tokens.cpu().numpy()
+        nfe = fin.nfe.cpu().numpy()
+        order = fin.order.cpu().numpy() if fin.order is not None else None
+        for j, rid in enumerate(fin.ids.tolist()):
+            entry = self.rows.pop(rid, None)
+            if entry is None:
+                continue
+            job, i = entry
+            job.tokens[i] = tok[j]  # type: ignore[index]
+            job.nfe[i] = nfe[j]  # type: ignore[index]
+            if order is not None:
+                job.order[i] = order[j]  # type: ignore[index]
+            job.remaining -= 1
+            if job.remaining == 0:
+                self._resolve(job)
+
+    def _fail(self, rid: int, msg: str) -> None:
+        entry = self.rows.pop(rid, None)
+        if entry is None:
+            return
+        job = entry[0]
+        if job.error is None:
+            job.error = msg
+            for other in job.ids:  # the job's other rows are void too
+                if other != rid:
+                    self.rows.pop(other, None)
+            with self.cv:
+                self.pending = collections.deque(e for e in self.pending if e[1] is not job)
+            self._resolve(job)
+
+    def _resolve(self, job: Job) -> None:
+        def done() -> None:
+            if not job.future.done():
+                job.future.set_result(job)
+
+        job.loop.call_soon_threadsafe(done)
+
+    def _drop(self, jobs: list[Job]) -> None:
+        ids = set()
+        for job in jobs:
+            for rid in job.ids:
+                if self.rows.pop(rid, None) is not None:
+                    ids.add(rid)
+        if not ids:
+            return
+        with self.cv:
+            before = len(self.pending)
+            self.pending = collections.deque(e for e in self.pending if e[0] not in ids)
+            self.m.queue.set(len(self.pending))
+            dropped = before - len(self.pending)
+        t = torch.tensor(sorted(ids), dtype=torch.int64)
+        dropped += self.table.drop(t)
+        for table, _ in self.private:
+            dropped += table.drop(t)
+        self.m.cancelled.inc(dropped)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "queue": len(self.pending),
+            "live": self.table.n + sum(t.n for t, _ in self.private),
+            "capacity": self.table.capacity,
+            **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.stats.items()},
+        }
+
+
+# -- answers --------------------------------------------------------------------------------------------------------
+def _scalar(x: Any) -> Any:
+    x = np.asarray(x)
+    if x.ndim == 0:
+        v = x.item()
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+    return x.tolist()
+
+
+def answers(task: Task, job: Job, trace: bool) -> list[dict[str, Any]]:
+    """One answer per row: the formatted answer, tokens, the task's scores, forward passes (and commit order)."""
+    data, pred = job.data, job.tokens
+    scores = task.score(pred, data)  # type: ignore[arg-type]
+    out = []
+    for i in range(len(data)):
+        per = {k: _scalar(np.asarray(v)[i]) for k, v in scores.items()}
+        solved = np.asarray(scores["solved"])[i]
+        ok = bool(solved >= 1.0) if np.asarray(solved).dtype.kind == "f" else bool(solved)  # a whole fraction
+        unique = bool(data.meta["unique"][i]) if "unique" in data.meta else True
+        valid = not bool(np.asarray(scores["invalid"])[i]) if "invalid" in scores else True
+        row: dict[str, Any] = {
+            "answer": task.format(pred[i]),  # type: ignore[index]
+            "tokens": pred[i].tolist(),  # type: ignore[index]
+            "solved": ok,
+            "valid": valid,
+            "unique": unique,
+            "nfe": int(job.nfe[i]),  # type: ignore[index]
+            "scores": per,
+        }
+        if trace:
+            row["order"] = [0 if g else int(o) for o, g in zip(job.order[i], data.given[i])]  # type: ignore[index]
+        out.append(row)
+    return out
+
+
+# -- the app --------------------------------------------------------------------------------------------------------
+class Service:
+    """The Starlette app around one worker."""
+
+    def __init__(self, engine: Any, task: Task, strategy: Strategy, options: ServeOptions | None = None,
+                 model: str = "") -> None:
+        self.engine, self.task, self.strategy = engine, task, strategy
+        self.opts = options or ServeOptions()
+        if self.opts.scheduler not in ("continuous", "static"):
+            raise InputError(f"unknown scheduler '{self.opts.scheduler}'; use continuous or static")
+        self.model = model
+        self.metrics = Metrics()
+        self.worker = Worker(engine, task, strategy, self.opts, self.metrics)
+        self.app = self._build()
+
+    def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> Any:
+        from starlette.responses import Response
+
+        self.metrics.requests.labels(str(status)).inc()
+        return Response(msgspec.json.encode(body), status_code=status, media_type="application/json",
+                        headers=headers)
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+        return self._json(status, {"error": " ".join(str(message).split())}, headers)
+
+    async def _body(self, request: Any) -> bytes | None:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.opts.max_body:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.opts.max_body:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _parse(self, req: SolveRequest) -> Dataset:
+        if (req.input is None) == (req.inputs is None):
+            raise InputError('give exactly one of "input" (a string) or "inputs" (a list of strings)')
+        texts = [req.input] if req.input is not None else req.inputs
+        assert texts is not None
+        if not texts:
+            raise InputError('"inputs" is empty; give at least one input')
+        if len(texts) > self.opts.max_inputs:
+            raise InputError(f'"inputs" holds {len(texts)} inputs; at most {self.opts.max_inputs} per request')
+        parts = []
+        for k, text in enumerate(texts):
+            try:
+                parts.append(self.task.parse(text))
+            except UnmaskError as exc:
+                raise InputError(f"inputs[{k}]: {exc}" if req.inputs is not None else str(exc)) from None
+        return parts[0] if len(parts) == 1 else Dataset.concat(parts)
+
+    async def solve(self, request: Any) -> Any:
+        body = await self._body(request)
+        if body is None:
+            return self.error(413, f"request body over {self.opts.max_body} bytes")
+        try:
+            req = msgspec.json.decode(body, type=SolveRequest)
+        except msgspec.ValidationError as exc:
+            return self.error(400, f"invalid request: {exc}")
+        except msgspec.DecodeError as exc:
+            return self.error(400, f"request body is not valid JSON: {exc}")
+        try:
+            data = self._parse(req)
+        except UnmaskError as exc:
+            return self.error(400, str(exc))
+        loop = asyncio.get_running_loop()
+        job = Job(data, loop, loop.create_future(), seed=req.seed)
+        try:
+            self.worker.submit(job)
+        except QueueFull:
+            return self.error(503, f"queue full ({self.opts.max_queue} rows waiting); retry later",
+                              {"Retry-After": str(self.opts.retry_after)})
+        except ShuttingDown:
+            return self.error(503, "server is shutting down", {"Retry-After": str(self.opts.retry_after)})
+
+        async def disconnected() -> None:
+            while True:
+                msg = await request.receive()
+                if msg["type"] == "http.disconnect":
+                    return
+
+        watch = asyncio.ensure_future(disconnected())
+        try:
+            done, _ = await asyncio.wait({job.future, watch}, timeout=self.opts.request_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if job.future not in done:
+            self.worker.cancel(job)
+            if watch in done:  # nobody is listening; the status is for the metrics only
+                return self.error(499, "client disconnected")
+            return self.error(504, f"request not answered within {self.opts.request_timeout:g} s")
+        if job.error is not None:
+            return self.error(500, job.error)
+        rows = answers(self.task, job, req.trace)
+        self.metrics.latency.observe(time.perf_counter() - job.t0)
+        return self._json(200, rows[0] if req.input is not None else {"results": rows})
+
+    async def health(self, request: Any) -> Any:
+        w = self.worker
+        status = "stopping" if w.stopping else ("ok" if w.is_alive() else "down")
+        return self._json(200 if status == "ok" else 503, {
+            "status": status, "task": self.task.name, "model": self.model, "strategy": self.strategy.config_dict(),
+            "scheduler": self.opts.scheduler, "max_queue": self.opts.max_queue, **w.snapshot(),
+        })
+
+    async def metrics_endpoint(self, request: Any) -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from starlette.responses import Response
+
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _build(self) -> Any:
+        from contextlib import asynccontextmanager
+
+        from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
+        from starlette.routing import Route
+
+        @asynccontextmanager
+        async def lifespan(app: Any) -> Any:
+            self.worker.start()
+            try:
+                yield
+            finally:
+                self.worker.stop()  # requests in flight were answered before this (uvicorn waits for them)
+                await asyncio.get_running_loop().run_in_executor(None, self.worker.join, 10.0)
+
+        async def http_error(request: Any, exc: Any) -> Any:
+            return self.error(exc.status_code, exc.detail if isinstance(exc.detail, str) else "error")
+
+        async def internal(request: Any, exc: Exception) -> Any:
+            log.exception("unhandled error")
+            return self.error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+        return Starlette(
+            routes=[
+                Route("/v1/solve", self.solve, methods=["POST"]),
+                Route("/v1/health", self.health, methods=["GET"]),
+                Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: http_error, Exception: internal},
+            lifespan=lifespan,
+        )
+
+
+# -- running it -----------------------------------------------------------------------------------------------------
+def _uvicorn_server(app: Any, host: str, port: int, shutdown_timeout: float, log_level: str = "warning") -> Any:
+    import contextlib
+    import signal
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, announcing its address once it listens and exiting 0 on SIGTERM / SIGINT.
+
+        uvicorn re-raises a captured signal after its graceful shutdown (so the process dies of it); a server that
+        finished its requests cleanly should exit 0 instead, so the handlers only ask it to exit.
+        """
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not getattr(self, "_announced", False):
+                self._announced = True
+                print("unmask serve: shutting down (finishing requests in flight)", file=sys.stderr, flush=True)
+            super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                self.port = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
+                print(f"unmask serve: listening on http://{host}:{self.port}", flush=True)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=shutdown_timeout, lifespan="on")
+    return Server(config)
+
+
+def add_arguments(s: argparse.ArgumentParser) -> None:
+    """``unmask serve`` options beyond the model ones (``--model --runtime --device --bf16 --threads --steps
+    --opt --seed``)."""
+    s.add_argument("--strategy", default="margin", help="decoding strategy (default margin)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port; the address is printed)")
+    s.add_argument("--max-batch", type=int, default=256, help="slot table rows (default 256)")
+    s.add_argument("--max-queue", type=int, default=1024, help="rows waiting for a slot; beyond: 503 (default 1024)")
+    s.add_argument("--max-inputs", type=int, default=256, help="inputs in one batch request (default 256)")
+    s.add_argument("--max-body", type=int, default=1 << 20, help="request body limit in bytes (default 1 MiB)")
+    s.add_argument("--request-timeout", type=float, default=300.0, help="seconds until 504 (default 300)")
+    s.add_argument("--scheduler", choices=("continuous", "static"), default="continuous",
+                   help="continuous (default) or static batches, for comparison")
+    s.add_argument("--static-wait-ms", type=float, default=50.0,
+                   help="static: wait this long for a full batch (default 50)")
+    s.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on SIGTERM/SIGINT, wait this long for requests in flight (default 30)")
+    s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("max_batch", "max_queue", "max_inputs", "max_body"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be in 0..65535, got {args.port}")
+    for name in ("request_timeout", "shutdown_timeout"):
+        if not getattr(args, name) > 0:
+            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.static_wait_ms < 0:
+        raise InputError(f"--static-wait-ms must be >= 0, got {args.static_wait_ms}")
+
+
+def missing_extra() -> str | None:
+    import importlib.util
+
+    for mod in ("starlette", "uvicorn", "prometheus_client"):
+        if importlib.util.find_spec(mod) is None:
+            return mod
+    return None
+
+
+def run(args: argparse.Namespace, engine: Any, task: Task, strategy: Strategy) -> int:
+    """``unmask serve``: build the service for an opened engine and serve it until SIGTERM / SIGINT."""
+    _check_args(args)
+    opts = ServeOptions(max_batch=args.max_batch, max_queue=args.max_queue, max_inputs=args.max_inputs,
+                        max_body=args.max_body, request_timeout=args.request_timeout, scheduler=args.scheduler,
+                        static_wait_ms=args.static_wait_ms, seed=args.seed)
+    service = Service(engine, task, strategy, opts, model=str(args.model))
+    server = _uvicorn_server(service.app, args.host, args.port, args.shutdown_timeout, args.log_level)
+    print(f"unmask serve: task {task.name}, strategy {strategy.name}, {args.scheduler} scheduler, "
+          f"{service.worker.table.capacity} slots", file=sys.stderr, flush=True)
+    try:
+        server.run()
+    except OSError as exc:  # e.g. the port is taken
+        raise InputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    if not server.started:
+        raise InputError(f"cannot listen on {args.host}:{args.port}; is the port free?")
+    print("unmask serve: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+__all__ = ["Service", "ServeOptions", "SolveRequest", "Worker", "add_arguments", "answers", "run"]
