@@ -28,27 +28,27 @@ def format_table(results: list[EvalResult]) -> str:
     return "\n".join(lines)
 
 
-def breakdown(result: EvalResult, data: Dataset, key: str = "clues") -> dict[str, dict[str, float]]:
-    """% solved grouped by a per-example meta value (e.g. the clue count)."""
-    if key not in data.meta:
-        return {}
-    vals = np.asarray(data.meta[key])
+def breakdown(result: EvalResult, labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """% solved (and n) grouped by a per-example label (e.g. the clue count, or the technique a puzzle needs)."""
+    vals = np.asarray(labels)
     solved = np.asarray(result.per_example["solved"], dtype=np.float64)
     out = {}
     for v in np.unique(vals):
         sel = vals == v
-        out[str(int(v))] = {"n": int(sel.sum()), "solved": float(solved[sel].mean())}
+        key = str(int(v)) if np.issubdtype(vals.dtype, np.integer) else str(v)
+        out[key] = {"n": int(sel.sum()), "solved": float(solved[sel].mean())}
     return out
 
 
 def eval_report(task: Task, model: str, runtime: str, data: Dataset, results: list[EvalResult],
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON report of an evaluation: each strategy's summary with % solved by each of the task's groups."""
+    groups = task.groups(data)
     res = []
     for r in results:
         d = r.summary()
-        by = breakdown(r, data)
-        if by:
-            d["by_clues"] = by
+        for name, labels in groups.items():
+            d[f"by_{name}"] = breakdown(r, labels)
         res.append(d)
     return {"task": task.name, "model": model, "runtime": runtime, "n": len(data), "results": res, **(extra or {})}
 

@@ -153,6 +153,11 @@ class Task:
         """
         raise NotImplementedError
 
+    def groups(self, data: Dataset) -> dict[str, np.ndarray]:
+        """Per-example group labels (name -> (N,) array of ints or strings) that evaluation reports break % solved
+        down by (``by_<name>`` in an eval JSON). Default: the clue count where the data carries one."""
+        return {"clues": data.meta["clues"]} if "clues" in data.meta else {}
+
     def diagnostics(self, engine: Any, n: int, seed: int) -> dict[str, float]:
         """Probes of what a trained model has learned, beyond the decoded score (e.g. L&O-NAE-SAT: is each observation
         predicted right when all latents are shown?). ``engine`` maps tokens (B, L) int64 to logits (B, L, V).

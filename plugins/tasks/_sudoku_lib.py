@@ -32,6 +32,7 @@ from unmask.core.errors import InputError
 __all__ = [
     "CACHE_VERSION",
     "TECHNIQUES",
+    "technique_classes",
     "SPLITS",
     "StepResult",
     "generate_solutions",
@@ -816,6 +817,18 @@ def step_solve(puzzle: np.ndarray) -> StepResult:
     counts = np.zeros(7, np.int64)
     solved, n = _step_core(g, order, counts)
     return StepResult(bool(solved), g, order[:n].copy(), {t: int(k) for t, k in zip(TECHNIQUES, counts)})
+
+
+def technique_classes(puzzles: np.ndarray) -> np.ndarray:
+    """What the 7-technique step solver needs for each puzzle (N, 81): ``"singles"`` (naked and hidden singles
+    only), ``"eliminations"`` (at least one of pairs, triples, locked candidates, XY-wing, unique rectangle), or
+    ``"beyond"`` (it gets stuck: the hard split)."""
+    out = np.empty(len(puzzles), dtype=object)
+    for i, p in enumerate(_batch(puzzles)):
+        r = step_solve(p)
+        elim = any(r.techniques[t] for t in TECHNIQUES[2:])
+        out[i] = "beyond" if not r.solved else "eliminations" if elim else "singles"
+    return out.astype(str)
 
 
 def step_solve_batch(puzzles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -136,6 +136,12 @@ class Sudoku(Task):
     def format(self, tokens: np.ndarray) -> str:
         return lib.format_grid(tokens_to_digits(tokens))
 
+    def groups(self, data: Dataset) -> dict[str, np.ndarray]:
+        """Clue count, and what the 7-technique solver needs (singles / eliminations / beyond: see
+        ``technique_classes``) for each puzzle."""
+        digits = tokens_to_digits(np.where(data.given, data.inputs, MASK))
+        return {"clues": data.meta["clues"], "technique": lib.technique_classes(digits)}
+
     def board_shape(self) -> tuple[int, int]:
         return (9, 9)
 

@@ -84,3 +84,47 @@ def test_augment_keeps_validity(task):
     assert lib.valid_grids(tokens_to_digits(a.targets)).all()
     assert (a.targets[a.given] == a.inputs[a.given]).all() and (a.given.sum(1) == d.given.sum(1)).all()
     assert not np.array_equal(a.inputs, d.inputs)
+
+
+def _singles_only(grid: np.ndarray) -> bool:
+    """Independent reference: does repeating naked and hidden singles alone fill the grid (81,) (0 = blank)?"""
+    g = grid.astype(int).reshape(9, 9).copy()
+    units = [[(r, c) for c in range(9)] for r in range(9)] + [[(r, c) for r in range(9)] for c in range(9)]
+    units += [[(br + i, bc + j) for i in range(3) for j in range(3)] for br in (0, 3, 6) for bc in (0, 3, 6)]
+
+    def cands(r: int, c: int) -> set[int]:
+        box = {g[br, bc] for br in range(r // 3 * 3, r // 3 * 3 + 3) for bc in range(c // 3 * 3, c // 3 * 3 + 3)}
+        return set(range(1, 10)) - set(g[r]) - set(g[:, c]) - box
+
+    progress = True
+    while progress:
+        progress = False
+        for r in range(9):
+            for c in range(9):
+                if g[r, c] == 0 and len(k := cands(r, c)) == 1:
+                    g[r, c] = k.pop()
+                    progress = True
+        for unit in units:
+            for d in range(1, 10):
+                spots = [(r, c) for r, c in unit if g[r, c] == 0 and d in cands(r, c)]
+                if len(spots) == 1 and d not in {g[r, c] for r, c in unit}:
+                    g[spots[0]] = d
+                    progress = True
+    return bool((g > 0).all())
+
+
+def test_groups_name_what_the_solver_needs(tmp_path):
+    """'singles' puzzles fall to naked/hidden singles alone (checked by an independent solver), 'eliminations' ones
+    do not, hard puzzles are 'beyond'; clue counts are reported too."""
+    from unmask.plugins.tasks.sudoku import tokens_to_digits
+
+    task = build_task({"name": "sudoku", "cache_dir": str(tmp_path)})
+    data = task.generate("test", 60, 3)
+    g = task.groups(data)
+    assert set(g) == {"clues", "technique"} and len(g["technique"]) == 60
+    assert {"singles", "eliminations"} <= set(g["technique"]) <= {"singles", "eliminations"}
+    puzzles = tokens_to_digits(np.where(data.given, data.inputs, 9))
+    for p, kind in zip(puzzles, g["technique"]):
+        assert _singles_only(p) == (kind == "singles"), kind
+    hard = task.generate("hard", 5, 3)
+    assert set(task.groups(hard)["technique"]) == {"beyond"}
