@@ -48,6 +48,9 @@ class TrainOptions(Section):
     eps: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 1e-3
     low_discrepancy: bool = True
     """Stratified t over the batch (t_i = (u + i) / B mod 1): same objective, lower-variance gradients."""
+    ema: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
+    """Decay of an exponential moving average of the weights (e.g. 0.999; 0 = off). With it on, validation and
+    the final model use the averaged weights; checkpoints keep both (the average in ``ema.safetensors``)."""
     masking: Literal["random", "progressive"] = "random"
     """MDM masking process: the paper's random masking, or progressive unmasking (PUMA: training masks that follow
     confidence-ordered decoding; options in ``[train.progressive]``). See unmask.core.masking."""
@@ -221,6 +224,7 @@ def _differences(have: dict[str, Any], want: dict[str, Any]) -> str:
 
 
 POOL_FILE = "masking.safetensors"  # a checkpoint's progressive-masking pool (unmask.core.masking)
+EMA_FILE = "ema.safetensors"  # a checkpoint's moving average of the weights (train.ema)
 
 
 # -- RNG state (JSON-safe) ------------------------------------------------------------------------------------------
@@ -271,6 +275,8 @@ class Trainer:
         self.train_seconds = 0.0
         self.gen = torch.Generator().manual_seed(self.o.seed * 1000 + self.rank)
         self.np_rng = np.random.default_rng([self.o.seed, self.rank])
+        self.ema: dict[str, torch.Tensor] | None = None  # parameter name -> averaged value (train.ema)
+        self.ema_steps = 0
         self.pool: ProgressivePool | None = None
         if self.o.masking == "progressive":
             n_pool = self.o.batch_size - round(self.o.progressive.random_fraction * self.o.batch_size)
@@ -288,6 +294,8 @@ class Trainer:
                 )
             if self.o.init_from:
                 self._warm_start(self.o.init_from)
+        if self.o.ema and self.ema is None:  # a fresh run, or a checkpoint written without it: start from here
+            self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         self.fwd = self.model
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -327,6 +335,14 @@ class Trainer:
         else:  # only rank 0 saves its streams: other ranks get fresh ones of their own (never rank 0's batches)
             self.gen.manual_seed(self.o.seed * 1000 + self.rank + 7919 * self.step)
             self.np_rng = np.random.default_rng([self.o.seed, self.rank, self.step])
+        ema_file = latest / EMA_FILE
+        if self.o.ema and ema_file.is_file():
+            self.ema = ckpt.load_tensors(ema_file)
+            self.ema_steps = int(st.get("ema_steps", 0))
+            names = {n for n, _ in self.model.named_parameters()}
+            if set(self.ema) != names:
+                raise CheckpointError(f"--resume: '{ema_file}' does not hold this model's parameters; the "
+                                      "checkpoint is corrupt or mixed up")
         pool_file = latest / POOL_FILE
         if self.pool is not None and pool_file.is_file():  # else (e.g. a random-masking run resumed as progressive)
             try:                                             # the pool starts afresh
@@ -370,8 +386,8 @@ class Trainer:
         cfg = {**self.config, "step": self.step, "samples": self.samples}
         ckpt.save_model_dir(path, self.model.state_dict(), cfg, optimizer=self.opt.state_dict(),
                             state={"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
-                                   "rng": rng},
-                            extra_tensors={POOL_FILE: self.pool.state_dict()} if self.pool is not None else None)
+                                   "rng": rng, "ema_steps": self.ema_steps},
+                            extra_tensors=self._extra_tensors())
         ckpt.mark_latest(self.out, path)
         kept = {ckpt.checkpoint_name(k) for k in self.o.keep_steps}
         done = sorted(d for d in (self.out / "checkpoints").iterdir()
@@ -379,6 +395,29 @@ class Trainer:
         for old in done[: -self.o.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
         return path
+
+    def _extra_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        extra = {}
+        if self.pool is not None:
+            extra[POOL_FILE] = self.pool.state_dict()
+        if self.ema is not None:
+            extra[EMA_FILE] = self.ema
+        return extra
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- d * ema + (1 - d) * weights, with d warmed up as min(decay, (1 + n) / (10 + n)) over the n updates
+        so far (the first updates do not drag the average towards the initial weights)."""
+        assert self.ema is not None
+        self.ema_steps += 1
+        d = min(self.o.ema, (1 + self.ema_steps) / (10 + self.ema_steps))
+        params = dict(self.model.named_parameters())
+        torch._foreach_lerp_(list(self.ema.values()), [params[n].detach() for n in self.ema], 1.0 - d)
+
+    def _averaged_state(self) -> dict[str, torch.Tensor]:
+        """The model's state dict with the EMA weights in place of the trained ones (train.ema), else as it is."""
+        state = self.model.state_dict()
+        return {**state, **self.ema} if self.ema is not None else state
 
     def _log(self, rec: dict[str, Any]) -> None:
         if self.rank != 0:
@@ -432,6 +471,10 @@ class Trainer:
 
         out = {}
         self.model.eval()
+        raw = None
+        if self.ema is not None:  # validate the averaged weights (what the final model will be)
+            raw = {k: v.clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self._averaged_state())
         try:
             engine = self.engine()
             for section in self.o.val_strategies:
@@ -447,6 +490,8 @@ class Trainer:
                 if self.arm is not None:
                     break
         finally:
+            if raw is not None:
+                self.model.load_state_dict(raw)
             self.model.train()
         return out
 
@@ -490,6 +535,8 @@ class Trainer:
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip else 1e9)
             self.opt.step()
+            if self.ema is not None:
+                self._update_ema()
             self.step += 1
             self.samples += o.batch_size * self.world
             self.train_seconds += time.perf_counter() - t0
@@ -532,7 +579,7 @@ class Trainer:
             if p.exists():
                 files[name] = p.read_text()
         cfg = {**self.config, "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds}
-        ckpt.save_model_dir(final, self.model.state_dict(), cfg, extra_files=files)
+        ckpt.save_model_dir(final, self._averaged_state(), cfg, extra_files=files)
         plot_metrics(self.out / "metrics.jsonl", final / "curves.png")
 
 

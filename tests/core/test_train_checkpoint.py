@@ -217,3 +217,31 @@ def test_warm_start_and_resume_fill_in_defaults_of_older_configs(tmp_path, model
     with pytest.raises(CheckpointError, match=r"differs from the config \(d_model: 32 vs 64\)"):
         train(CONFIG, tiny(tmp_path / "x", tmp_path / "cache", steps=1, **{
             "train.init_from": f'"{old}"', "backbone.d_model": "64"}), progress=False)
+
+
+def test_ema_weights_are_the_final_model_and_survive_resume(tmp_path):
+    """train.ema: the final model holds the moving average (not the last weights), which equals the average
+    computed from the per-step weights, and a resumed run ends with the same average as an uninterrupted one."""
+    from unmask.core.train import EMA_FILE, train
+
+    cache = tmp_path / "cache"
+    ema = {"train.ema": "0.9", "train.ckpt_every": "1", "train.keep_checkpoints": "20"}
+    final = train(CONFIG, tiny(tmp_path / "a", cache, steps=6, **ema), progress=False)
+    weights = [ckpt.load_tensors(ckpt.checkpoint_at(tmp_path / "a", s) / ckpt.MODEL_FILE) for s in range(1, 7)]
+    avg = ckpt.load_tensors(final / ckpt.MODEL_FILE)
+    key = "blocks.0.fc1.weight"
+    assert key in avg
+    last = ckpt.load_tensors(ckpt.checkpoint_at(tmp_path / "a", 6) / EMA_FILE)[key]
+    assert torch.equal(last, avg[key]) and not torch.equal(avg[key], weights[-1][key])
+    # from the step-1 average on: ema_n = d_n * ema_(n-1) + (1 - d_n) * w_n, d_n = min(0.9, (1 + n) / (10 + n))
+    ema_k = ckpt.load_tensors(ckpt.checkpoint_at(tmp_path / "a", 1) / EMA_FILE)[key]
+    for n in range(2, 7):
+        d = min(0.9, (1 + n) / (10 + n))
+        ema_k = d * ema_k + (1 - d) * weights[n - 1][key]
+    assert torch.allclose(ema_k, avg[key], atol=1e-6)
+    # kill after step 4 (max_steps), resume: the same average at the end
+    from unmask.core.train import Trainer, resolve_config
+
+    Trainer(resolve_config(CONFIG, tiny(tmp_path / "b", cache, steps=6, **ema)), progress=False, max_steps=4).run()
+    resumed = train(CONFIG, tiny(tmp_path / "b", cache, steps=6, **ema), resume=True, progress=False)
+    assert torch.equal(ckpt.load_tensors(resumed / ckpt.MODEL_FILE)[key], avg[key])
