@@ -46,6 +46,9 @@ K_DYN_SEQ = "unmask.dynamic_seq"
 K_INPUT = "unmask.input"
 K_OUTPUT = "unmask.output"
 K_OBJECTIVE = "unmask.objective"
+K_CHECKSUM = "unmask.sha256"  # SHA-256 of the whole file with this value replaced by CHECKSUM_PLACEHOLDER
+CHECKSUM_PLACEHOLDER = "0" * 64
+_DESCRIBED = (K_TASK, K_VOCAB, K_SEQ, K_MASK, K_BACKBONE, K_OBJECTIVE)  # flat keys derived from the config
 
 
 @dataclass
@@ -141,7 +144,58 @@ def info_from_props(props: dict[str, str], path: Path, *, what: str = "ONNX file
         ) from None
     if info.vocab_size < 2 or info.seq_len < 1:
         raise CheckpointError(f"{what} '{path}' has impossible metadata (vocab {info.vocab_size}, seq {info.seq_len})")
+    _check_consistent(props, info, what)
     return info
+
+
+def _check_consistent(props: dict[str, str], info: ArtifactInfo, what: str) -> None:
+    """The flat keys must say what the embedded config says (an edited file disagrees with itself)."""
+    from unmask.core.errors import UnmaskError
+
+    try:
+        want = describe(info.config, precision=info.precision, quantize=info.quantize, dynamic_seq=info.dynamic_seq)
+    except UnmaskError as exc:
+        raise CheckpointError(f"{what} '{info.path}' embeds an unusable config ({exc}); re-export it") from None
+    for key in _DESCRIBED:
+        if key in props and str(props[key]) != want[key]:
+            raise CheckpointError(
+                f"{what} '{info.path}' disagrees with itself: metadata {key} = {props[key]!r} but its embedded config "
+                f"gives {want[key]!r}; the file was edited or damaged, re-export it"
+            )
+
+
+def _checksum_field(value: str) -> bytes:
+    """The serialized metadata entry (protobuf StringStringEntryProto) holding the checksum ``value``."""
+    key = K_CHECKSUM.encode()
+    return b"\x0a" + bytes([len(key)]) + key + b"\x12" + bytes([len(value)]) + value.encode()
+
+
+def seal_onnx(data: bytes) -> bytes:
+    """Fill the checksum placeholder of a serialized ONNX model with the SHA-256 of the whole file (computed with the
+    placeholder in place): same length, so the protobuf stays valid."""
+    import hashlib
+
+    field_ = _checksum_field(CHECKSUM_PLACEHOLDER)
+    assert data.count(field_) == 1, "the ONNX metadata has no (or more than one) checksum placeholder"
+    digest = hashlib.sha256(data).hexdigest()
+    return data.replace(field_, _checksum_field(digest))
+
+
+def verify_onnx_checksum(path: Path, data: bytes, props: dict[str, str]) -> None:
+    """Check the file bytes ``data`` against the checksum in ``props`` (files exported before checksums: none)."""
+    import hashlib
+
+    stored = props.get(K_CHECKSUM)
+    if stored is None:
+        return
+    field_ = _checksum_field(stored)
+    if len(stored) != 64 or data.count(field_) != 1:
+        raise CheckpointError(f"ONNX file '{path}' has a malformed {K_CHECKSUM} entry; the file was edited, re-export it")
+    if hashlib.sha256(data.replace(field_, _checksum_field(CHECKSUM_PLACEHOLDER))).hexdigest() != stored:
+        raise CheckpointError(
+            f"ONNX file '{path}' fails its checksum ({K_CHECKSUM}): its bytes changed after export (damaged or "
+            "edited); re-export it from the checkpoint"
+        )
 
 
 def read_onnx_info(path: str | os.PathLike) -> ArtifactInfo:
@@ -152,14 +206,18 @@ def read_onnx_info(path: str | os.PathLike) -> ArtifactInfo:
     import onnx
 
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        data = p.read_bytes()
+        model = onnx.load_model_from_string(data)
     except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError, onnx errors: all mean "unreadable"
         raise CheckpointError(
             f"'{p}' is not a readable ONNX model ({type(exc).__name__}: {_first(exc)}); re-export it"
         ) from None
     if not model.graph.node:
         raise CheckpointError(f"'{p}' holds no ONNX graph (empty or truncated file); re-export it")
-    return info_from_props({m.key: m.value for m in model.metadata_props}, p)
+    props = {m.key: m.value for m in model.metadata_props}
+    info = info_from_props(props, p)
+    verify_onnx_checksum(p, data, props)
+    return info
 
 
 def sidecar_path(plan: str | os.PathLike) -> Path:

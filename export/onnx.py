@@ -29,7 +29,9 @@ import torch
 from torch import nn
 from unmask.core.errors import CheckpointError, ConfigError, DeviceError
 from unmask.export.metadata import (
+    CHECKSUM_PLACEHOLDER,
     INPUT_NAME,
+    K_CHECKSUM,
     K_PRECISION,
     K_QUANT,
     OUTPUT_NAME,
@@ -37,6 +39,7 @@ from unmask.export.metadata import (
     QUANTIZATIONS,
     describe,
     read_onnx_info,
+    seal_onnx,
 )
 from unmask.export.parity import PARITY_ROWS, check_parity, parity_inputs
 
@@ -218,6 +221,7 @@ def export_onnx(
         if quantize == "int8":
             proto = _quantize_int8(proto, Path(work))
         meta[K_PRECISION], meta[K_QUANT] = precision, quantize or "none"
+        meta[K_CHECKSUM] = CHECKSUM_PLACEHOLDER  # filled in by seal_onnx once the bytes are final
         _set_metadata(proto, meta)
         try:
             onnx.checker.check_model(proto, full_check=True)
@@ -226,7 +230,7 @@ def export_onnx(
         if proto.ByteSize() >= 2**31:
             raise CheckpointError("the exported graph is over 2 GB, the protobuf limit of a single .onnx file; "
                                   "external-data export is not supported yet")
-        data = proto.SerializeToString()
+        data = seal_onnx(proto.SerializeToString())
     export_s = time.perf_counter() - t0
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -95,14 +95,16 @@ class OnnxRuntimeEngine:
     """tokens (B, L) int64 -> logits (B, L, V) float32 on the engine's device, from an exported ONNX file."""
 
     def __init__(self, path: Path, options: OnnxRuntimeOptions) -> None:
-        from unmask.export.metadata import info_from_props
+        from unmask.export.metadata import info_from_props, verify_onnx_checksum
 
         if options.device != "cpu":
             missing = _missing_gpu_parts(options.device)
             if missing:
                 raise DeviceError(f"--runtime onnxruntime --device {options.device} needs {' and '.join(missing)}")
         self.session = _session(path, options)
-        self.info = info_from_props(self.session.get_modelmeta().custom_metadata_map, path)
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.info = info_from_props(props, path)
+        verify_onnx_checksum(path, Path(path).read_bytes(), props)  # one SHA-256 over the file, at open only
         want = PROVIDERS[options.device]
         got = self.session.get_providers()
         if want not in got:
