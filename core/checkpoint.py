@@ -23,7 +23,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from unmask.core.errors import CheckpointError
-from unmask.core.files import read_text
+from unmask.core.files import read_text, remove_stale_temps
 
 
 def _read_text(p: Path, what: str) -> str:
@@ -73,7 +73,8 @@ def save_model_dir(
     """Write a model directory (and optionally the training state) atomically; returns its path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temps(out.parent)  # what SIGKILLed writers left (never a live process's)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
@@ -101,6 +102,7 @@ def save_model_dir(
         else:
             os.replace(tmp, out)
         _fsync_dir(out.parent)
+        remove_stale_temps(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -189,6 +191,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def mark_latest(run_dir: Path, ckpt: Path) -> None:
+    remove_stale_temps(run_dir, LATEST)
     tmp = run_dir / f".{LATEST}.tmp{os.getpid()}"
     tmp.write_text(ckpt.name + "\n")
     os.replace(tmp, run_dir / LATEST)

@@ -185,5 +185,8 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(to_builtins(data), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, p)
+    try:
+        tmp.write_text(json.dumps(to_builtins(data), indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when writing failed (e.g. disk full)

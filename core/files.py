@@ -8,6 +8,7 @@ that produces them starts, so a typo in ``--json`` never costs an evaluation.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from unmask.core.errors import InputError, UnmaskError
@@ -59,4 +60,73 @@ def check_writable(path: str | os.PathLike, flag: str, *, directory: bool = Fals
     return p
 
 
-__all__ = ["read_text", "check_writable"]
+# -- temporary files ------------------------------------------------------------------------------------------------
+# unmask writes every artifact to a temporary entry beside its target, then renames it into place. The temporary
+# names carry the writer's pid: ``.<name>.tmp<pid>[.<ext>]`` (JSON, PNG, ONNX files) and ``.<name>.tmp-<pid>-<rand>``
+# / ``.<name>.old-<pid>`` (checkpoint directories). A SIGKILL leaves them behind; ``remove_stale_temps`` deletes
+# those whose writer is gone (never another live process's), plus checkpoint temp directories of the older,
+# pid-less naming (``.<name>.tmp-<rand>``) once they are an hour old.
+_TEMP_RE = re.compile(r"^\.(?P<base>.+?)\.(?:tmp-?|old-)(?P<pid>\d+)(?:-[A-Za-z0-9_]+|\.[A-Za-z0-9]+)?$")
+_OLD_TEMP_RE = re.compile(r"^\.(?P<base>.+?)\.tmp-[A-Za-z0-9_]{6,}$")
+OLD_TEMP_AGE_S = 3600.0
+
+
+def temp_path(target: str | os.PathLike, *, keep_suffix: bool = False) -> Path:
+    """This process's temporary name beside ``target`` (same directory, so the final rename is atomic)."""
+    t = Path(target)
+    if keep_suffix and t.suffix:
+        return t.with_name(f".{t.stem}.tmp{os.getpid()}{t.suffix}")
+    return t.with_name(f".{t.name}.tmp{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # ours: in progress in this process, or removed by the writer itself
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike, base: str | None = None) -> list[Path]:
+    """Delete the temporary entries in ``directory`` left by dead unmask writers (of target ``base`` only, if
+    given: its file name or stem); returns what was removed. Errors are ignored (another cleaner may race us)."""
+    import shutil
+    import time
+
+    d = Path(directory)
+    removed: list[Path] = []
+    try:
+        entries = list(d.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for e in entries:
+        name = e.name
+        if not name.startswith("."):
+            continue
+        m = _TEMP_RE.match(name)
+        if m is not None:
+            stale = not _alive(int(m.group("pid")))
+        else:
+            m = _OLD_TEMP_RE.match(name)
+            try:
+                stale = m is not None and e.is_dir() and now - e.stat().st_mtime > OLD_TEMP_AGE_S
+            except OSError:
+                continue
+        if m is None or not stale:
+            continue
+        if base is not None and m.group("base") not in (base, Path(base).stem):
+            continue
+        try:
+            shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
+            removed.append(e)
+        except OSError:
+            pass
+    return removed
+
+
+__all__ = ["read_text", "check_writable", "temp_path", "remove_stale_temps"]

@@ -13,7 +13,7 @@ import numpy as np
 from unmask.core.config import write_json
 from unmask.core.errors import InputError
 from unmask.core.evaluate import EvalResult
-from unmask.core.files import read_text
+from unmask.core.files import read_text, remove_stale_temps, temp_path
 from unmask.core.task import Dataset, Task
 
 
@@ -72,10 +72,18 @@ def _plt() -> Any:
 
 
 def _save(fig: Any, png: Path) -> None:
+    """Save ``fig`` atomically: a temporary PNG beside the target (removed if anything fails), then a rename."""
+    png = Path(png)
+    if png.is_dir():
+        raise InputError(f"cannot write the plot '{png}': it is a directory; give a .png file path")
     png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, png)
+    remove_stale_temps(png.parent, png.stem)
+    tmp = temp_path(png, keep_suffix=True)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, png)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def bar_chart(png: Path, report: dict[str, Any], title: str = "") -> None:
