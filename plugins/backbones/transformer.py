@@ -112,9 +112,10 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask
                     dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v as plain batched matmuls (B, H, Lq, Dh), the softmax in fp32.
 
-    Used for bf16 on the CPU: there PyTorch's fused flash-attention kernel has a bf16 backward about 20x slower than
-    its fp32 one (Intel Xeon with AMX, one thread, the default Sudoku model: 227 ms vs 24 ms per layer and step),
-    while bf16 matmuls run on AMX; with this path a bf16 training step is 1.7x the fp32 one (bench/train_step.py).
+    Used for bf16 training on the CPU: there PyTorch's fused flash-attention kernel has a bf16 backward about 20x
+    slower than its fp32 one (Intel Xeon with AMX, one thread, the default Sudoku model: 227 ms vs 24 ms per layer
+    and step), while bf16 matmuls run on AMX; with this path a bf16 training step is 1.7x the fp32 one
+    (bench/train_step.py). Without gradients (decoding) the fused kernel's bf16 forward is the faster one and stays.
     Same maths as ``F.scaled_dot_product_attention`` (tested against it)."""
     s = (q @ k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5 if scale is None else scale)  # (B, H, Lq, Lk)
     if is_causal:
@@ -172,7 +173,8 @@ class Block(nn.Module):
         gain ``b F`` and the keys ``G`` as extra dimensions (values gain zeros), so q.k gains sum_r b_r A_r."""
         dh = q.shape[-1]
         if rel is None or self.rel_bias is None:
-            if CPU_BF16_MATH_ATTENTION and q.dtype == torch.bfloat16 and q.device.type == "cpu":
+            if (CPU_BF16_MATH_ATTENTION and q.dtype == torch.bfloat16 and q.device.type == "cpu"
+                    and torch.is_grad_enabled()):
                 return _math_attention(q, k, v, **kw)
             return F.scaled_dot_product_attention(q, k, v, **kw)  # type: ignore[arg-type]
         if isinstance(rel, torch.Tensor):  # dense maps: an ([B,] H, Lq, Lk) bias (slower: leaves the fused kernel)
