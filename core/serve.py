@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -60,7 +60,7 @@ class SolveRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     input: str | None = None
     inputs: list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
     trace: bool = False
 
 
@@ -405,6 +405,7 @@ class Service:
                  model: str = "") -> None:
         self.engine, self.task, self.strategy = engine, task, strategy
         self.opts = options or ServeOptions()
+        self.opts.max_inputs = min(self.opts.max_inputs, self.opts.max_queue)  # a request must fit in the queue
         if self.opts.scheduler not in ("continuous", "static"):
             raise InputError(f"unknown scheduler '{self.opts.scheduler}'; use continuous or static")
         self.model = model
@@ -485,6 +486,9 @@ class Service:
         try:
             done, _ = await asyncio.wait({job.future, watch}, timeout=self.opts.request_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server gave up on it (shutdown timeout): free its slots
+            self.worker.cancel(job)
+            raise
         finally:
             watch.cancel()
         if job.future not in done:

@@ -171,6 +171,7 @@ def test_64_concurrent_clients(server):
         (b'{"inputs": ["' + PUZZLE.encode() + b'", "12"]}', 400, r"inputs\[1\]: puzzle has 2 cells"),
         (b'{"input": "a", "inputs": ["b"]}', 400, r"exactly one of"),
         (b'{"inputs": []}', 400, r"empty"),
+        (b'{"input": "' + PUZZLE.encode() + b'", "seed": -1}', 400, r"invalid request: Expected `int` >= 0"),
         (b'{"input": "' + b"1" * 20000 + b'"}', 413, r"over 16384 bytes"),
     ],
 )
@@ -192,10 +193,20 @@ def test_unknown_route_and_method(server):
 
 
 def test_full_queue_is_503_with_retry_after(server):
-    r = post(server, {"inputs": puzzles(81, seed=4)})  # 81 rows > --max-queue 80
-    assert r.status_code == 503 and r.headers["retry-after"] == "1"
-    assert "queue full" in r.json()["error"]
-    assert post(server, {"input": PUZZLE}).status_code == 200  # and the server is fine
+    r = post(server, {"inputs": puzzles(81, seed=4)})  # more rows than the queue (--max-queue 80) can ever hold
+    assert r.status_code == 400 and "at most 80 per request" in r.json()["error"]
+    with cf.ThreadPoolExecutor(1) as pool:
+        # 64 rows through 8 slots: 56 wait in the queue; the client gives up after a while (freeing the rows)
+        first = pool.submit(lambda: pytest.raises(httpx.ReadTimeout, post, server, {"inputs": puzzles(64, seed=5)},
+                                                  timeout=1.5))
+        deadline = time.monotonic() + 5
+        while httpx.get(f"{server}/v1/health").json()["queue"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = post(server, {"inputs": puzzles(30, seed=6)})  # 56 + 30 > 80
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "queue full" in r.json()["error"]
+        first.result()
+    assert post(server, {"input": PUZZLE}).status_code == 200  # and the server is fine afterwards
 
 
 def test_client_that_goes_away_stops_costing_compute(server):
