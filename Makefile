@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,serve]"
+	$(BIN)/python -m pip install -q -e ".[dev,serve,cpu]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,7 +29,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests
 
+# The GPU tests need onnxruntime-gpu (it replaces the CPU wheel: only one may be installed) and TensorRT.
 test-gpu: $(STAMP)
+	$(BIN)/python -m pip uninstall -q -y onnxruntime
+	$(BIN)/python -m pip install -q -e ".[dev,serve,gpu,trt]"
 	$(BIN)/python -m pytest -q -m "gpu or tensorrt" tests
 
 clean:

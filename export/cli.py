@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dynamic-seq", action="store_true",
                         help="export the sequence axis as dynamic (bounded by the trained length)")
     parser.add_argument("--min-batch", type=int, default=1, help="TensorRT profile: smallest batch (default 1)")
-    parser.add_argument("--opt-batch", type=int, default=64, help="TensorRT profile: batch tuned for (default 64)")
+    parser.add_argument("--opt-batch", type=int, default=None,
+                        help="TensorRT profile: batch tuned for (default min(64, --max-batch))")
     parser.add_argument("--max-batch", type=int, default=256,
                         help="TensorRT profile: largest batch (default 256; bigger batches are split)")
     parser.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit (GiB)")

@@ -97,7 +97,9 @@ def _parity_device(precision: str) -> str:
     """Where onnxruntime can run the exported precision: the CPU for fp32/fp16/int8, a GPU provider for bf16."""
     if precision != "bf16":
         return "cpu"
-    import onnxruntime as ort
+    from unmask.plugins.runtimes.onnxruntime import require_onnxruntime
+
+    ort = require_onnxruntime()
 
     missing = []
     if not torch.cuda.is_available():
@@ -160,6 +162,10 @@ def _set_metadata(proto: Any, meta: dict[str, str]) -> None:
 def _quantize_int8(proto: Any, workdir: Path) -> Any:
     """Dynamic int8 quantization (weights int8, activations quantized on the fly) for onnxruntime on the CPU."""
     import onnx
+
+    from unmask.plugins.runtimes.onnxruntime import require_onnxruntime
+
+    require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = workdir / "fp32.onnx", workdir / "int8.onnx"

@@ -68,6 +68,14 @@ def torch_dtype(trt: Any, dt: Any) -> torch.dtype:
     raise CheckpointError(f"TensorRT tensor type {dt} has no torch equivalent")
 
 
+def resolve_profile(min_batch: int, opt_batch: int | None, max_batch: int, workspace_gb: float) -> tuple[int, int, int]:
+    """(min, opt, max) batch of the optimization profile; ``opt_batch`` None = min(64, max_batch) (at least min)."""
+    if opt_batch is None:
+        opt_batch = max(min_batch, min(64, max_batch))
+    _check_profile(min_batch, opt_batch, max_batch, workspace_gb)
+    return min_batch, opt_batch, max_batch
+
+
 def _check_profile(min_batch: int, opt_batch: int, max_batch: int, workspace_gb: float) -> None:
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ConfigError(
@@ -104,6 +112,10 @@ def build_plan(trt: Any, onnx_path: Path, info: ArtifactInfo, *, min_batch: int,
     L = info.seq_len
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if info.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TF32 is on by default and rounds fp32 matmul inputs to 10 mantissa bits: an fp32 plan would then miss the
+        # fp32 parity tolerance against the PyTorch reference. fp16/bf16 plans are typed by their ONNX file.
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     profile.set_shape(info.input_name, (min_batch, L), (opt_batch, L), (max_batch, L))
     config.add_optimization_profile(profile)
@@ -128,7 +140,7 @@ def build_tensorrt(
     onnx_out: str | os.PathLike | None = None,
     precision: str = "fp32",
     min_batch: int = 1,
-    opt_batch: int = 64,
+    opt_batch: int | None = None,
     max_batch: int = 256,
     workspace_gb: float = 4.0,
     opset: int = 18,
@@ -138,7 +150,7 @@ def build_tensorrt(
 ) -> dict[str, Any]:
     """Build ``out_path`` (.plan) and ``out_path.json`` from a checkpoint (exported to ONNX first) or ``from_onnx``.
 
-    ``onnx_out``: also keep the intermediate ONNX file there. ``precision`` applies when exporting from a checkpoint;
+    ``opt_batch`` defaults to min(64, ``max_batch``). ``onnx_out``: also keep the intermediate ONNX file there. ``precision`` applies when exporting from a checkpoint;
     with ``from_onnx`` the plan has the ONNX file's precision. Parity is checked against the PyTorch checkpoint when
     ``model_path`` is given, else against onnxruntime on the CPU running the same ONNX file.
     """
@@ -152,7 +164,7 @@ def build_tensorrt(
         raise ConfigError("a TensorRT build needs --model CKPT or --from-onnx FILE.onnx")
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
-    _check_profile(min_batch, opt_batch, max_batch, workspace_gb)
+    min_batch, opt_batch, max_batch = resolve_profile(min_batch, opt_batch, max_batch, workspace_gb)
     trt = require_tensorrt("--trt (building a TensorRT plan)")
 
     t0 = time.perf_counter()

@@ -9,8 +9,15 @@ GPU path: IO binding, so nothing crosses the host-device boundary inside the dec
 are bound where they are; tokens on the host are copied once into a reused device buffer. Logits are written by
 onnxruntime straight into a tensor from torch's caching allocator (no cudaMalloc after warm-up, no host copy) that
 the caller owns - a single reused output buffer would be overwritten by the next call while the caller still holds
-the previous logits. onnxruntime runs on torch's current CUDA stream (``user_compute_stream``), so no extra
-synchronisation is needed between torch's kernels and onnxruntime's.
+the previous logits. onnxruntime runs on a CUDA stream of the engine's own (``user_compute_stream``; torch's default
+stream has handle 0, which onnxruntime reads as "no user stream" and would then run unordered on a stream of its
+own), ordered both ways with the caller's stream (``wait_stream`` / ``record_stream``), as the TensorRT runtime does.
+TF32 is off (``use_tf32 = 0``): fp32 artifacts must match their fp32 parity tolerance (fp16 ones never use TF32).
+With the TensorRT provider the optimization profile spans ``trt_min_batch`` .. ``trt_max_batch`` (tuned for
+``trt_opt_batch``), so TensorRT builds one engine instead of one per batch size, and batches are split to fit it.
+
+onnxruntime comes from one of two exclusive extras: ``pip install unmask[cpu]`` (onnxruntime) or ``unmask[gpu]``
+(onnxruntime-gpu); both provide the same module, and only one may be installed.
 """
 
 from __future__ import annotations
@@ -36,10 +43,41 @@ class OnnxRuntimeOptions(Section):
     device_id: Annotated[int, msgspec.Meta(ge=0)] = 0
     trt_cache_dir: str = ""
     """TensorRT provider: cache built engines here (the first build of a model takes minutes)."""
+    trt_min_batch: Annotated[int, msgspec.Meta(ge=1)] = 1
+    """TensorRT provider: smallest batch of the optimization profile."""
+    trt_opt_batch: Annotated[int, msgspec.Meta(ge=1)] = 64
+    """TensorRT provider: batch the profile is tuned for (clamped to min..max)."""
+    trt_max_batch: Annotated[int, msgspec.Meta(ge=1)] = 256
+    """TensorRT provider: largest batch of the profile; bigger batches are split."""
+
+
+def require_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or a one-line error saying which extra to install."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DeviceError(
+            "onnxruntime is not installed; pip install .[cpu] (CPU) or .[gpu] (onnxruntime-gpu, CUDA "
+            "and TensorRT providers) - only one of the two may be installed"
+        ) from None
+    return ort
+
+
+def trt_profile_options(options: OnnxRuntimeOptions, input_name: str, seq_len: int) -> dict[str, str]:
+    """TensorRT provider options for an optimization profile over the batch axis (``name:BxL`` shapes)."""
+    lo, hi = options.trt_min_batch, options.trt_max_batch
+    if lo > hi:
+        from unmask.core.errors import ConfigError
+
+        raise ConfigError(f"trt_min_batch ({lo}) must be <= trt_max_batch ({hi})")
+    opt = min(max(options.trt_opt_batch, lo), hi)
+    return {"trt_profile_min_shapes": f"{input_name}:{lo}x{seq_len}",
+            "trt_profile_opt_shapes": f"{input_name}:{opt}x{seq_len}",
+            "trt_profile_max_shapes": f"{input_name}:{hi}x{seq_len}"}
 
 
 def _missing_gpu_parts(device: str) -> list[str]:
-    import onnxruntime as ort
+    ort = require_onnxruntime()
 
     missing = []
     if not torch.cuda.is_available():
@@ -54,8 +92,9 @@ def _missing_gpu_parts(device: str) -> list[str]:
     return missing
 
 
-def _session(path: Path, options: OnnxRuntimeOptions) -> Any:
-    import onnxruntime as ort
+def _session(path: Path, options: OnnxRuntimeOptions, stream: int = 0, profile: dict[str, str] | None = None) -> Any:
+    """An InferenceSession; on GPU, running on the CUDA stream with handle ``stream`` (never 0: see the module doc)."""
+    ort = require_onnxruntime()
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -66,12 +105,12 @@ def _session(path: Path, options: OnnxRuntimeOptions) -> Any:
     so.log_severity_level = 3  # errors only; provider fall-back is detected below, not by reading logs
     providers: list[Any] = []
     if options.device != "cpu":
-        cuda_opts = {"device_id": str(options.device_id)}
-        stream = torch.cuda.current_stream(torch.device("cuda", options.device_id)).cuda_stream
+        assert stream != 0, "onnxruntime treats stream handle 0 as no user stream"
+        cuda_opts = {"device_id": str(options.device_id), "use_tf32": "0"}
         cuda_opts.update({"has_user_compute_stream": "1", "user_compute_stream": str(stream)})
         if options.device == "tensorrt":
             trt_opts = {"device_id": str(options.device_id), "has_user_compute_stream": "1",
-                        "user_compute_stream": str(stream)}
+                        "user_compute_stream": str(stream), **(profile or {})}
             if options.trt_cache_dir:
                 trt_opts.update({"trt_engine_cache_enable": "True", "trt_engine_cache_path": options.trt_cache_dir})
             providers.append(("TensorrtExecutionProvider", trt_opts))
@@ -86,6 +125,12 @@ def _session(path: Path, options: OnnxRuntimeOptions) -> Any:
                 f"onnxruntime on the CPU cannot run '{path}' ({first[:200]}); bf16 models need --device cuda or "
                 "tensorrt, export with --precision fp32 (optionally --quantize int8) for the CPU"
             ) from None
+        if "NOT_IMPLEMENTED" in first:  # a valid file with an op/dtype this provider lacks (e.g. some bf16 kernels)
+            raise DeviceError(
+                f"onnxruntime's {PROVIDERS[options.device]} has no kernel for an operator of '{path}' "
+                f"({first[:200]}); this is a missing kernel, not a damaged file: export with --precision fp16 or "
+                "fp32, or run the model with --runtime tensorrt"
+            ) from None
         raise CheckpointError(
             f"onnxruntime cannot load '{path}' ({first[:300]}); the file is corrupt or not a model"
         ) from None
@@ -97,11 +142,22 @@ class OnnxRuntimeEngine:
     def __init__(self, path: Path, options: OnnxRuntimeOptions) -> None:
         from unmask.export.metadata import info_from_props, verify_onnx_checksum
 
+        self._torch_stream: torch.cuda.Stream | None = None
+        profile = None
         if options.device != "cpu":
             missing = _missing_gpu_parts(options.device)
             if missing:
                 raise DeviceError(f"--runtime onnxruntime --device {options.device} needs {' and '.join(missing)}")
-        self.session = _session(path, options)
+            self._torch_stream = torch.cuda.Stream(torch.device("cuda", options.device_id))
+            if options.device == "tensorrt":
+                from unmask.export.metadata import read_onnx_info
+
+                pre = read_onnx_info(path)  # the profile needs the input name and length before the session
+                profile = trt_profile_options(options, pre.input_name, pre.seq_len)
+        else:
+            require_onnxruntime()
+        stream = self._torch_stream.cuda_stream if self._torch_stream is not None else 0
+        self.session = _session(path, options, stream, profile)
         props = self.session.get_modelmeta().custom_metadata_map
         self.info = info_from_props(props, path)
         verify_onnx_checksum(path, Path(path).read_bytes(), props)  # one SHA-256 over the file, at open only
@@ -118,12 +174,12 @@ class OnnxRuntimeEngine:
         self.vocab_size = self.info.vocab_size
         self.seq_len = self.info.seq_len
         self.mask_id = self.info.mask_id
-        self.max_batch: int | None = None  # dynamic batch axis: any batch runs in one call
+        # dynamic batch axis: any batch runs in one call, except with the TensorRT provider (its profile's max)
+        self.max_batch: int | None = options.trt_max_batch if options.device == "tensorrt" else None
         self.device = torch.device("cpu") if options.device == "cpu" else torch.device("cuda", options.device_id)
         self._check_io()
         self._in_buf: torch.Tensor | None = None  # reused device buffer for host-side tokens (GPU path)
         self._binding = self.session.io_binding() if self.device.type == "cuda" else None
-        self._stream = torch.cuda.current_stream(self.device).cuda_stream if self._binding is not None else None
 
     def _check_io(self) -> None:
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
@@ -163,25 +219,33 @@ class OnnxRuntimeEngine:
 
     def _run_cuda(self, tokens: torch.Tensor) -> torch.Tensor:
         B, L = tokens.shape
-        current = torch.cuda.current_stream(self.device)
-        if current.cuda_stream != self._stream:  # tokens written on another stream must land before onnxruntime reads
-            current.synchronize()
-        if tokens.device == self.device and tokens.dtype == torch.int64 and tokens.is_contiguous():
-            x = tokens
-        else:  # host (or other-GPU) tokens: one copy into a reused device buffer
-            if self._in_buf is None or self._in_buf.numel() < B * L:
-                self._in_buf = torch.empty(B * L, dtype=torch.int64, device=self.device)
-            x = self._in_buf[: B * L].view(B, L)
-            x.copy_(tokens, non_blocking=True)
-        out = torch.empty((B, L, self.vocab_size), dtype=self._out_dtype, device=self.device)  # (B, L, V)
-        b = self._binding
-        b.clear_binding_inputs()
-        b.clear_binding_outputs()
-        b.bind_input(name=self.info.input_name, device_type="cuda", device_id=self.device.index or 0,
-                     element_type=np.int64, shape=(B, L), buffer_ptr=x.data_ptr())
-        b.bind_output(name=self.info.output_name, device_type="cuda", device_id=self.device.index or 0,
-                      element_type=_np_dtype(self._out_dtype), shape=(B, L, self.vocab_size), buffer_ptr=out.data_ptr())
-        self.session.run_with_iobinding(b)
+        if self.max_batch is not None and B > self.max_batch:  # the TensorRT provider's profile
+            return torch.cat([self._run_cuda(tokens[s : s + self.max_batch]) for s in range(0, B, self.max_batch)])
+        caller = torch.cuda.current_stream(self.device)
+        ours = self._torch_stream
+        assert ours is not None
+        ours.wait_stream(caller)  # the caller's writes (tokens) land before onnxruntime reads them
+        with torch.cuda.stream(ours):
+            if tokens.device == self.device and tokens.dtype == torch.int64 and tokens.is_contiguous():
+                x = tokens
+                x.record_stream(ours)  # the caller's tensor, read on our stream
+            else:  # host (or other-GPU) tokens: one copy into a reused device buffer (on our stream)
+                if self._in_buf is None or self._in_buf.numel() < B * L:
+                    self._in_buf = torch.empty(B * L, dtype=torch.int64, device=self.device)
+                x = self._in_buf[: B * L].view(B, L)
+                x.copy_(tokens, non_blocking=True)
+            out = torch.empty((B, L, self.vocab_size), dtype=self._out_dtype, device=self.device)  # (B, L, V)
+            b = self._binding
+            b.clear_binding_inputs()
+            b.clear_binding_outputs()
+            b.bind_input(name=self.info.input_name, device_type="cuda", device_id=self.device.index or 0,
+                         element_type=np.int64, shape=(B, L), buffer_ptr=x.data_ptr())
+            b.bind_output(name=self.info.output_name, device_type="cuda", device_id=self.device.index or 0,
+                          element_type=_np_dtype(self._out_dtype), shape=(B, L, self.vocab_size),
+                          buffer_ptr=out.data_ptr())
+            self.session.run_with_iobinding(b)
+        caller.wait_stream(ours)  # the caller's next kernels see the logits
+        out.record_stream(caller)  # made on our stream, used on the caller's
         return out.float()
 
 

@@ -13,8 +13,10 @@ import torch
 
 
 def _ort_providers() -> list[str]:
-    import onnxruntime as ort
-
+    try:
+        import onnxruntime as ort
+    except ImportError:  # neither the [cpu] nor the [gpu] extra installed
+        return []
     return ort.get_available_providers()
 
 
@@ -142,3 +144,36 @@ def test_tensorrt_from_onnx_and_parser_errors(tiny_onnx: tuple[Path, dict], tmp_
     onnx.save(model, str(bad))
     with pytest.raises(CheckpointError, match="parser"):
         build_tensorrt(None, tmp_path / "b.plan", from_onnx=bad, workspace_gb=1.0, parity=False, log=None)
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_tensorrt_cli_with_a_small_max_batch(tiny_model: Path, tmp_path: Path) -> None:
+    """--max-batch 16 alone: --opt-batch follows it (min(64, max)), and the plan decodes batches larger than 16."""
+    from unmask.core.cli import main
+    from unmask.core.runtime import open_engine
+
+    plan = tmp_path / "m.plan"
+    assert main(["export", "--model", str(tiny_model), "--trt", str(plan), "--max-batch", "16",
+                 "--workspace-gb", "1"]) == 0
+    engine = open_engine(plan, "tensorrt")
+    assert engine.max_batch == 16
+    assert engine(torch.randint(0, 10, (37, 81))).shape == (37, 81, 10)
+
+
+@pytest.mark.gpu
+@needs_ort_cuda
+def test_onnxruntime_cuda_runs_on_its_own_stream(tiny_onnx: tuple[Path, dict]) -> None:
+    """onnxruntime gets a non-zero stream handle of the engine's own, ordered with the caller's stream."""
+    from unmask.core.runtime import open_engine
+
+    path, _ = tiny_onnx
+    engine = open_engine(path, "onnxruntime", device="cuda")
+    assert engine._torch_stream is not None and engine._torch_stream.cuda_stream != 0
+    x = torch.randint(0, 10, (8, 81), device="cuda")
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):  # the caller on a non-default stream: results must still be ordered
+        a = engine(x)
+        b = engine(x.cpu())
+    torch.cuda.synchronize()
+    assert torch.equal(a, b)
