@@ -99,6 +99,21 @@ class Strategy:
     def step(self, x: StepInput) -> StepOutput:
         raise NotImplementedError
 
+    def ineffective_options(self) -> list[str]:
+        """One line per option that is set but cannot change anything with the others as they are (the CLI warns)."""
+        o = self.options
+        noise, scale = getattr(o, "noise", "none"), getattr(o, "noise_scale", 0.0)
+        out = []
+        if noise != "none" and scale == 0.0:
+            out.append(f"noise={noise} has no effect with noise_scale=0; set noise_scale > 0 (e.g. 0.5)")
+        if noise == "none" and scale != 0.0:
+            out.append(f"noise_scale={scale:g} has no effect with noise=none; set noise=gumbel or noise=gaussian")
+        if noise == "none" and getattr(o, "noise_anneal", False):
+            out.append("noise_anneal has no effect with noise=none")
+        if getattr(o, "value", "argmax") == "argmax" and getattr(o, "temperature", 1.0) != 1.0:
+            out.append(f"temperature={o.temperature:g} has no effect with value=argmax; set value=sample")
+        return out
+
     def config_dict(self) -> dict[str, Any]:
         return plugin_section(self.name, self.options)
 

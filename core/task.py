@@ -140,6 +140,11 @@ class Task:
     def format(self, tokens: np.ndarray) -> str:
         return " ".join(str(int(t)) for t in tokens)
 
+    def explain(self, tokens: np.ndarray, data: Dataset) -> list[str]:
+        """Why one decoded example (``tokens`` (L,), ``data`` of one row) is wrong, as lines a person can act on
+        (``unmask solve`` prints them on failure); default: nothing to add."""
+        return []
+
     def board_shape(self) -> tuple[int, int] | None:
         """(rows, cols) when positions form a 2-D board worth plotting (commit-order heat maps); else None."""
         return None

@@ -31,6 +31,14 @@ class Vanilla(Strategy):
     Options = VanillaOptions
     name = "vanilla"
 
+    def ineffective_options(self) -> list[str]:
+        out = super().ineffective_options()
+        if self.options.k_rule != "deterministic":
+            out.append(f"k_rule={self.options.k_rule} has no effect on vanilla (its K is random by definition)")
+        if self.options.noise != "none":
+            out.append(f"noise={self.options.noise} has no effect on vanilla (it ranks nothing)")
+        return out
+
     def step(self, x: StepInput) -> StepOutput:
         cand = self.candidates(x)
         n = cand.sum(dim=1)  # (B,)

@@ -136,6 +136,37 @@ class Sudoku(Task):
     def format(self, tokens: np.ndarray) -> str:
         return lib.format_grid(tokens_to_digits(tokens))
 
+    def explain(self, tokens: np.ndarray, data: Dataset) -> list[str]:
+        """Each row, column and box where a digit repeats, then the grid with givens in [brackets] and the
+        clashing cells between !marks!."""
+        g = tokens_to_digits(np.asarray(tokens).reshape(1, -1))[0].reshape(9, 9)
+        given = np.asarray(data.given).reshape(-1)[:81].reshape(9, 9)
+        units = [("row", r + 1, [(r, c) for c in range(9)]) for r in range(9)]
+        units += [("column", c + 1, [(r, c) for r in range(9)]) for c in range(9)]
+        units += [("box", 3 * br + bc + 1, [(3 * br + i, 3 * bc + j) for i in range(3) for j in range(3)])
+                  for br in range(3) for bc in range(3)]
+        lines, bad = [], set()
+        for kind, k, cells in units:
+            for d in range(1, 10):
+                at = [(r, c) for r, c in cells if g[r, c] == d]
+                if len(at) > 1:
+                    bad.update(at)
+                    where = ", ".join(f"r{r + 1}c{c + 1}{' (given)' if given[r, c] else ''}" for r, c in at)
+                    times = "twice" if len(at) == 2 else f"{len(at)} times"
+                    lines.append(f"{kind} {k} has a {d} {times}: {where}")
+        if not lines:
+            return []
+        lines.append("grid ([given], !clash!):")
+        for r in range(9):
+            if r in (3, 6):
+                lines.append("-" * 10 + "+" + "-" * 11 + "+" + "-" * 10)
+            cells = []
+            for c in range(9):
+                v = "." if g[r, c] == 0 else str(int(g[r, c]))
+                cells.append(f"!{v}!" if (r, c) in bad else f"[{v}]" if given[r, c] else f" {v} ")
+            lines.append(" | ".join("".join(cells[3 * s: 3 * s + 3]) for s in range(3)))
+        return lines
+
     def groups(self, data: Dataset) -> dict[str, np.ndarray]:
         """Clue count, and what the 7-technique solver needs (singles / eliminations / beyond: see
         ``technique_classes``) for each puzzle."""

@@ -150,3 +150,12 @@ def test_missing_onnxruntime_names_the_extras(monkeypatch, tiny_onnx):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
     with pytest.raises(DeviceError, match=r"onnxruntime is not installed; pip install \.\[cpu\] \(CPU\) or \.\[gpu\]"):
         open_engine(tiny_onnx[0], "onnxruntime")
+
+
+def test_cli_flags_a_runtime_does_not_take_are_named_as_typed(tiny_onnx, capsys):
+    from unmask.core.cli import main
+
+    code = main(["eval", "--model", str(tiny_onnx[0]), "--generate", "2", "--bf16"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: --bf16 does not apply to runtime 'onnxruntime'" in err
+    assert "runtime onnxruntime.bf16" not in err
