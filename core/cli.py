@@ -80,9 +80,34 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- train ----------------------------------------------------------------------------------------------------------
+def _train_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(config file, overrides): a packaged config named by ``--config NAME`` puts its run and data cache under
+    unmask's home (``$UNMASK_HOME`` or the user cache), not the current directory; ``--out`` and ``--set`` win."""
+    from unmask.core.config import load_toml
+    from unmask.core.resources import find_config, home
+
+    path, packaged = find_config(args.config)
+    sets: list[str] = []
+    if packaged:
+        raw = load_toml(path)
+        out = Path(str(raw.get("out", "runs/default")))
+        if not out.is_absolute():
+            sets.append(f'out="{home() / "runs" / out.name}"')
+        cache = (raw.get("task") or {}).get("cache_dir", "data/cache")
+        if cache and not Path(str(cache)).is_absolute():
+            sets.append(f'task.cache_dir="{home() / "cache"}"')
+    if args.out:
+        sets.append(f'out="{args.out}"')
+    return str(path), [*sets, *args.set]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from unmask.core.distributed import is_main
-    from unmask.core.train import train
+    from unmask.core.train import resolve_config, train
+
+    args.config, args.set = _train_overrides(args)
+    if is_main():
+        print(f"run directory: {resolve_config(args.config, args.set).out.absolute()}")
 
     if args.resume and is_main():
         from unmask.core.checkpoint import latest_checkpoint
@@ -140,6 +165,10 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
     from unmask.core.registry import runtimes
 
+    if not args.model:  # the packaged default model
+        from unmask.core.resources import default_model
+
+        args.model = str(default_model())
     runtime = args.runtime or runtime_for_path(args.model)
     fields = set(getattr(getattr(runtimes.get(runtime), "Options", None), "__struct_fields__", ()))
     opts: dict[str, Any] = {}
@@ -154,7 +183,14 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
     if "threads" in fields and "threads" not in opts:
         opts["threads"] = default_threads(getattr(args, "command", ""))
     engine = open_engine(args.model, runtime, **opts)
-    task = build_task(engine.config["task"], "model task")
+    section = dict(engine.config["task"])
+    from unmask.core.resources import home, models_dir, source_checkout
+
+    cache = section.get("cache_dir")
+    packaged = not source_checkout() and models_dir() in Path(args.model).resolve().parents
+    if cache and not Path(str(cache)).is_absolute() and packaged:
+        section["cache_dir"] = str(home() / "cache")  # a packaged model: never a cache in the current directory
+    task = build_task(section, "model task")
     want = getattr(args, "task", None)
     if want and want != task.name:
         raise InputError(f"model '{args.model}' was trained for task '{task.name}', not '{want}'")
@@ -355,7 +391,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from unmask.core import __version__
+
     p = _Parser(prog="unmask", description="Masked diffusion models that plan their decoding order.")
+    p.add_argument("--version", action="version", version=f"unmask {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="list registered plugins")
@@ -363,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("train", help="train a model from a TOML config")
-    s.add_argument("--config", required=True, help="TOML file (see configs/)")
+    s.add_argument("--config", required=True, help="TOML file, or the name of a packaged config (e.g. "
+                   "sudoku-default; its run and cache then go under $UNMASK_HOME or ~/.cache/unmask)")
+    s.add_argument("--out", metavar="DIR", help="run directory (overrides the config's out)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
     s.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -379,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_curves)
 
     def model_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--model", required=True, help="model directory, run directory, .onnx or .plan")
+        s.add_argument("--model", help="model directory, run directory, .onnx or .plan (default: the packaged "
+                       "default model, sudoku-default)")
         s.add_argument("--runtime", help="torch, onnxruntime, tensorrt, ... (default: from the model path)")
         s.add_argument("--device", help="cpu, cuda (or tensorrt for onnxruntime)")
         s.add_argument("--bf16", action="store_true", help="bf16 autocast (torch runtime)")
