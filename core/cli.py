@@ -275,6 +275,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data = task.read_file(args.data)
         source = args.data
     else:
+        from unmask.core.memory import check_fits
+
+        check_fits(32.0 * args.generate * task.seq_len, f"--generate {args.generate:,}", "generate fewer examples")
         data = task.generate(args.split, args.generate, args.seed, progress=main)
         source = f"generated {args.split} split, seed {args.seed}"
     if main:

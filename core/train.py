@@ -130,6 +130,9 @@ def resolve_config(path: str | os.PathLike | None, overrides: list[str] | None =
     from unmask.core.files import check_writable
 
     check_writable(cfg.out, "out (the run directory)", directory=True)  # before any training work
+    from unmask.core.memory import check_training_fits
+
+    check_training_fits(task, cfg.backbone, cfg.train.batch_size, causal=cfg.train.objective == "arm")
     return Resolved(data, task, cfg.train, Path(cfg.out))
 
 

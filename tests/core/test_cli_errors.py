@@ -167,3 +167,33 @@ def test_failing_third_party_strategy_is_one_line_naming_it():
                                           r"ZeroDivisionError: oops"):
         decode(context_engine(3, 4), torch.full((1, 4), 3), torch.zeros(1, 4, dtype=torch.bool), Broken(),
                mask_id=3, generator=torch.Generator())
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (("backbone.d_model=16384", "backbone.n_layers=64"), "reduce backbone.d_model or backbone.n_layers"),
+    (("train.batch_size=1000000000",), "train.batch_size = 1,000,000,000"),
+])
+def test_absurd_sizes_are_refused_before_allocating(capsys, tmp_path, sets, needle):
+    args = ["train", "--config", str(CONFIG), "--set", f'out="{tmp_path / "run"}"']
+    for s in sets:
+        args += ["--set", s]
+    one_error(capsys, *args, needles=(needle, "GiB is available"))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_absurd_generate_is_refused(capsys):
+    one_error(capsys, *EVAL, "--generate", "100000000000", needles=("--generate 100,000,000,000", "GiB"))
+
+
+def test_memory_check_uses_the_available_memory():
+    from unmask.core.errors import ConfigError
+    from unmask.core.memory import check_fits, check_training_fits
+    from unmask.core.task import build_task
+
+    check_fits(2**30, "x", "y", available=2**31)
+    with pytest.raises(ConfigError, match="x needs at least 2.0 GiB of memory but 1.0 GiB is available; y"):
+        check_fits(2**31, "x", "y", available=2**30)
+    task = build_task({"name": "sudoku"})
+    check_training_fits(task, {"name": "transformer"}, 128, available=2**30)  # ~5M parameters: ~80 MB
+    with pytest.raises(ConfigError, match=r"backbone with [0-9,]+ parameters .* reduce backbone.d_model"):
+        check_training_fits(task, {"name": "transformer"}, 128, available=2**20)
