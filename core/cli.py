@@ -501,6 +501,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a third-party plugin's bug is one line naming it; ours stay tracebacks
+        culprit = _plugin_culprit(exc)
+        if culprit is None:
+            raise
+        print(" ".join(f"error: {culprit} failed: {type(exc).__name__}: {exc}; report it to that package".split()),
+              file=sys.stderr)
+        return 2
+
+
+def _plugin_culprit(exc: BaseException) -> str | None:
+    """``"<kind> '<name>' (package '<pkg>')"`` of the innermost traceback frame in a third-party plugin's code."""
+    from unmask.core.registry import registries
+
+    modules: dict[str, tuple[str, str]] = {}
+    for reg in registries.values():
+        try:
+            modules.update(reg.third_party_modules())
+        except Exception:  # noqa: BLE001 - never let the error report itself fail
+            continue
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        top = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+        if top in modules:
+            what, pkg = modules[top]
+            found = f"{what} (package '{pkg}')"
+        tb = tb.tb_next
+    return found
 
 
 if __name__ == "__main__":

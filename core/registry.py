@@ -192,6 +192,14 @@ class Registry:
             out.append(PluginInfo(name, _first_line(getattr(obj, "__doc__", None)), self._packages.get(name, "?")))
         return out
 
+    def third_party_modules(self) -> dict[str, tuple[str, str]]:
+        """Top-level module of each third-party plugin -> (``"<kind> '<name>'"``, its package): for errors that must
+        name the plugin a failure came from."""
+        out: dict[str, tuple[str, str]] = {}
+        for name, ep in self._scan_entry_points().items():
+            out.setdefault(ep.value.split(":")[0].split(".")[0], (f"{self.singular} '{name}'", _dist_name(ep)))
+        return out
+
     def package(self, name: str) -> str | None:
         """The package that provides the loaded plugin ``name`` (None if it is not loaded)."""
         return self._packages.get(name)

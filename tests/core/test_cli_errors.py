@@ -197,3 +197,33 @@ def test_memory_check_uses_the_available_memory():
     check_training_fits(task, {"name": "transformer"}, 128, available=2**30)  # ~5M parameters: ~80 MB
     with pytest.raises(ConfigError, match=r"backbone with [0-9,]+ parameters .* reduce backbone.d_model"):
         check_training_fits(task, {"name": "transformer"}, 128, available=2**20)
+
+
+def test_misbehaving_third_party_plugin_is_one_line_naming_it_and_its_package(capsys, tmp_path, monkeypatch):
+    import textwrap
+
+    from unmask.core.registry import strategies
+
+    site = tmp_path / "site"
+    (site / "boom_pkg").mkdir(parents=True)
+    (site / "boom_pkg" / "__init__.py").write_text("")
+    (site / "boom_pkg" / "strat.py").write_text(textwrap.dedent('''
+        from unmask.core.strategy import ScoreStrategy
+
+        class Boom(ScoreStrategy):
+            """Fails when built."""
+            def __init__(self, options=None):
+                raise RuntimeError("kaboom")
+    '''))
+    dist = site / "boom_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: boom-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[unmask_strategies]\nboom = boom_pkg.strat:Boom\n")
+    monkeypatch.syspath_prepend(str(site))
+    strategies.reset()
+    try:
+        one_error(capsys, "solve", "--model", str(MODEL), "--strategy", "boom", PUZZLE,
+                  needles=("error: strategy 'boom' (package 'boom-pkg') failed: RuntimeError: kaboom",))
+    finally:
+        monkeypatch.undo()
+        strategies.reset()
