@@ -260,9 +260,15 @@ class Worker(threading.Thread):
                 if rows is None:
                     break
                 cancels, self.cancels = self.cancels, []
-            if cancels:
-                self._drop(cancels)
-            self._admit(self.table, [r for r in rows if not r[1].cancelled])
+            try:
+                if cancels:
+                    self._drop(cancels)
+                self._admit(self.table, [r for r in rows if not r[1].cancelled])
+            except Exception as exc:  # noqa: BLE001 - never let the worker die: fail what it held, go on
+                msg = " ".join(f"decode worker error: {type(exc).__name__}: {exc}".split())
+                log.exception("decode worker error")
+                for rid in [r[0] for r in rows] + self.table.clear().tolist():
+                    self._fail(rid, msg)
             for table, gen in [(self.table, self.generator), *self.private]:
                 self._step(table, gen)
             self.private = [(t, g) for t, g in self.private if t.n > 0]

@@ -97,11 +97,9 @@ def solve_cli(capsys: pytest.CaptureFixture, puzzle: str, *extra: str) -> tuple[
     """What ``unmask solve`` prints: the answer grid and the forward passes."""
     capsys.readouterr()  # drop what came before
     cli_main(["solve", "--model", str(MODEL), "--steps", str(STEPS), "--threads", "1", *extra, puzzle])
-    out = capsys.readouterr().out
-    status = out.strip().splitlines()[-1]
-    m = re.search(r"(\d+) forward passes", status)
-    assert m, out
-    return out[: out.index(status)].rstrip("\n"), int(m.group(1))
+    lines = capsys.readouterr().out.splitlines()
+    k = next(i for i, line in enumerate(lines) if re.search(r"\d+ forward passes", line))  # the status line
+    return "\n".join(lines[:k]), int(re.search(r"(\d+) forward passes", lines[k]).group(1))  # type: ignore[union-attr]
 
 
 # -- the shared subprocess server ---------------------------------------------------------------------------------
