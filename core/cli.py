@@ -290,13 +290,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if r is None:  # not rank 0
             continue
         results.append(r)
-        if args.trace and r.order is not None and task.board_shape():
-            png = Path(args.json).with_name(f"{Path(args.json).stem}-order-{r.strategy}.png") if args.json \
-                else Path(f"order-{r.strategy}.png")
-            order_heatmap(png, r.order, data.given, task.board_shape(), f"{task.name}, {r.strategy}: mean commit step")
-            print(f"commit-order heat map: {png}")
     if not main:
         return 0
+    traced = [r for r in results if args.trace and r.order is not None and task.board_shape()]
+    vmax = max((float(r.order.max()) for r in traced), default=None)  # one colour scale for every strategy
+    for r in traced:
+        png = Path(args.json).with_name(f"{Path(args.json).stem}-order-{r.strategy}.png") if args.json \
+            else Path(f"order-{r.strategy}.png")
+        order_heatmap(png, r.order, data.given, task.board_shape(), f"{task.name}, {r.strategy}: mean commit step",
+                      vmax=vmax)
+        print(f"commit-order heat map: {png}")
     print(format_table(results))
     if args.json:
         report = eval_report(task, str(args.model), runtime, data, results,
@@ -356,7 +359,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
         if shape is None:
             raise InputError(f"task '{task.name}' has no board to plot; use --show-order to print the order")
-        order_heatmap(Path(args.order_png), order[None], data.given, shape, "commit order")
+        cells = task.format_cells(pred[0])
+        order_heatmap(Path(args.order_png), order[None], data.given, shape, "commit order (grey: given)",
+                      labels=cells)
         print(f"order plot: {args.order_png}")
     if args.show_order:
         print("order (forward pass at which each position was committed; '.' = given):")

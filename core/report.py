@@ -105,17 +105,33 @@ def bar_chart(png: Path, report: dict[str, Any], title: str = "") -> None:
     plt.close(fig)
 
 
-def order_heatmap(png: Path, order: np.ndarray, given: np.ndarray, shape: tuple[int, int], title: str) -> None:
-    """Mean commit step of each board cell (given cells excluded), as a heat map."""
+def order_heatmap(png: Path, order: np.ndarray, given: np.ndarray, shape: tuple[int, int], title: str, *,
+                  vmax: float | None = None, labels: list[str] | None = None) -> None:
+    """Mean commit step of each board cell (given cells excluded, drawn grey), as a heat map.
+
+    ``vmax``: top of the colour scale (pass the same value for several maps so their colours compare; default: this
+    map's largest). ``labels`` (one per cell, e.g. the digits of one solved puzzle): written in each cell, givens in
+    bold black, decoded cells with their commit step below.
+    """
     plt = _plt()
     o = np.where(given, np.nan, order.astype(np.float64))
     counts = np.isfinite(o).sum(axis=0)
     mean = np.where(counts > 0, np.nansum(o, axis=0) / np.maximum(counts, 1), np.nan).reshape(shape)
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    im = ax.imshow(mean, cmap="viridis")
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#d9d9d9")  # cells that are always given
+    top = vmax if vmax is not None else (float(np.nanmax(mean)) if np.isfinite(mean).any() else 1.0)
+    im = ax.imshow(np.ma.masked_invalid(mean), cmap=cmap, vmin=1.0, vmax=max(top, 1.0 + 1e-9))
     for (i, j), v in np.ndenumerate(mean):
-        if np.isfinite(v):
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w")
+        label = labels[i * shape[1] + j] if labels is not None else None
+        if label is not None and not np.isfinite(v):
+            ax.text(j, i, label, ha="center", va="center", fontsize=10, fontweight="bold", color="k")
+        elif label is not None:
+            ink = "k" if v > 1.0 + 0.65 * (top - 1.0) else "w"  # readable on the bright end of viridis
+            ax.text(j, i, f"{label}\n{v:.0f}", ha="center", va="center", fontsize=7, color=ink, linespacing=0.9)
+        elif np.isfinite(v):
+            ink = "k" if v > 1.0 + 0.65 * (top - 1.0) else "w"
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color=ink)
     if shape == (9, 9):
         for k in (2.5, 5.5):
             ax.axhline(k, color="k", lw=1.5)
@@ -123,7 +139,7 @@ def order_heatmap(png: Path, order: np.ndarray, given: np.ndarray, shape: tuple[
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="forward pass at which the cell was committed")
+    fig.colorbar(im, ax=ax, label="forward pass at which the cell was committed (grey: given)")
     fig.tight_layout()
     _save(fig, png)
     plt.close(fig)

@@ -145,6 +145,10 @@ class Task:
         (``unmask solve`` prints them on failure); default: nothing to add."""
         return []
 
+    def format_cells(self, tokens: np.ndarray) -> list[str] | None:
+        """One short label per position (e.g. a Sudoku digit) for plots of a board; default: none."""
+        return None
+
     def board_shape(self) -> tuple[int, int] | None:
         """(rows, cols) when positions form a 2-D board worth plotting (commit-order heat maps); else None."""
         return None

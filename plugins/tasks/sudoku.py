@@ -136,6 +136,10 @@ class Sudoku(Task):
     def format(self, tokens: np.ndarray) -> str:
         return lib.format_grid(tokens_to_digits(tokens))
 
+    def format_cells(self, tokens: np.ndarray) -> list[str] | None:
+        d = tokens_to_digits(np.asarray(tokens).reshape(1, -1))[0]
+        return ["." if v == 0 else str(int(v)) for v in d]
+
     def explain(self, tokens: np.ndarray, data: Dataset) -> list[str]:
         """Each row, column and box where a digit repeats, then the grid with givens in [brackets] and the
         clashing cells between !marks!."""

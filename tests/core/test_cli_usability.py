@@ -123,3 +123,28 @@ def test_resume_says_which_step(capsys, tmp_path):
     assert main([*args, "--set", "train.steps=3", "--resume"]) == 0
     out, _ = capsys.readouterr()
     assert "resuming from step 2 (" in out and "step-0000002" in out
+
+
+def test_heat_maps_share_one_scale_and_the_board_shows_digits(capsys, tmp_path, monkeypatch):
+    import unmask.core.report as report
+
+    calls = []
+    real = report.order_heatmap
+
+    def spy(png, order, given, shape, title, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls.append((Path(png).name, float(order.max()), kw))
+        real(png, order, given, shape, title, **kw)
+
+    monkeypatch.setattr(report, "order_heatmap", spy)
+    data = tmp_path / "p.txt"
+    data.write_text(PUZZLE + "\n")
+    assert main(["eval", "--model", str(MODEL), "--data", str(data), "--strategies", "margin,top_prob:steps=10",
+                 "--steps", "30", "--trace", "--json", str(tmp_path / "r.json")]) == 0
+    assert [c[0] for c in calls] == ["r-order-margin.png", "r-order-top_prob.png"]
+    assert calls[0][2]["vmax"] == calls[1][2]["vmax"] == max(c[1] for c in calls) == 30.0
+    assert all((tmp_path / c[0]).is_file() for c in calls)
+    calls.clear()
+    code = main(["solve", "--model", str(MODEL), "--order-png", str(tmp_path / "o.png"), PUZZLE])
+    assert code == 0 and (tmp_path / "o.png").is_file()
+    labels = calls[0][2]["labels"]
+    assert len(labels) == 81 and labels[:2] == ["5", "3"] and all(x in "123456789" for x in labels)
