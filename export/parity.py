@@ -19,9 +19,10 @@ real behaviour change and fails the check; so does agreement below the precision
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -162,11 +163,28 @@ def run_batched(engine: Any, tokens: torch.Tensor, batch: int = 64) -> torch.Ten
     return torch.cat(outs)
 
 
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """torch's fp32 matmuls and convolutions without TF32 inside the block (restored after): TF32 rounds inputs to
+    10 mantissa bits, which an fp32 parity tolerance is not meant to absorb."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def check_parity(reference: torch.Tensor, engine: Any, tokens: torch.Tensor, *, mask_id: int, label: str,
                  what: str, enforce: bool = True, log: Any = print) -> dict[str, Any]:
-    """Compare ``engine`` with the reference logits; print the result; raise CheckpointError if it fails."""
+    """Compare ``engine`` with the reference logits; print the result; raise CheckpointError if it fails.
+
+    An fp32 ``label`` runs torch engines with TF32 off (onnxruntime and TensorRT get it off from their own options).
+    """
     tol = TOLERANCES[label]
-    report = compare_logits(reference, run_batched(engine, tokens), tokens, mask_id, tol)
+    with strict_fp32() if label == "fp32" else contextlib.nullcontext():
+        got = run_batched(engine, tokens)
+    report = compare_logits(reference, got, tokens, mask_id, tol)
     report["passed"] = passed(report)
     report["label"] = label
     if log is not None:

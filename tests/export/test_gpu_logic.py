@@ -159,3 +159,25 @@ def test_cli_flags_a_runtime_does_not_take_are_named_as_typed(tiny_onnx, capsys)
     err = capsys.readouterr().err
     assert code == 2 and "error: --bf16 does not apply to runtime 'onnxruntime'" in err
     assert "runtime onnxruntime.bf16" not in err
+
+
+def test_fp32_parity_runs_without_tf32():
+    from unmask.export.parity import check_parity
+
+    seen = []
+
+    class Engine:
+        device = torch.device("cpu")
+
+        def __call__(self, tokens):  # noqa: ANN001, ANN204
+            seen.append(torch.backends.cuda.matmul.allow_tf32)
+            return torch.zeros(*tokens.shape, 3)
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        tokens = torch.zeros(4, 5, dtype=torch.int64)
+        check_parity(torch.zeros(4, 5, 3), Engine(), tokens, mask_id=2, label="fp32", what="t", log=None)
+        check_parity(torch.zeros(4, 5, 3), Engine(), tokens, mask_id=2, label="fp16", what="t", log=None)
+        assert seen == [False, True] and torch.backends.cuda.matmul.allow_tf32 is True  # restored afterwards
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
