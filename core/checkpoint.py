@@ -79,7 +79,8 @@ def save_model_dir(
         tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
         digest, covers = model_checksum(config, (tmp / MODEL_FILE).read_bytes())
-        _write_json(tmp / CONFIG_FILE, {"format": FORMAT, **config, CHECKSUM_KEY: {"sha256": digest, "covers": covers}})
+        _write_json(tmp / CONFIG_FILE,
+                    {"format": FORMAT, **config, CHECKSUM_KEY: {"sha256": digest, "covers": covers}})
         if optimizer is not None:
             opt_tensors, opt_meta = _flatten_optimizer(optimizer)
             save_file(opt_tensors, str(tmp / OPTIM_FILE), metadata={"format": FORMAT})
@@ -267,8 +268,10 @@ def _verify_checksum(path: Path, data: bytes) -> None:
     stored = cfg.get(CHECKSUM_KEY) if isinstance(cfg, dict) else None
     if stored is None:
         return  # written before checksums existed
-    if not (isinstance(stored, dict) and isinstance(stored.get("sha256"), str) and isinstance(stored.get("covers"), dict)):
-        raise CheckpointError(f"'{cfg_path}' has a malformed '{CHECKSUM_KEY}' entry; the config was edited or is corrupt")
+    if not (isinstance(stored, dict) and isinstance(stored.get("sha256"), str)
+            and isinstance(stored.get("covers"), dict)):
+        raise CheckpointError(f"'{cfg_path}' has a malformed '{CHECKSUM_KEY}' entry; the config was edited or is "
+                              "corrupt")
     digest, _ = model_checksum(cfg, data, stored["covers"])
     if digest != stored["sha256"]:
         raise CheckpointError(
@@ -290,7 +293,8 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         tensors = load_bytes(data)
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"'{path}' is not a readable safetensors file ({exc}); the checkpoint is corrupt") from None
+        raise CheckpointError(
+            f"'{path}' is not a readable safetensors file ({exc}); the checkpoint is corrupt") from None
     if path.name == MODEL_FILE:
         _verify_checksum(path, data)
     return tensors

@@ -172,7 +172,8 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
     runtime = args.runtime or runtime_for_path(args.model)
     fields = set(getattr(getattr(runtimes.get(runtime), "Options", None), "__struct_fields__", ()))
     opts: dict[str, Any] = {}
-    typed = {"device": args.device, "bf16": getattr(args, "bf16", False) or None, "threads": getattr(args, "threads", None)}
+    typed = {"device": args.device, "bf16": getattr(args, "bf16", False) or None,
+             "threads": getattr(args, "threads", None)}
     for key, value in typed.items():
         if value is None:
             continue

@@ -7,7 +7,8 @@ same place relative to ``unmask.core``. ``unmask solve`` / ``eval`` without ``--
 ``unmask train --config NAME`` finds ``configs/NAME.toml``.
 
 Runs and data caches of packaged resources (a config named rather than given as a path; the default model of an
-installed package - in a source checkout it keeps the repository's ``data/cache``) go to :func:`home`: ``$UNMASK_HOME`` if set, else the platform's user cache (``$XDG_CACHE_HOME/unmask``, by default
+installed package - in a source checkout it keeps the repository's ``data/cache``) go to :func:`home`:
+``$UNMASK_HOME`` if set, else the platform's user cache (``$XDG_CACHE_HOME/unmask``, by default
 ``~/.cache/unmask``), never silently into the current directory. Paths the user gives (``--config FILE``,
 ``--out``, ``--set out=...``) are used as given.
 """
@@ -72,4 +73,5 @@ def find_config(spec: str) -> tuple[Path, bool]:
                       f"{', '.join(known) or 'none'})")
 
 
-__all__ = ["home", "source_checkout", "default_model", "packaged_configs", "find_config", "models_dir", "configs_dir", "DEFAULT_MODEL"]
+__all__ = ["home", "source_checkout", "default_model", "packaged_configs", "find_config", "models_dir", "configs_dir",
+           "DEFAULT_MODEL"]

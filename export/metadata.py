@@ -190,7 +190,8 @@ def verify_onnx_checksum(path: Path, data: bytes, props: dict[str, str]) -> None
         return
     field_ = _checksum_field(stored)
     if len(stored) != 64 or data.count(field_) != 1:
-        raise CheckpointError(f"ONNX file '{path}' has a malformed {K_CHECKSUM} entry; the file was edited, re-export it")
+        raise CheckpointError(f"ONNX file '{path}' has a malformed {K_CHECKSUM} entry; the file was edited, "
+                              "re-export it")
     if hashlib.sha256(data.replace(field_, _checksum_field(CHECKSUM_PLACEHOLDER))).hexdigest() != stored:
         raise CheckpointError(
             f"ONNX file '{path}' fails its checksum ({K_CHECKSUM}): its bytes changed after export (damaged or "

@@ -150,7 +150,8 @@ def build_tensorrt(
 ) -> dict[str, Any]:
     """Build ``out_path`` (.plan) and ``out_path.json`` from a checkpoint (exported to ONNX first) or ``from_onnx``.
 
-    ``opt_batch`` defaults to min(64, ``max_batch``). ``onnx_out``: also keep the intermediate ONNX file there. ``precision`` applies when exporting from a checkpoint;
+    ``opt_batch`` defaults to min(64, ``max_batch``). ``onnx_out``: also keep the intermediate ONNX file there.
+    ``precision`` applies when exporting from a checkpoint;
     with ``from_onnx`` the plan has the ONNX file's precision. Parity is checked against the PyTorch checkpoint when
     ``model_path`` is given, else against onnxruntime on the CPU running the same ONNX file.
     """

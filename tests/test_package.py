@@ -17,8 +17,8 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
-TINY = ["--set", "train.steps=2", "--set", "train.batch_size=8", "--set", "train.data_size=64", "--set",
-        "train.val_size=0", "--set", "backbone.d_model=32", "--set", "backbone.n_layers=1", "--set", "backbone.n_heads=2"]
+TINY = [x for s in ("train.steps=2", "train.batch_size=8", "train.data_size=64", "train.val_size=0",
+                     "backbone.d_model=32", "backbone.n_layers=1", "backbone.n_heads=2") for x in ("--set", s)]
 
 
 def test_packaged_resources_resolve(monkeypatch, tmp_path):

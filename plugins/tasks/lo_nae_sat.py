@@ -171,7 +171,8 @@ class LoNaeSat(Task):
         p = Path(path)
         if not p.is_file():
             raise InputError(f"sequence file '{path}' not found")
-        lines = [(f"{path} line {i}", ln.split("#", 1)[0]) for i, ln in enumerate(read_text(p, "sequence file").splitlines(), 1)]
+        text = read_text(p, "sequence file")  # UTF-8, a BOM accepted; another encoding names its line
+        lines = [(f"{path} line {i}", ln.split("#", 1)[0]) for i, ln in enumerate(text.splitlines(), 1)]
         lines = [x for x in lines if x[1].strip()]
         if not lines:
             raise InputError(f"sequence file '{path}' holds no sequence")

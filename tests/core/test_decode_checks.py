@@ -108,8 +108,10 @@ def test_values_must_be_real_tokens(values, many):
 @pytest.mark.parametrize(
     "fn, what",
     [
-        (lambda x: StepOutput(commit=x.masked[:, :1].clone(), values=torch.zeros_like(x.tokens)), "commit as torch.bool"),
-        (lambda x: StepOutput(commit=x.masked.to(torch.int64), values=torch.zeros_like(x.tokens)), "commit as torch.int64"),
+        (lambda x: StepOutput(commit=x.masked[:, :1].clone(), values=torch.zeros_like(x.tokens)),
+         "commit as torch.bool"),
+        (lambda x: StepOutput(commit=x.masked.to(torch.int64), values=torch.zeros_like(x.tokens)),
+         "commit as torch.int64"),
         (lambda x: StepOutput(commit=x.masked.clone(), values=torch.zeros(x.tokens.shape[1], dtype=torch.int64)),
          "values as torch.int64 \\(6,\\)"),
         (lambda x: StepOutput(commit=x.masked.clone(), values=torch.zeros_like(x.tokens, dtype=torch.int32)),
