@@ -80,3 +80,17 @@ def test_report_png_temps_stay_beside_the_target_and_are_removed(tmp_path, monke
     with pytest.raises(OSError):
         report._save(fig, out / "more.png")
     assert sorted(e.name for e in out.iterdir()) == ["bars.png"]
+
+
+def test_disk_full_during_a_checkpoint_write_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import unmask.core.checkpoint as ckpt
+
+    def full(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write_json", full)
+    with pytest.raises(OSError, match="No space left"):
+        save_model_dir(tmp_path / "checkpoints" / "step-0000001", {"w": torch.ones(3)}, CONFIG)
+    assert list((tmp_path / "checkpoints").iterdir()) == []
