@@ -8,6 +8,7 @@
 * :mod:`unmask.export.metadata` - reading and validating that metadata (:class:`ArtifactInfo`).
 * :mod:`unmask.export.parity` - the parity check shared by export, the GPU check and the tests.
 * :mod:`unmask.export.cli` - ``unmask export`` / ``tools/export.py``.
+* :mod:`unmask.export.gpu_check` - ``tools/gpu_check.py``: every GPU engine's parity, speed and decoding on one model.
 
 The engines that run these artifacts are the runtime plugins ``onnxruntime`` and ``tensorrt``
 (``unmask.plugins.runtimes``); open them with :func:`unmask.core.runtime.open_engine`. Importing this package is
