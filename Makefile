@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # GPU users: see README "GPU and TensorRT".
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-slow test-gpu clean setup
+.PHONY: demo test lint test-slow test-gpu clean setup
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,14 @@ setup: $(STAMP)
 demo: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/unmask eval --model models/sudoku-default --task sudoku --generate 300 --split test \
 		--seed 2025 --strategies vanilla,top_prob,margin --steps 50 --json results/demo.json
+
+# Lint and type checks (ruff, mypy; configured in pyproject.toml). mypy needs the folders under their package names:
+# build/typecheck/unmask/{core,export,plugins} link to them (see [tool.mypy]).
+lint: $(STAMP)
+	$(BIN)/ruff check core export plugins tools
+	mkdir -p build/typecheck/unmask
+	for d in core export plugins; do ln -sfn ../../../$$d build/typecheck/unmask/$$d; done
+	$(BIN)/mypy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
