@@ -124,9 +124,9 @@ def test_batch_form_and_health_and_metrics(server):
     assert len(results) == 3
     for p, res in zip(ps, results):
         assert res == post(server, {"input": p}).json()
-    h = httpx.get(f"{server}/v1/health").json()
+    h = httpx.get(f"{server}/v1/health", timeout=60).json()
     assert h["status"] == "ok" and h["task"] == "sudoku" and h["capacity"] == 8 and h["strategy"]["name"] == "margin"
-    m = httpx.get(f"{server}/metrics").text
+    m = httpx.get(f"{server}/metrics", timeout=60).text
     for name in ("unmask_requests_total{status=\"200\"}", "unmask_queue_depth", "unmask_slots_occupied",
                  "unmask_forward_passes_total", "unmask_request_latency_seconds_bucket"):
         assert name in m, name
@@ -184,9 +184,9 @@ def test_bad_requests_get_4xx_with_one_line_errors(server, capsys, content, stat
 
 
 def test_unknown_route_and_method(server):
-    r = httpx.get(f"{server}/v1/nothing")
+    r = httpx.get(f"{server}/v1/nothing", timeout=60)
     assert r.status_code == 404 and "error" in r.json()
-    r = httpx.get(f"{server}/v1/solve")
+    r = httpx.get(f"{server}/v1/solve", timeout=60)
     assert r.status_code == 405 and "error" in r.json()
 
 
@@ -194,11 +194,17 @@ def test_full_queue_is_503_with_retry_after(server):
     r = post(server, {"inputs": puzzles(81, seed=4)})  # more rows than the queue (--max-queue 80) can ever hold
     assert r.status_code == 400 and "at most 80 per request" in r.json()["error"]
     with cf.ThreadPoolExecutor(1) as pool:
-        # 64 rows through 8 slots: 56 wait in the queue; the client gives up after a while (freeing the rows)
-        first = pool.submit(lambda: pytest.raises(httpx.ReadTimeout, post, server, {"inputs": puzzles(64, seed=5)},
-                                                  timeout=1.5))
+        # 64 rows through 8 slots: 56 wait in the queue; the client gives up after a while (freeing the rows) or,
+        # on a fast machine, gets its answer first: either way the server must be fine afterwards
+        def first_request() -> None:
+            try:
+                assert post(server, {"inputs": puzzles(64, seed=5)}, timeout=1.5).status_code == 200
+            except httpx.ReadTimeout:
+                pass
+
+        first = pool.submit(first_request)
         deadline = time.monotonic() + 5
-        while httpx.get(f"{server}/v1/health").json()["queue"] == 0 and time.monotonic() < deadline:
+        while httpx.get(f"{server}/v1/health", timeout=60).json()["queue"] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         r = post(server, {"inputs": puzzles(30, seed=6)})  # 56 + 30 > 80
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
@@ -209,15 +215,15 @@ def test_full_queue_is_503_with_retry_after(server):
 
 def test_client_that_goes_away_stops_costing_compute(server):
     def rows() -> float:
-        m = re.search(r"^unmask_row_forward_passes_total (\S+)$", httpx.get(f"{server}/metrics").text, re.M)
+        m = re.search(r"^unmask_row_forward_passes_total (\S+)$", httpx.get(f"{server}/metrics", timeout=60).text, re.M)
         return float(m.group(1))  # type: ignore[union-attr]
 
     start = rows()
     with pytest.raises(httpx.ReadTimeout):  # 64 rows through 8 slots take ~10x longer than this
-        post(server, {"inputs": puzzles(64, seed=5)}, timeout=0.4)
+        post(server, {"inputs": puzzles(64, seed=5)}, timeout=0.1)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        h = httpx.get(f"{server}/v1/health").json()
+        h = httpx.get(f"{server}/v1/health", timeout=60).json()
         if h["live"] == 0 and h["queue"] == 0:
             break
         time.sleep(0.02)
@@ -226,7 +232,7 @@ def test_client_that_goes_away_stops_costing_compute(server):
     time.sleep(0.3)
     assert rows() == before  # nothing is being decoded for the client that left
     assert before - start < 64 * STEPS / 2  # and most of its work never ran
-    assert "unmask_cancelled_rows_total" in httpx.get(f"{server}/metrics").text
+    assert "unmask_cancelled_rows_total" in httpx.get(f"{server}/metrics", timeout=60).text
 
 
 # -- in-process servers around a wrapped engine -------------------------------------------------------------------
@@ -281,9 +287,9 @@ def test_engine_error_fails_that_step_and_the_server_keeps_serving(engine_task):
         eng.fail = False
         r = post(url, {"input": PUZZLE})
         assert r.status_code == 200 and r.json()["solved"] is not None
-        h = httpx.get(f"{url}/v1/health").json()
+        h = httpx.get(f"{url}/v1/health", timeout=60).json()
         assert h["status"] == "ok" and h["errors"] == 1
-        assert 'unmask_requests_total{status="500"} 1.0' in httpx.get(f"{url}/metrics").text
+        assert 'unmask_requests_total{status="500"} 1.0' in httpx.get(f"{url}/metrics", timeout=60).text
 
 
 def test_request_timeout_is_504_and_frees_its_slots(engine_task):
@@ -293,7 +299,7 @@ def test_request_timeout_is_504_and_frees_its_slots(engine_task):
         r = post(url, {"input": PUZZLE})  # 12 steps x 50 ms > 0.2 s
         assert r.status_code == 504 and "0.2 s" in r.json()["error"]
         time.sleep(0.2)
-        assert httpx.get(f"{url}/v1/health").json()["live"] == 0
+        assert httpx.get(f"{url}/v1/health", timeout=60).json()["live"] == 0
 
 
 def test_seeded_random_strategy_equals_solve_with_that_seed(engine_task, capsys):
@@ -332,7 +338,7 @@ def test_signal_finishes_requests_in_flight_and_exits_0(sig):
             futs = [pool.submit(post, url, {"input": p}) for p in ps]
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:  # wait until the worker is busy and others are queued
-                h = httpx.get(f"{url}/v1/health").json()
+                h = httpx.get(f"{url}/v1/health", timeout=60).json()
                 if h["live"] > 0 and h["queue"] > 0:
                     break
                 time.sleep(0.005)
