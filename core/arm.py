@@ -87,11 +87,11 @@ class ArmLayout:
         self.seq_len = 1 + 3 * self.L
 
     @classmethod
-    def for_task(cls, task: Task, order: str = "solver") -> "ArmLayout":
+    def for_task(cls, task: Task, order: str = "solver") -> ArmLayout:
         return cls(task, order)
 
     @classmethod
-    def for_config(cls, task: Task, config: dict[str, Any]) -> "ArmLayout":
+    def for_config(cls, task: Task, config: dict[str, Any]) -> ArmLayout:
         """The layout a checkpoint was trained with (its ``train.order``)."""
         return cls(task, str(config.get("train", {}).get("order", "solver")))
 

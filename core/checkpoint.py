@@ -154,7 +154,9 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     """A model directory from a model dir, a checkpoint dir or a run dir (its newest checkpoint)."""
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"model path '{p}' does not exist; pass a model directory, a run directory, .onnx or .plan")
+        raise CheckpointError(
+            f"model path '{p}' does not exist; pass a model directory, a run directory, .onnx or .plan"
+        )
     refuse_pickle(p)
     if p.is_file():
         raise CheckpointError(f"'{p}' is a file; a PyTorch model is a directory with {MODEL_FILE} and {CONFIG_FILE}")
@@ -187,7 +189,9 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     ckdir = run / "checkpoints"
     if not ckdir.is_dir():
         return None
-    done = sorted(d for d in ckdir.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / CONFIG_FILE).exists())
+    done = sorted(
+        d for d in ckdir.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / CONFIG_FILE).exists()
+    )
     return done[-1] if done else None
 
 

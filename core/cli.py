@@ -160,10 +160,9 @@ def cmd_curves(args: argparse.Namespace) -> int:
 
 # -- eval -----------------------------------------------------------------------------------------------------------
 def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    from unmask.core.registry import runtimes
     from unmask.core.runtime import open_engine, runtime_for_path
     from unmask.core.task import build_task
-
-    from unmask.core.registry import runtimes
 
     if not args.model:  # the packaged default model
         from unmask.core.resources import default_model
@@ -260,9 +259,8 @@ def _strategies(names: str, steps: int | None, opts: list[str] | None) -> list[A
 def cmd_eval(args: argparse.Namespace) -> int:
     from unmask.core import distributed
     from unmask.core.arm import eval_strategies
-    from unmask.core.report import eval_report, format_table, order_heatmap, write_report
-
     from unmask.core.files import check_writable
+    from unmask.core.report import eval_report, format_table, order_heatmap, write_report
 
     if args.json:  # before any work, so a typo costs no evaluation (the bar chart and heat maps go beside it)
         check_writable(args.json, "--json")
@@ -307,10 +305,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                              {"source": source, "scheduler": args.scheduler, "batch_size": args.batch_size,
                               "world_size": distributed.rank_world()[1]})
         if args.data:  # a user's own examples: say how each one went, in file order
-            for entry, r in zip(report["results"], results):
+            for entry, r in zip(report["results"], results, strict=True):
                 solved = r.per_example.get("solved", [])
                 entry["examples"] = [{"solved": bool(float(v) >= 1.0), "nfe": int(n)}
-                                     for v, n in zip(solved, r.per_example.get("nfe", []))]
+                                     for v, n in zip(solved, r.per_example.get("nfe", []), strict=False)]
         png = write_report(args.json, report)
         print(f"results: {args.json}; plot: {png}")
     return 0
@@ -322,7 +320,6 @@ def cmd_solve(args: argparse.Namespace) -> int:
     import torch
 
     from unmask.core.decode import decode
-
     from unmask.core.files import check_writable
 
     if args.order_png:
@@ -337,8 +334,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
     data = task.parse(text)
     strategy = _strategies(args.strategy, args.steps, args.opt)[0]
     gen = torch.Generator().manual_seed(args.seed)
-    res = decode(engine, torch.from_numpy(data.inputs).to(engine.device), torch.from_numpy(data.given).to(engine.device),
-                 strategy, mask_id=task.mask_id, generator=gen, trace=True)
+    res = decode(engine, torch.from_numpy(data.inputs).to(engine.device),
+                 torch.from_numpy(data.given).to(engine.device), strategy, mask_id=task.mask_id, generator=gen,
+                 trace=True)
     pred = res.tokens.cpu().numpy()
     print(task.format(pred[0]))
     scores = task.score(pred, data)
@@ -366,7 +364,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
         print(f"order plot: {args.order_png}")
     if args.show_order:
         print("order (forward pass at which each position was committed; '.' = given):")
-        cells = ["." if g else str(int(o)) for o, g in zip(order, data.given[0])]
+        cells = ["." if g else str(int(o)) for o, g in zip(order, data.given[0], strict=True)]
         w = max(len(c) for c in cells)
         if shape:
             for r in range(shape[0]):
@@ -382,7 +380,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     missing = serve.missing_extra()
     if missing:
-        raise InputError(f"unmask serve needs the 'serve' extra ({missing} is not installed): pip install -e '.[serve]'")
+        raise InputError(
+            f"unmask serve needs the 'serve' extra ({missing} is not installed): pip install -e '.[serve]'"
+        )
     engine, task, _ = _engine_and_task(args)
     from unmask.core.arm import is_arm
 

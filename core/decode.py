@@ -40,14 +40,17 @@ MAX_STEPS = 1_000_000  # the largest step count a strategy may ask for (as ``Str
 class DecodeResult:
     tokens: torch.Tensor  # (B, L) int64, no mask left
     nfe: torch.Tensor  # (B,) int64 forward passes per row
-    order: torch.Tensor | None = None  # (B, L) int64: NFE index (1-based) at which each position was committed; 0 = given
+    # (B, L) int64: NFE index (1-based) at which each position was committed; 0 = given
+    order: torch.Tensor | None = None
 
 
 def _check_inputs(inputs: torch.Tensor, given: torch.Tensor, mask_id: int) -> None:
     if inputs.ndim != 2 or inputs.dtype != torch.int64:
         raise InputError(f"decode inputs must be an int64 (B, L) tensor, got {inputs.dtype} {tuple(inputs.shape)}")
     if given.shape != inputs.shape or given.dtype != torch.bool:
-        raise InputError(f"'given' must be a bool tensor of shape {tuple(inputs.shape)}, got {given.dtype} {tuple(given.shape)}")
+        raise InputError(
+            f"'given' must be a bool tensor of shape {tuple(inputs.shape)}, got {given.dtype} {tuple(given.shape)}"
+        )
     if bool((given & (inputs == mask_id)).any()):
         raise InputError("a given position holds the mask token; given positions must hold real tokens")
 

@@ -32,7 +32,7 @@ class EvalResult:
     def from_predictions(
         cls, task: Task, data: Dataset, strategy: str, pred: np.ndarray, nfe: np.ndarray, seconds: float,
         order: np.ndarray | None = None, options: dict[str, Any] | None = None,
-    ) -> "EvalResult":
+    ) -> EvalResult:
         """Score decoded sequences (N, L) with the task and summarise them."""
         scores = task.score(pred, data)
         return cls(

@@ -93,9 +93,9 @@ def bar_chart(png: Path, report: dict[str, Any], title: str = "") -> None:
     solved = [100 * r["solved"] for r in rs]
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(names) + 2), 4))
     bars = ax.bar(names, solved, color="#4C72B0")
-    for b, r in zip(bars, rs):
-        ax.annotate(f"{100 * r['solved']:.1f}%\nNFE {r['nfe_mean']:.0f}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                    ha="center", va="bottom", fontsize=8)
+    for b, r in zip(bars, rs, strict=True):
+        ax.annotate(f"{100 * r['solved']:.1f}%\nNFE {r['nfe_mean']:.0f}",
+                    (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)
     ax.set_ylim(0, 110)
     ax.set_ylabel("% solved")
     ax.set_title(title or f"{report['task']}: {report['n']} examples, {report['runtime']}")
@@ -152,7 +152,7 @@ def line_chart(png: Path, curves: dict[str, list[tuple[float, float]]], flat: di
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, pts in curves.items():
-        xs, ys = zip(*sorted(pts))
+        xs, ys = zip(*sorted(pts), strict=True)
         ax.plot(xs, ys, marker="o", label=name)
     for name, y in flat.items():
         ax.axhline(y, ls="--", color="gray", lw=1)

@@ -23,9 +23,10 @@ import os
 import platform
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from unmask.core.errors import ConfigError, InputError
 
@@ -135,7 +136,8 @@ ARGMAX_MARGIN, ARGMAX_VANILLA = "margin, argmax values", "vanilla, argmax values
 # decodings of Table 1's training-budget sweep
 BUDGET_METHODS = ("vanilla", "adaptive (margin)", ARGMAX_VANILLA, ARGMAX_MARGIN)
 ALWAYS_ONE = 75.0  # L&O score of writing 1 for every observation (NAE of uniform bits is 1 w.p. 3/4)
-LO_CPU_STEPS = 1500  # per (N, P) pair at cpu scale: ~80 min on one core (with the relation bias the rule is learnt by ~200)
+# per (N, P) pair at cpu scale: ~80 min on one core (with the relation bias the rule is learnt by ~200)
+LO_CPU_STEPS = 1500
 
 
 def build_plan(table: int, scale: str, pairs: list[tuple[int, int]] | None = None) -> Plan:
@@ -428,7 +430,8 @@ def render(plan: Plan, scale: str, models: dict[str, ModelInfo], cells: list[Cel
         extra = [r.method for r in first[2:]]  # after vanilla and the main adaptive row: other decodings
         L.append("| (N, P) | paper vanilla | paper adaptive | ours vanilla | ours adaptive (margin) | "
                  + "".join(f"ours {m} | " for m in extra)
-                 + "ours adaptive − vanilla | ours NFE (vanilla / adaptive) | probe: obs given latents / latents given obs |")
+                 + "ours adaptive − vanilla | ours NFE (vanilla / adaptive) | "
+                 "probe: obs given latents / latents given obs |")
         L.append("|---|" + "---:|" * (7 + len(extra)))
         for key in dict.fromkeys(r.model for r in plan.rows if not models[r.model].budget_of):
             v, a, *more = [r for r in plan.rows if r.model == key]
@@ -512,7 +515,7 @@ def _budget_table(plan: Plan, models: dict[str, ModelInfo], got: dict[Any, Cell]
     for key in keys:
         group = next(r.group for r in plan.rows if r.model == key)
         for info, sc in _budget_points(plan, models, got, key):
-            def gap(a: str, b: str) -> str:
+            def gap(a: str, b: str, sc: dict[str, float | None] = sc) -> str:
                 return "—" if sc.get(a) is None or sc.get(b) is None else f"{sc[a] - sc[b]:+.2f}"  # type: ignore
 
             L.append(f"| {group} | {info.config.get('step', '—')} | {info.config.get('samples', '—')} | "

@@ -22,7 +22,9 @@ def runtime_for_path(path: str | os.PathLike) -> str:
     if not p.exists():
         from unmask.core.errors import CheckpointError
 
-        raise CheckpointError(f"model path '{p}' does not exist; pass a model directory, a run directory, .onnx or .plan")
+        raise CheckpointError(
+            f"model path '{p}' does not exist; pass a model directory, a run directory, .onnx or .plan"
+        )
     kind = "dir" if p.is_dir() else p.suffix.lower()
     for name in runtimes.names():
         try:
@@ -31,7 +33,9 @@ def runtime_for_path(path: str | os.PathLike) -> str:
             continue
         if kind in getattr(plugin, "default_for", ()):
             return name
-    raise PluginError(f"no runtime opens '{p}' (suffix '{kind}'); pass --runtime, one of: {', '.join(runtimes.names())}")
+    raise PluginError(
+        f"no runtime opens '{p}' (suffix '{kind}'); pass --runtime, one of: {', '.join(runtimes.names())}"
+    )
 
 
 def open_engine(path: str | os.PathLike, runtime: str | None = None, **options: Any) -> Any:

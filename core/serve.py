@@ -398,7 +398,8 @@ def answers(task: Task, job: Job, trace: bool) -> list[dict[str, Any]]:
             "scores": per,
         }
         if trace:
-            row["order"] = [0 if g else int(o) for o, g in zip(job.order[i], data.given[i])]  # type: ignore[index]
+            row["order"] = [0 if g else int(o)
+                            for o, g in zip(job.order[i], data.given[i], strict=True)]  # type: ignore[index]
         out.append(row)
     return out
 

@@ -39,7 +39,7 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
 
-    def take(self, idx: Any) -> "Dataset":
+    def take(self, idx: Any) -> Dataset:
         return Dataset(
             self.inputs[idx],
             self.given[idx],
@@ -48,7 +48,7 @@ class Dataset:
         )
 
     @staticmethod
-    def concat(parts: list["Dataset"]) -> "Dataset":
+    def concat(parts: list[Dataset]) -> Dataset:
         assert parts
         return Dataset(
             np.concatenate([p.inputs for p in parts]),

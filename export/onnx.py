@@ -22,11 +22,13 @@ import re
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
+
 from unmask.core.errors import CheckpointError, ConfigError, DeviceError
 from unmask.export.metadata import (
     CHECKSUM_PLACEHOLDER,
@@ -204,6 +206,7 @@ def export_onnx(
     decodes that many test puzzles with margin decoding on both models and reports the solved rates.
     """
     import onnx
+
     from unmask.core.models import load_model
     from unmask.core.runtime import open_engine
 

@@ -21,10 +21,12 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
 from unmask.core.errors import CheckpointError, ConfigError, DeviceError
 from unmask.export.metadata import (
     K_DYN_SEQ,

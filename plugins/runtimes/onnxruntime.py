@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 import torch
+
 from unmask.core.config import Section
 from unmask.core.errors import CheckpointError, DeviceError, InputError
 from unmask.core.registry import runtimes

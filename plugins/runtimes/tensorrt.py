@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import msgspec
 import torch
+
 from unmask.core.config import Section
 from unmask.core.errors import CheckpointError, DeviceError, InputError
 from unmask.core.registry import runtimes

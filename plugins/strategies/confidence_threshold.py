@@ -8,7 +8,7 @@ import msgspec
 import torch
 
 from unmask.core.registry import strategies
-from unmask.core.strategy import Strategy, StepInput, StepOutput, ParallelOptions
+from unmask.core.strategy import ParallelOptions, StepInput, StepOutput, Strategy
 
 
 class ConfidenceThresholdOptions(ParallelOptions):

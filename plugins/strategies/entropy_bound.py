@@ -8,7 +8,7 @@ import msgspec
 import torch
 
 from unmask.core.registry import strategies
-from unmask.core.strategy import NEG_INF, Strategy, StepInput, StepOutput, ParallelOptions, entropy
+from unmask.core.strategy import NEG_INF, ParallelOptions, StepInput, StepOutput, Strategy, entropy
 
 
 class EntropyBoundOptions(ParallelOptions):

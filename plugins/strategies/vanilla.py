@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 
 from unmask.core.registry import strategies
-from unmask.core.strategy import Strategy, StepInput, StepOutput, StrategyOptions
+from unmask.core.strategy import StepInput, StepOutput, Strategy, StrategyOptions
 
 
 class VanillaOptions(StrategyOptions):

@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 from numba import njit, prange
 
-from unmask.plugins.tasks._rng import rand_below as _rand_below
-
 from unmask.core.errors import InputError
+from unmask.plugins.tasks._rng import rand_below as _rand_below
 
 __all__ = [
     "CACHE_VERSION",
@@ -816,7 +815,7 @@ def step_solve(puzzle: np.ndarray) -> StepResult:
     order = np.full(81, -1, np.int16)
     counts = np.zeros(7, np.int64)
     solved, n = _step_core(g, order, counts)
-    return StepResult(bool(solved), g, order[:n].copy(), {t: int(k) for t, k in zip(TECHNIQUES, counts)})
+    return StepResult(bool(solved), g, order[:n].copy(), {t: int(k) for t, k in zip(TECHNIQUES, counts, strict=True)})
 
 
 def technique_classes(puzzles: np.ndarray) -> np.ndarray:

@@ -66,9 +66,8 @@ from pathlib import Path
 import numpy as np
 from numba import njit, prange
 
-from unmask.plugins.tasks._rng import rand_below as _rand_below
-
 from unmask.core.errors import InputError
+from unmask.plugins.tasks._rng import rand_below as _rand_below
 
 __all__ = [
     "CACHE_VERSION", "CLUE_TYPES", "ARITY", "MAXN", "MAXM", "HOUSE_OP",
@@ -865,9 +864,9 @@ def augment(clues: np.ndarray, solutions: np.ndarray, sizes: np.ndarray, rng: np
     key = np.where(t >= 0, rng.random((N, C)), 2 + np.arange(C))
     c = np.take_along_axis(c, np.argsort(key, axis=1)[:, :, None], axis=1)
     real = (i6[None, :, None] < m[:, None, None]) & (i6[None, None, :] < n[:, None, None])
-    I, A, H = np.nonzero(real)
+    R, A, H = np.nonzero(real)  # puzzle row, attribute, house
     out = np.full((N, MAXM, MAXN), -1, np.int64)
-    out[I, ap[I, A], np.where(flip[I], n[I] - 1 - H, H)] = vp[I, A, s[I, A, H]]
+    out[R, ap[R, A], np.where(flip[R], n[R] - 1 - H, H)] = vp[R, A, s[R, A, H]]
     return c, out
 
 
