@@ -677,6 +677,7 @@ def _cands(cands: np.ndarray) -> np.ndarray:
 
 
 def _seeds(seed, n: int) -> np.ndarray:
+    entropy: int | list[int]
     if isinstance(seed, (int, np.integer)):
         entropy = int(seed) % (1 << 64)
     else:
@@ -1044,7 +1045,8 @@ def save_cache(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            # mypy reads **arrays as possibly filling savez's bool allow_pickle; the keys are array names
+            np.savez(f, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, p)
     except BaseException:
         try:
@@ -1086,7 +1088,7 @@ def augment(
     s = np.asarray(solutions)
     if p.ndim != 2 or p.shape[1] != 81 or s.shape != p.shape:
         raise ValueError(f"augment needs puzzles and solutions of the same shape (N, 81), got {p.shape}, {s.shape}")
-    n = p.shape[0]
+    n = int(p.shape[0])
     rows = _perm9(rng, n)
     cols = _perm9(rng, n)
     src = rows[:, :, None] * 9 + cols[:, None, :]  # (n, 9, 9): target (r, c) <- source cell
@@ -1124,12 +1126,13 @@ def singles_rounds(puzzles: np.ndarray, solutions: np.ndarray) -> np.ndarray:
         cand = np.repeat(grid[:, :, None] == 0, 9, axis=2)  # (N, 81, 9): digit possible in the cell
         for u in units:
             has = np.zeros((N, 9, 9), dtype=bool)
-            np.logical_or.at(has, (slice(None), u), onehot)
+            # numpy's stubs accept only an integer array as ufunc.at's index; a tuple index works (numpy docs)
+            np.logical_or.at(has, (slice(None), u), onehot)  # type: ignore[arg-type]
             cand &= ~has[:, u]
         hidden = np.zeros_like(cand)
         for u in units:
             n_in_unit = np.zeros((N, 9, 9), dtype=np.int64)
-            np.add.at(n_in_unit, (slice(None), u), cand)
+            np.add.at(n_in_unit, (slice(None), u), cand)  # type: ignore[arg-type]  # tuple index: as above
             hidden |= cand & (n_in_unit[:, u] == 1)
         naked = cand & (cand.sum(axis=2, keepdims=True) == 1)
         place = hidden | naked

@@ -832,7 +832,7 @@ def augment(clues: np.ndarray, solutions: np.ndarray, sizes: np.ndarray, rng: np
     solutions (N, 6, 6) [a, h] = v, sizes (N, 2) = (houses, attributes)."""
     c = np.array(clues, dtype=np.int64)
     s = np.asarray(solutions, dtype=np.int64)
-    N, C = c.shape[:2]
+    N, C = int(c.shape[0]), int(c.shape[1])
     n = np.asarray(sizes)[:, 0].astype(np.int64)
     m = np.asarray(sizes)[:, 1].astype(np.int64)
     i6 = np.arange(6)
@@ -948,8 +948,9 @@ def parse_blocks(text: str, *, max_houses: int = MAXN, max_attributes: int = MAX
 
     ``grid`` is the answer when every answer row is complete, None when none is given (rows of only '.' count as
     not given); a partly filled answer is an error."""
-    out = []
-    cur = None
+    # (clues, n, m, answer rows {attribute: values}, first line) of the puzzle being read
+    out: list[tuple[np.ndarray, int, int, np.ndarray | None, int]] = []
+    cur: tuple[list[list[int]], int, int, dict[int, np.ndarray], int] | None = None
 
     def finish():
         if cur is None:
@@ -1033,7 +1034,8 @@ def save_cache(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
+            # mypy reads **arrays as possibly filling savez_compressed's bool allow_pickle; the keys are array names
+            np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
         os.replace(tmp, p)
     except BaseException:
         try:

@@ -70,6 +70,7 @@ class LoNaeSat(Task):
     """Latents-and-observations NAE-SAT: generate consistent sequences from all-mask; score = % consistent."""
 
     Options = LoNaeSatOptions
+    options: LoNaeSatOptions
     name = "lo_nae_sat"
 
     def __init__(self, options: LoNaeSatOptions | None = None) -> None:
@@ -79,11 +80,11 @@ class LoNaeSat(Task):
         self.N = self.options.n_latent
         self.P = self.options.n_obs
 
-    vocab_size = 3  # type: ignore[assignment]
-    mask_id = MASK  # type: ignore[assignment]
+    vocab_size = 3
+    mask_id = MASK
 
     @property
-    def seq_len(self) -> int:  # type: ignore[override]
+    def seq_len(self) -> int:
         return self.N + self.P
 
     @cached_property

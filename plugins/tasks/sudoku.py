@@ -48,6 +48,7 @@ class Sudoku(Task):
     """9x9 Sudoku: fill the blanks; solved = every cell right (or a valid grid keeping the givens)."""
 
     Options = SudokuOptions
+    options: SudokuOptions
     name = "sudoku"
 
     def __init__(self, options: SudokuOptions | None = None) -> None:
@@ -59,9 +60,9 @@ class Sudoku(Task):
                 f"task.min_clues ({self.options.min_clues}) must be <= task.max_clues ({self.options.max_clues})"
             )
 
-    vocab_size = 10  # type: ignore[assignment]
-    seq_len = CELLS  # type: ignore[assignment]
-    mask_id = MASK  # type: ignore[assignment]
+    vocab_size = 10
+    seq_len = CELLS
+    mask_id = MASK
 
     def structure(self) -> dict[str, tuple[int, tuple[int, ...]]]:
         cells = np.arange(CELLS)
@@ -164,11 +165,11 @@ class Sudoku(Task):
         for r in range(9):
             if r in (3, 6):
                 lines.append("-" * 10 + "+" + "-" * 11 + "+" + "-" * 10)
-            cells = []
+            shown = []
             for c in range(9):
                 v = "." if g[r, c] == 0 else str(int(g[r, c]))
-                cells.append(f"!{v}!" if (r, c) in bad else f"[{v}]" if given[r, c] else f" {v} ")
-            lines.append(" | ".join("".join(cells[3 * s: 3 * s + 3]) for s in range(3)))
+                shown.append(f"!{v}!" if (r, c) in bad else f"[{v}]" if given[r, c] else f" {v} ")
+            lines.append(" | ".join("".join(shown[3 * s: 3 * s + 3]) for s in range(3)))
         return lines
 
     def groups(self, data: Dataset) -> dict[str, np.ndarray]:
@@ -209,7 +210,8 @@ def _generate_with_progress(n: int, seed: int, split: str, o: SudokuOptions, pro
     try:
         return _generate_chunks(n, seed, split, o, progress, tqdm)
     finally:
-        if threads is not None:  # numba's OpenMP layer resets the process-wide thread count; torch must keep its own
+        # numba's OpenMP layer resets the process-wide thread count; torch must keep its own
+        if torch is not None and threads is not None:
             torch.set_num_threads(threads)
 
 

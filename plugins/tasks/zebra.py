@@ -71,6 +71,7 @@ class Zebra(Task):
     """Einstein puzzles: fill the attribute x house grid from the clues; solved = the whole grid right."""
 
     Options = ZebraOptions
+    options: ZebraOptions
     name = "zebra"
 
     def __init__(self, options: ZebraOptions | None = None) -> None:
@@ -86,11 +87,11 @@ class Zebra(Task):
         self.grid0 = FIELDS * self.C
 
     # -- layout -------------------------------------------------------------------------------------------------
-    vocab_size = VOCAB  # type: ignore[assignment]
-    mask_id = MASK  # type: ignore[assignment]
+    vocab_size = VOCAB
+    mask_id = MASK
 
     @property
-    def seq_len(self) -> int:  # type: ignore[override]
+    def seq_len(self) -> int:
         return self.grid0 + self.H * self.W
 
     def structure(self) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -130,17 +131,18 @@ class Zebra(Task):
                 k = tok[house] - HOUSE0
                 tags["house"][pos, house] = np.where(k < W, k, -1)
         for cell in range(H * W):
-            a, h = divmod(cell, W)
+            attr, h = divmod(cell, W)
             pos = self.grid0 + cell
             real = tok != PAD
-            tags["attribute"][pos, real] = a
+            tags["attribute"][pos, real] = attr
             tags["house"][pos, real] = h
-            tags["item"][pos, VALUE0:VALUE0 + 6] = 6 * a + np.arange(6)
+            tags["item"][pos, VALUE0:VALUE0 + 6] = 6 * attr + np.arange(6)
         n_tags = {"item": 36, "attribute": H, "house": W, "clue": C}
         return {name: (n_tags[name], tuple(int(x) for x in t.ravel())) for name, t in tags.items()}
 
     # -- encoding -----------------------------------------------------------------------------------------------
-    def encode(self, clues: np.ndarray, solutions: np.ndarray | None, sizes: np.ndarray) -> tuple[np.ndarray, ...]:
+    def encode(self, clues: np.ndarray, solutions: np.ndarray | None, sizes: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Library arrays -> ``(inputs, given, targets or None)``: clues (N, k<=C, 4) codes (-1 pad), solutions
         (N, 6, 6) [a, h] = v, sizes (N, 2) = (houses, attributes)."""
         c = np.asarray(clues, dtype=np.int64)
