@@ -250,7 +250,7 @@ class ArmLayout:
                   leave=False) as bar:
             for start in range(0, len(data), batch_size):
                 part = data.take(slice(start, start + batch_size))
-                p, n, o, _ = self.decode(engine, part, trace=trace, prefix_only=prefix_only)
+                p, n, o, _seq = self.decode(engine, part, trace=trace, prefix_only=prefix_only)
                 preds.append(p)
                 nfes.append(n)
                 if o is not None:

@@ -351,6 +351,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
             print(line)
     if not unique:
         print("note: this puzzle has more than one solution")
+    assert res.order is not None  # decoded with trace=True
     order = res.order.cpu().numpy()[0]
     shape = task.board_shape()
     if args.order_png:

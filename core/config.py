@@ -164,8 +164,9 @@ def split_plugin_section(raw: Any, path: str) -> tuple[str, dict[str, Any]]:
     return name, rest
 
 
-def resolve_plugin(registry: Registry, raw: Any, path: str) -> tuple[str, Any, msgspec.Struct]:
-    """Look up ``raw['name']`` in ``registry`` and decode the remaining keys into the plugin's ``Options``."""
+def resolve_plugin(registry: Registry, raw: Any, path: str) -> tuple[str, Any, Section]:
+    """Look up ``raw['name']`` in ``registry`` and decode the remaining keys into the plugin's ``Options`` (a
+    :class:`Section`, as the plugin contracts say)."""
     name, rest = split_plugin_section(raw, path)
     try:
         plugin = registry.get(name)

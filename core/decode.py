@@ -322,6 +322,7 @@ def decode(
         nfe[active] = nfe_a
         step[active] = step_a
         if order is not None:
+            assert order_a is not None  # run_step traces when given an order
             order[active] = order_a
         active = active[left]
     return DecodeResult(tokens, nfe, order)

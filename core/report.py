@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +221,7 @@ def _xkey(x: str) -> str:
     return "train_seconds" if x == "seconds" else x
 
 
-def training_curves(png: Path, runs: dict[str, str | os.PathLike], x: str = "samples", title: str = "") -> None:
+def training_curves(png: Path, runs: Mapping[str, str | os.PathLike], x: str = "samples", title: str = "") -> None:
     """Training loss (left) and validation % solved per strategy (right) of one run or several overlaid
     (``runs``: label -> run directory / model directory / metrics.jsonl; an empty label for a single run), against
     samples seen, optimizer steps or training seconds (``x``: a key of :data:`X_AXES`)."""
@@ -260,7 +261,7 @@ def training_curves(png: Path, runs: dict[str, str | os.PathLike], x: str = "sam
     plt.close(fig)
 
 
-def curves_table(runs: dict[str, str | os.PathLike]) -> str:
+def curves_table(runs: Mapping[str, str | os.PathLike]) -> str:
     """Each run's validation records as text: step, samples, training time and % solved per strategy (with % of
     cells right where logged)."""
     lines = []

@@ -23,7 +23,7 @@ import os
 import platform
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,7 @@ def _noise_words(scale: float) -> str:
     return "no noise" if not scale else f"Gumbel {scale:g}" + (" (paper's decoding)" if scale == PAPER_NOISE else "")
 
 
-def _puzzle_rows(paper: dict[str, float | None], mdm_size: str, split: str) -> list[Row]:
+def _puzzle_rows(paper: Mapping[str, float | None], mdm_size: str, split: str) -> list[Row]:
     """ARM rows, MDM vanilla, then top prob. / margin under the paper's Gumbel noise (beside the paper's numbers)
     and under the other noise scales of :data:`NOISE_SWEEP` (no paper number)."""
     rows = [

@@ -151,6 +151,7 @@ class SlotTable:
             self.nfe[:n] = nfe2
             self.stp[:n] = s2
             if order is not None:
+                assert o2 is not None  # run_step traces when given an order
                 order[:n] = o2
             return None
         done = ~left
@@ -234,7 +235,8 @@ def decode_many(
             res_tok[fin.ids] = fin.tokens
             res_nfe[fin.ids] = fin.nfe
             if res_order is not None:
-                res_order[fin.ids] = fin.order  # type: ignore[index]
+                assert fin.order is not None  # the table traces when results are traced
+                res_order[fin.ids] = fin.order
             load(min(table.free, Q - head))  # refill the finished rows' slots at once
             bar.update(int(fin.ids.numel()))
     assert head == Q, "scheduler left requests in the queue"

@@ -239,7 +239,7 @@ class Worker(threading.Thread):
                     if left > 0:
                         ready, wait = False, left
             if ready:
-                out = []
+                out: list[tuple[int, Job, int]] = []
                 while self.pending and len(out) < table.free:
                     out.append(self.pending.popleft())
                 self.m.queue.set(len(self.pending))
@@ -595,8 +595,9 @@ def _uvicorn_server(app: Any, host: str, port: int, shutdown_timeout: float, log
                 self.port = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
                 print(f"unmask serve: listening on http://{host}:{self.port}", flush=True)
 
+    # uvicorn annotates timeout_graceful_shutdown as int but passes it to asyncio.wait_for, which takes seconds as float
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=shutdown_timeout, lifespan="on")
+                            timeout_graceful_shutdown=shutdown_timeout, lifespan="on")  # type: ignore[arg-type]
     return Server(config)
 
 

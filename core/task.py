@@ -53,7 +53,7 @@ class Dataset:
         return Dataset(
             np.concatenate([p.inputs for p in parts]),
             np.concatenate([p.given for p in parts]),
-            None if parts[0].targets is None else np.concatenate([p.targets for p in parts]),  # type: ignore[misc]
+            None if parts[0].targets is None else np.concatenate([p.targets for p in parts]),
             {k: np.concatenate([p.meta[k] for p in parts]) for k in parts[0].meta},
         )
 
