@@ -141,6 +141,7 @@ def _export_graph(module: nn.Module, example: torch.Tensor, *, opset: int, dynam
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
         hint = " (try without --dynamic-seq)" if dynamic_seq else ""
         raise CheckpointError(f"torch.onnx.export failed: {type(exc).__name__}: {first[:300]}{hint}") from None
+    assert program is not None  # torch.onnx.export(dynamo=True) returns the program
     return program.model_proto
 
 
@@ -296,7 +297,7 @@ def _accuracy(task: Any, model_path: str | os.PathLike, engine: Any, n: int, say
 
     data = task.generate("test", n, 0)
     ref = open_engine(model_path, "torch")
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, eng in (("torch_fp32", ref), (f"onnxruntime_{label}", engine)):
         r = evaluate(eng, task, data, build_strategy("margin"), batch_size=min(n, 256), device=eng.device)
         out[name] = {"solved": r.solved, "cell_accuracy": r.cell_accuracy, "predictions": r.predictions}

@@ -181,6 +181,7 @@ def build_tensorrt(
         else:
             from unmask.export.onnx import export_onnx
 
+            assert model_path is not None  # checked above: a model or from_onnx
             onnx_path = Path(onnx_out) if onnx_out is not None else Path(work) / "model.onnx"
             # the ONNX file's own parity runs on the CPU where onnxruntime can (not bf16); the plan is checked below
             export_onnx(model_path, onnx_path, precision=precision, opset=opset,

@@ -237,6 +237,7 @@ class OnnxRuntimeEngine:
                 x.copy_(tokens, non_blocking=True)
             out = torch.empty((B, L, self.vocab_size), dtype=self._out_dtype, device=self.device)  # (B, L, V)
             b = self._binding
+            assert b is not None  # set for CUDA sessions, and this is the CUDA path
             b.clear_binding_inputs()
             b.clear_binding_outputs()
             b.bind_input(name=self.info.input_name, device_type="cuda", device_id=self.device.index or 0,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, cast
 
 import msgspec
 import torch
@@ -22,6 +22,14 @@ class TorchOptions(Section):
     """CPU threads for torch (0 = torch's default)."""
 
 
+class _CachedModule(Protocol):
+    """What :meth:`TorchEngine.cached` needs of a causal module (the autoregressive baselines' key/value cache)."""
+
+    def new_cache(self, batch: int, *, device: torch.device) -> Any: ...
+
+    def forward_cached(self, tokens: torch.Tensor, start: int, cache: Any) -> torch.Tensor: ...
+
+
 class TorchEngine:
     """Engine around an ``nn.Module``: tokens (B, L) int64 -> logits (B, L, V) float32."""
 
@@ -31,7 +39,7 @@ class TorchEngine:
         self.module = module.to(self.device).eval()
         self.config = config
         self.bf16 = bf16
-        spec = getattr(module, "spec", None)
+        spec: Any = getattr(module, "spec", None)  # the backbone's ModelSpec, if it keeps one
         self.vocab_size = int(vocab_size if vocab_size is not None else spec.vocab_size)
         self.seq_len = int(seq_len if seq_len is not None else spec.seq_len)
         self.max_batch: int | None = None
@@ -49,14 +57,14 @@ class TorchEngine:
         return bool(getattr(self.module, "causal", False)) and hasattr(self.module, "forward_cached")
 
     def new_cache(self, batch: int) -> Any:
-        return self.module.new_cache(batch, device=self.device)
+        return cast(_CachedModule, self.module).new_cache(batch, device=self.device)
 
     @torch.inference_mode()
     def cached(self, tokens: torch.Tensor, start: int, cache: Any) -> torch.Tensor:
         """Logits (B, T, V) float32 of positions ``start .. start+T-1`` with the earlier ones in ``cache``."""
         tokens = tokens.to(self.device, non_blocking=True)
         with autocast_context(self.device, self.bf16):
-            logits = self.module.forward_cached(tokens, start, cache)
+            logits = cast(_CachedModule, self.module).forward_cached(tokens, start, cache)
         return logits.float()
 
 
