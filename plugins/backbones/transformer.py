@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 import numpy as np
@@ -168,7 +168,7 @@ class Block(nn.Module):
         return q, k, v
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: Relations | None,
-                **kw: object) -> torch.Tensor:
+                **kw: Any) -> torch.Tensor:
         """Scaled dot-product attention (B, H, Lq, Dh), plus the relation bias when ``rel`` is given: the queries
         gain ``b F`` and the keys ``G`` as extra dimensions (values gain zeros), so q.k gains sum_r b_r A_r."""
         dh = q.shape[-1]
@@ -176,7 +176,7 @@ class Block(nn.Module):
             if (CPU_BF16_MATH_ATTENTION and q.dtype == torch.bfloat16 and q.device.type == "cpu"
                     and torch.is_grad_enabled()):
                 return _math_attention(q, k, v, **kw)
-            return F.scaled_dot_product_attention(q, k, v, **kw)  # type: ignore[arg-type]
+            return F.scaled_dot_product_attention(q, k, v, **kw)
         if isinstance(rel, torch.Tensor):  # dense maps: an ([B,] H, Lq, Lk) bias (slower: leaves the fused kernel)
             bias = torch.einsum("rh,...rqk->...hqk", self.rel_bias.view(-1, self.n_heads), rel).to(q.dtype)
             mask = kw.pop("attn_mask", None)
@@ -185,7 +185,7 @@ class Block(nn.Module):
             if kw.pop("is_causal", False):
                 bias = bias.masked_fill(torch.ones(bias.shape[-2:], dtype=torch.bool, device=q.device).triu(1),
                                         float("-inf"))
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, **kw)  # type: ignore[arg-type]
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, **kw)
         f, g, index = rel  # f (Lq, K) / g (Lk, K), or per example (B, Lq, K) / (B, Lk, K)
         coef = self.rel_bias.view(-1, self.n_heads)[index].t()  # (H, K)
         B, K = q.shape[0], f.shape[-1]
@@ -194,7 +194,7 @@ class Block(nn.Module):
         kx = g4.to(k.dtype).expand(B, self.n_heads, -1, -1)  # (B, H, Lk, K)
         vx = v.new_zeros(v.shape[:-1] + (K,))
         a = F.scaled_dot_product_attention(torch.cat([q, qx], -1), torch.cat([k, kx], -1), torch.cat([v, vx], -1),
-                                           scale=dh**-0.5, **kw)  # type: ignore[arg-type]
+                                           scale=dh**-0.5, **kw)
         return a[..., :dh]
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
@@ -235,6 +235,18 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     """Pre-norm transformer; tokens (B, L) int64 -> logits (B, L, V)."""
+
+    # buffers that __init__ registers when the options call for them (declared for type checkers)
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+    rel_maps: torch.Tensor
+    rel_f: torch.Tensor
+    rel_g: torch.Tensor
+    rel_index: torch.Tensor
+    tok_tags: torch.Tensor
+    tok_index: torch.Tensor
+    tok_offset: torch.Tensor
+    tok_sel: torch.Tensor
 
     def __init__(self, o: TransformerOptions, spec: ModelSpec) -> None:
         super().__init__()
@@ -386,8 +398,8 @@ class Transformer(nn.Module):
             x = x + pe[start:end]
         rope = (self.rope_cos[start:end], self.rope_sin[start:end]) if self.rope else None
         rel = self._relations(start, end, end)
-        for blk, (kc, vc) in zip(self.blocks, cache):
-            x = blk.forward_cached(x, rope, kc, vc, start, rel)
+        for blk, (kc, vc) in zip(self.blocks, cache, strict=True):  # new_cache: one (keys, values) per block
+            x = cast(Block, blk).forward_cached(x, rope, kc, vc, start, rel)
         return self.head(self.norm(x))
 
 
