@@ -95,7 +95,8 @@ class ProgressivePool:
         return ~self.given & ~self.revealed  # (S, L)
 
     def inputs(self, mask_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(tokens with the mask id on hidden positions, masked (S, L), p (S,) the masked fraction of free positions)."""
+        """(tokens with the mask id on hidden positions, masked (S, L), p (S,) the masked fraction of free
+        positions)."""
         masked = self.masked()
         p = masked.sum(dim=1).float() / self.n_free.clamp(min=1).float()
         return self.x0.masked_fill(masked, mask_id), masked, p.clamp(min=1e-6)

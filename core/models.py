@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -13,10 +13,17 @@ from unmask.core.checkpoint import MODEL_FILE, load_tensors, read_config, resolv
 from unmask.core.config import resolve_plugin
 from unmask.core.errors import CheckpointError, ConfigError
 from unmask.core.registry import backbones
-from unmask.core.task import Task, build_task
+from unmask.core.task import ModelSpec, Task, build_task
 
 
-def build_model(task: Task, backbone_section: Any, *, causal: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+class SpecSource(Protocol):
+    """What :func:`build_model` reads of its task: a :class:`Task`, or a Task-like description of another sequence
+    layout (the autoregressive baseline's :class:`unmask.core.arm.ArmSpecTask`)."""
+
+    def model_spec(self, causal: bool = ...) -> ModelSpec: ...
+
+
+def build_model(task: SpecSource, backbone_section: Any, *, causal: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """(module, resolved backbone section) for ``task``."""
     from unmask.core.config import plugin_section
 
@@ -73,7 +80,8 @@ def load_model(path: str | os.PathLike, *, task: Task | None = None) -> tuple[Ta
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).strip().splitlines()[-1].strip()
         raise CheckpointError(
-            f"weights in '{model_dir / MODEL_FILE}' do not match its config ({first}); the checkpoint is corrupt or mixed up"
+            f"weights in '{model_dir / MODEL_FILE}' do not match its config ({first}); the checkpoint is corrupt or "
+            "mixed up"
         ) from None
     if missing or unexpected:
         raise CheckpointError(

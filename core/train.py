@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 import numpy as np
@@ -27,9 +27,20 @@ from unmask.core import checkpoint as ckpt
 from unmask.core.config import Section, apply_overrides, convert, load_toml, to_builtins
 from unmask.core.errors import CheckpointError, ConfigError, InputError
 from unmask.core.masking import ProgressiveOptions, ProgressivePool, random_mask
-from unmask.core.models import (autocast_context, build_model, check_task_matches, count_parameters, objective_of,
-                                resolved_backbone, resolved_task)
+from unmask.core.models import (
+    SpecSource,
+    autocast_context,
+    build_model,
+    check_task_matches,
+    count_parameters,
+    objective_of,
+    resolved_backbone,
+    resolved_task,
+)
 from unmask.core.task import Dataset, Task, build_task
+
+if TYPE_CHECKING:
+    from unmask.core.arm import ArmLayout
 
 
 class TrainOptions(Section):
@@ -62,7 +73,8 @@ class TrainOptions(Section):
     val_size: Annotated[int, msgspec.Meta(ge=0)] = 200
     val_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
     val_strategies: list[str | dict[str, Any]] = msgspec.field(default_factory=lambda: ["margin", "vanilla"])
-    """Strategies of the periodic validation: names, or tables with options (``{name = "margin", value = "sample"}``)."""
+    """Strategies of the periodic validation: names, or tables with options
+    (``{name = "margin", value = "sample"}``)."""
     val_steps: Annotated[int, msgspec.Meta(ge=1)] = 50
     ckpt_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
     keep_checkpoints: Annotated[int, msgspec.Meta(ge=1)] = 3
@@ -256,6 +268,8 @@ class Trainer:
         self.out = resolved.out
         causal = self.o.objective == "arm"
         torch.manual_seed(self.o.seed)
+        self.arm: ArmLayout | None
+        spec_task: SpecSource
         if self.o.objective == "arm":
             from unmask.core.arm import ArmLayout
 
