@@ -1,5 +1,6 @@
 # make demo: set up .venv, install, evaluate the committed default Sudoku model (vanilla / top_prob / margin).
-# make test: set up .venv, install, run the default test suite (no GPU, no TensorRT, no slow tests).
+# make test: set up .venv, install, run ruff and mypy (make lint), then the default test suite (no GPU, no TensorRT,
+# no slow tests).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -31,7 +32,7 @@ lint: $(STAMP)
 	for d in core export plugins; do ln -sfn ../../../$$d build/typecheck/unmask/$$d; done
 	$(BIN)/mypy
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 test-slow: $(STAMP)

@@ -516,7 +516,8 @@ def _budget_table(plan: Plan, models: dict[str, ModelInfo], got: dict[Any, Cell]
         group = next(r.group for r in plan.rows if r.model == key)
         for info, sc in _budget_points(plan, models, got, key):
             def gap(a: str, b: str, sc: dict[str, float | None] = sc) -> str:
-                return "—" if sc.get(a) is None or sc.get(b) is None else f"{sc[a] - sc[b]:+.2f}"  # type: ignore
+                x, y = sc.get(a), sc.get(b)
+                return "—" if x is None or y is None else f"{x - y:+.2f}"
 
             L.append(f"| {group} | {info.config.get('step', '—')} | {info.config.get('samples', '—')} | "
                      f"{_hms(info.train_seconds)} | " + "".join(f"{_pct(sc.get(m))} | " for m in BUDGET_METHODS)

@@ -391,8 +391,8 @@ def _naked_single(grid, cands):
 @njit(cache=True, nogil=True)
 def _hidden_single(grid, cands):
     for u in range(27):
-        once = 0
-        twice = 0
+        once = np.int64(0)  # digit bits seen in the unit at least once / at least twice
+        twice = np.int64(0)
         for k in range(9):
             m = np.int64(cands[_UNITS[u, k]])
             twice |= once & m
