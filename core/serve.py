@@ -94,9 +94,9 @@ class Job:
     future: asyncio.Future
     seed: int | None = None
     t0: float = field(default_factory=time.perf_counter)
-    tokens: np.ndarray | None = None
-    nfe: np.ndarray | None = None
-    order: np.ndarray | None = None
+    tokens: np.ndarray = field(init=False)  # (n, L), set by __post_init__ (the inputs until decoded)
+    nfe: np.ndarray = field(init=False)  # (n,)
+    order: np.ndarray = field(init=False)  # (n, L)
     remaining: int = 0
     cancelled: bool = False
     error: str | None = None
@@ -226,7 +226,8 @@ class Worker(threading.Thread):
                 for job in self.new_private:
                     t = SlotTable(len(job.ids), self.L, device=self.device, trace=True)
                     self._admit(t, [(rid, job, self.rows[rid][1]) for rid in job.ids if rid in self.rows])
-                    self.private.append((t, torch.Generator(device="cpu").manual_seed(int(job.seed))))  # type: ignore[arg-type]
+                    assert job.seed is not None  # only seeded jobs get a private table
+                    self.private.append((t, torch.Generator(device="cpu").manual_seed(int(job.seed))))
                 self.new_private = []
             live = table.n > 0 or bool(self.private)
             ready = bool(self.pending) and table.free > 0
@@ -311,10 +312,10 @@ class Worker(threading.Thread):
             if entry is None:
                 continue
             job, i = entry
-            job.tokens[i] = tok[j]  # type: ignore[index]
-            job.nfe[i] = nfe[j]  # type: ignore[index]
+            job.tokens[i] = tok[j]
+            job.nfe[i] = nfe[j]
             if order is not None:
-                job.order[i] = order[j]  # type: ignore[index]
+                job.order[i] = order[j]
             job.remaining -= 1
             if job.remaining == 0:
                 self._resolve(job)
@@ -380,7 +381,7 @@ def _scalar(x: Any) -> Any:
 def answers(task: Task, job: Job, trace: bool) -> list[dict[str, Any]]:
     """One answer per row: the formatted answer, tokens, the task's scores, forward passes (and commit order)."""
     data, pred = job.data, job.tokens
-    scores = task.score(pred, data)  # type: ignore[arg-type]
+    scores = task.score(pred, data)
     out = []
     for i in range(len(data)):
         per = {k: _scalar(np.asarray(v)[i]) for k, v in scores.items()}
@@ -389,17 +390,17 @@ def answers(task: Task, job: Job, trace: bool) -> list[dict[str, Any]]:
         unique = bool(data.meta["unique"][i]) if "unique" in data.meta else True
         valid = not bool(np.asarray(scores["invalid"])[i]) if "invalid" in scores else True
         row: dict[str, Any] = {
-            "answer": task.format(pred[i]),  # type: ignore[index]
-            "tokens": pred[i].tolist(),  # type: ignore[index]
+            "answer": task.format(pred[i]),
+            "tokens": pred[i].tolist(),
             "solved": ok,
             "valid": valid,
             "unique": unique,
-            "nfe": int(job.nfe[i]),  # type: ignore[index]
+            "nfe": int(job.nfe[i]),
             "scores": per,
         }
         if trace:
             row["order"] = [0 if g else int(o)
-                            for o, g in zip(job.order[i], data.given[i], strict=True)]  # type: ignore[index]
+                            for o, g in zip(job.order[i], data.given[i], strict=True)]
         out.append(row)
     return out
 
