@@ -106,7 +106,8 @@ class SlotTable:
         self.nfe[:k] = nfe2[keep]
         self.req[:k] = req[keep]
         if self.order is not None:
-            self.order[:k] = o2[keep]  # type: ignore[index]
+            assert o2 is not None  # both callers pass an order whenever the table traces
+            self.order[:k] = o2[keep]
         self.n = k
 
     def drop(self, ids: torch.Tensor) -> int:
