@@ -31,7 +31,8 @@ BASE = ROOT / "configs" / "sudoku-default.toml"
 # variant -> overrides of the base config (train.masking and its [train.progressive] options)
 VARIANTS: dict[str, list[str]] = {
     "random": [],
-    "random-fp32": ["train.bf16=false"],
+    # fp32 gets the steps that take bf16's training seconds (a bf16 step is ~1.7x faster here): equal-seconds A/B
+    "random-fp32": ["train.bf16=false", "train.steps=700"],
     "progressive": ["train.masking='progressive'"],
     "progressive-warmup": ["train.masking='progressive'", "train.progressive.warmup_steps=300"],
     "progressive-mixed": ["train.masking='progressive'", "train.progressive.random_fraction=0.25"],
@@ -98,13 +99,20 @@ def main() -> None:
             task, model, cfg = load_model(out / "model")
             from unmask.plugins.runtimes.torch import TorchEngine
 
+            row = report["variants"].setdefault(name, {"overrides": VARIANTS[name]})
+            cache = out / f"eval-{split}-{n}.json"  # a rerun of the bench reuses a finished run's evaluation
+            if cache.is_file():
+                row.update(json.loads(cache.read_text()))
+                continue
             engine = TorchEngine(model, cfg, device="cpu", bf16=True)
             data = task.generate(split, n, 2026)
-            row = report["variants"].setdefault(name, {"overrides": VARIANTS[name]})
+            scores = {}
             for strat in ("margin", "vanilla"):
                 res = evaluate(engine, task, data, build_strategy(strat, "bench", steps=50), batch_size=256, seed=0)
-                row[f"{split}_{strat}"] = 100 * res.solved
+                scores[f"{split}_{strat}"] = 100 * res.solved
                 print(f"{name} {split} {strat}: {100 * res.solved:.1f}")
+            cache.write_text(json.dumps(scores) + "\n")
+            row.update(scores)
     for name, out in runs.items():
         tr, va = read_metrics(out)
         row = report["variants"][name]
@@ -119,26 +127,32 @@ def main() -> None:
                     title="Sudoku: random vs progressive masking (validation: margin)")
     training_curves(res.with_name(res.name + "-seconds.png"), labelled, x="seconds",
                     title="Sudoku: random vs progressive masking (validation: margin)")
-    # seconds to the score the random-masking run ends at (the ratio the issue asks for)
+    # training seconds to two validation levels: the score the reference (random masking) ends at, and the lowest
+    # final score of all variants (which every run reaches), each as a ratio to the reference's seconds
     ref = "random" if "random" in runs else names[0]
     level = report["variants"][ref]["val_margin"][-1][3] / 100
+    low = min(row["val_margin"][-1][3] for row in report["variants"].values()) / 100
     for name, out in runs.items():
         _, va = read_metrics(out)
         report["variants"][name]["seconds_to_ref"] = seconds_to(va, "val_margin", level)
-    report["reference"] = {"variant": ref, "val_margin": 100 * level}
+        report["variants"][name]["seconds_to_low"] = seconds_to(va, "val_margin", low)
+    report["reference"] = {"variant": ref, "val_margin": 100 * level, "low": 100 * low}
     res.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Random vs progressive masking on Sudoku ({a.steps} steps x 128, same model, {a.threads} thread)",
              "", f"CPU: {report['cpu']}. `python bench/puma.py` (this table), curves: `{res.name}-samples.png`, "
              f"`{res.name}-seconds.png`.", "",
              f"| variant | samples/s | test margin | test vanilla | hard margin | hard vanilla | last val margin | "
-             f"s to {100 * level:.1f}% val ({ref}'s last) |", "|---|---|---|---|---|---|---|---|"]
+             f"s to {100 * level:.1f}% val ({ref}'s last) | s to {100 * low:.1f}% val (lowest last) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def ratio(row: dict, key: str) -> str:
+        t, t_ref = row[key], report["variants"][ref][key]
+        return f"{t:.0f} ({t / t_ref:.2f}x)" if t is not None and t_ref else "not reached"
+
     for name, row in report["variants"].items():
-        t = row["seconds_to_ref"]
-        ratio = (f"{t:.0f} ({t / report['variants'][ref]['seconds_to_ref']:.2f}x)"
-                 if t is not None and report["variants"][ref]["seconds_to_ref"] else "not reached")
         lines.append(f"| {name} | {row['samples_per_s']:.0f} | {row['test_margin']:.1f} | {row['test_vanilla']:.1f} | "
                      f"{row['hard_margin']:.1f} | {row['hard_vanilla']:.1f} | {row['val_margin'][-1][3]:.1f} | "
-                     f"{ratio} |")
+                     f"{ratio(row, 'seconds_to_ref')} | {ratio(row, 'seconds_to_low')} |")
     lines += ["", f"Test: {a.n_test} generated test puzzles, hard: {a.n_hard} hard ones (seed 2026), 50 steps, no "
               "noise; validation: 300 test puzzles of the training seed.", "", "```", curves_table(labelled), "```"]
     res.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -245,3 +245,14 @@ def test_ema_weights_are_the_final_model_and_survive_resume(tmp_path):
     Trainer(resolve_config(CONFIG, tiny(tmp_path / "b", cache, steps=6, **ema)), progress=False, max_steps=4).run()
     resumed = train(CONFIG, tiny(tmp_path / "b", cache, steps=6, **ema), resume=True, progress=False)
     assert torch.equal(ckpt.load_tensors(resumed / ckpt.MODEL_FILE)[key], avg[key])
+
+
+def test_bf16_auto_follows_the_cpu(monkeypatch):
+    """train.bf16 = "auto" is bf16 exactly on CPUs with AMX tiles; true/false are taken as they are."""
+    from unmask.core.train import use_bf16
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert use_bf16("auto", cpu) is True
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert use_bf16("auto", cpu) is False and use_bf16(True, cpu) is True and use_bf16(False, cpu) is False
