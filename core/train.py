@@ -535,18 +535,21 @@ class Trainer:
         from tqdm.auto import tqdm
 
         o = self.o
-        data = self._data()
-        val = self.task.generate("test", o.val_size, o.seed + 7919) if o.val_size and self.rank == 0 else None
+        target = o.steps if self.max_steps is None else min(o.steps, self.max_steps)
+        done = self.step >= target  # e.g. resumed with --set train.steps=N to finish early: no data needed
+        data = self._data() if not done else None
+        val = (self.task.generate("test", o.val_size, o.seed + 7919) if o.val_size and self.rank == 0 and not done
+               else None)
         if self.rank == 0 and self.step == 0:
             self._log({"event": "start", "params": count_parameters(self.model), "config": self.config,
                        "world_size": self.world, "device": str(self.device), "bf16": self.bf16})
         self.model.train()
-        target = o.steps if self.max_steps is None else min(o.steps, self.max_steps)
         bar = tqdm(total=o.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress or self.rank != 0, dynamic_ncols=True)
         t_last, s_last = self.train_seconds, self.samples
         run_loss, run_acc, n_acc = 0.0, 0.0, 0
         while self.step < target:
+            assert data is not None
             t0 = time.perf_counter()
             lr = lr_at(self.step, o)
             for g in self.opt.param_groups:

@@ -256,3 +256,18 @@ def test_bf16_auto_follows_the_cpu(monkeypatch):
     assert use_bf16("auto", cpu) is True
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert use_bf16("auto", cpu) is False and use_bf16(True, cpu) is True and use_bf16(False, cpu) is False
+
+
+def test_resume_with_fewer_steps_exports_at_once(tmp_path):
+    """--resume --set train.steps=N at or below the checkpoint's step finishes the run: the model is exported from
+    the checkpoint without generating any data."""
+    import shutil
+
+    from unmask.core.train import Trainer, resolve_config, train
+
+    cache = tmp_path / "cache"
+    Trainer(resolve_config(CONFIG, tiny(tmp_path / "r", cache, steps=20)), progress=False, max_steps=10).run()
+    assert not (tmp_path / "r" / "model").exists()
+    shutil.rmtree(cache)
+    final = train(CONFIG, tiny(tmp_path / "r", cache, steps=10), resume=True, progress=False)
+    assert ckpt.read_config(final)["step"] == 10 and not cache.exists()
