@@ -49,15 +49,16 @@ def cpu_model() -> str:
         return platform.processor() or "unknown CPU"
 
 
-def seconds_to(va: list[dict], key: str, level: float) -> float | None:
-    """Training seconds at which validation ``key`` first reached ``level`` (linear between records)."""
+def seconds_to(va: list[dict], key: str, level: float, x: str = "train_seconds") -> float | None:
+    """Training seconds (or ``x``: samples) at which validation ``key`` first reached ``level`` (linear between
+    records)."""
     prev = None
     for r in va:
         if key in r and r[key] >= level:
             if prev is None:
-                return r["train_seconds"]
+                return r[x]
             f = (level - prev[key]) / max(r[key] - prev[key], 1e-9)
-            return prev["train_seconds"] + f * (r["train_seconds"] - prev["train_seconds"])
+            return prev[x] + f * (r[x] - prev[x])
         prev = r if key in r else prev
     return None
 
@@ -136,14 +137,17 @@ def main() -> None:
         _, va = read_metrics(out)
         report["variants"][name]["seconds_to_ref"] = seconds_to(va, "val_margin", level)
         report["variants"][name]["seconds_to_low"] = seconds_to(va, "val_margin", low)
+        report["variants"][name]["samples_to_ref"] = seconds_to(va, "val_margin", level, "samples")
+        report["variants"][name]["samples_to_low"] = seconds_to(va, "val_margin", low, "samples")
     report["reference"] = {"variant": ref, "val_margin": 100 * level, "low": 100 * low}
     res.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Random vs progressive masking on Sudoku ({a.steps} steps x 128, same model, {a.threads} thread)",
              "", f"CPU: {report['cpu']}. `python bench/puma.py` (this table), curves: `{res.name}-samples.png`, "
              f"`{res.name}-seconds.png`.", "",
              f"| variant | samples/s | test margin | test vanilla | hard margin | hard vanilla | last val margin | "
-             f"s to {100 * level:.1f}% val ({ref}'s last) | s to {100 * low:.1f}% val (lowest last) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"s to {100 * level:.1f}% val ({ref}'s last) | s to {100 * low:.1f}% val (lowest last) | "
+             f"samples to {100 * level:.1f}% | samples to {100 * low:.1f}% |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ratio(row: dict, key: str) -> str:
         t, t_ref = row[key], report["variants"][ref][key]
@@ -152,7 +156,11 @@ def main() -> None:
     for name, row in report["variants"].items():
         lines.append(f"| {name} | {row['samples_per_s']:.0f} | {row['test_margin']:.1f} | {row['test_vanilla']:.1f} | "
                      f"{row['hard_margin']:.1f} | {row['hard_vanilla']:.1f} | {row['val_margin'][-1][3]:.1f} | "
-                     f"{ratio(row, 'seconds_to_ref')} | {ratio(row, 'seconds_to_low')} |")
+                     f"{ratio(row, 'seconds_to_ref')} | {ratio(row, 'seconds_to_low')} | "
+                     f"{ratio(row, 'samples_to_ref')} | {ratio(row, 'samples_to_low')} |")
+    lines += ["", "Seconds are only comparable between runs made on an otherwise idle machine (samples/s above says "
+              "how loaded each run was); samples are comparable always: every variant makes one forward and "
+              "backward pass per step of the same batch."]
     lines += ["", f"Test: {a.n_test} generated test puzzles, hard: {a.n_hard} hard ones (seed 2026), 50 steps, no "
               "noise; validation: 300 test puzzles of the training seed.", "", "```", curves_table(labelled), "```"]
     res.with_suffix(".md").write_text("\n".join(lines) + "\n")

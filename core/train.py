@@ -64,6 +64,10 @@ class TrainOptions(Section):
     ema: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
     """Decay of an exponential moving average of the weights (e.g. 0.999; 0 = off). With it on, validation and
     the final model use the averaged weights; checkpoints keep both (the average in ``ema.safetensors``)."""
+    compile: bool = False
+    """torch.compile the model for the training step (validation and checkpoints use it uncompiled). Measured on an
+    Intel Xeon with AMX, one thread, the default Sudoku model: bf16 step 1.25x the eager bf16 one, fp32 no faster
+    (results/train_step.txt); the first steps pay the compilation (about a minute)."""
     masking: Literal["random", "progressive"] = "random"
     """MDM masking process: the paper's random masking, or progressive unmasking (PUMA: training masks that follow
     confidence-ordered decoding; options in ``[train.progressive]``). See unmask.core.masking."""
@@ -326,11 +330,13 @@ class Trainer:
                 self._warm_start(self.o.init_from)
         if self.o.ema and self.ema is None:  # a fresh run, or a checkpoint written without it: start from here
             self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()}
-        self.fwd = self.model
+        self.fwd: Any = self.model
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.fwd = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.o.compile:
+            self.fwd = torch.compile(self.fwd)
 
     # -- state ----------------------------------------------------------------------------------------------------
     def _resume(self) -> None:

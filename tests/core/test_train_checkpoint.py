@@ -271,3 +271,16 @@ def test_resume_with_fewer_steps_exports_at_once(tmp_path):
     shutil.rmtree(cache)
     final = train(CONFIG, tiny(tmp_path / "r", cache, steps=10), resume=True, progress=False)
     assert ckpt.read_config(final)["step"] == 10 and not cache.exists()
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager(tmp_path):
+    """train.compile = true trains the same model as eager (up to float summation order) and saves plain weights."""
+    from unmask.core.train import train
+
+    cache = tmp_path / "cache"
+    eager = train(CONFIG, tiny(tmp_path / "e", cache, steps=3, **{"train.bf16": "false"}), progress=False)
+    comp = train(CONFIG, tiny(tmp_path / "c", cache, steps=3, **{"train.bf16": "false", "train.compile": "true"}),
+                 progress=False)
+    a, b = ckpt.load_tensors(eager / ckpt.MODEL_FILE), ckpt.load_tensors(comp / ckpt.MODEL_FILE)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
