@@ -233,45 +233,6 @@ def pass_cap_error(strategy: Strategy, steps: int) -> PluginError:
     )
 
 
-def apply_step(
-    out: StepOutput,
-    tokens: torch.Tensor,
-    masked: torch.Tensor,
-    given: torch.Tensor,
-    nfe: torch.Tensor,
-    order: torch.Tensor | None,
-    *,
-    mask_id: int,
-    name: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Check a strategy's output against the contract and apply it: new (tokens, masked, nfe, order).
-
-    Kept for loops that call the strategy themselves; :func:`run_step` does the same with fused checks.
-    Inputs are the rows of this step (B, L) / (B,); nothing is modified in place.
-    """
-    B, L = tokens.shape
-    out = _check_output(out, B, L, tokens.device, name)
-    commit = out.commit
-    if bool((commit & ~masked).any()):
-        raise PluginError(f"strategy '{name}' committed a position that was not masked")
-    if bool((~commit.any(dim=1)).any()):
-        raise PluginError(f"strategy '{name}' committed nothing for a row; every step must commit >= 1 per row")
-    if bool((commit & ((out.values < 0) | (out.values == mask_id))).any()):
-        raise PluginError(f"strategy '{name}' committed values that are the mask id or negative")
-    tokens = torch.where(commit, out.values, tokens)
-    masked = masked & ~commit
-    nfe = nfe + 1
-    if order is not None:
-        order = torch.where(commit, nfe[:, None], order)
-    if out.remask is not None:
-        remask = out.remask & ~given & ~masked
-        tokens = tokens.masked_fill(remask, mask_id)
-        masked = masked | remask
-        if order is not None:
-            order = order.masked_fill(remask, 0)
-    return tokens, masked, nfe, order
-
-
 def check_finished(left: torch.Tensor, step: torch.Tensor, steps: int, name: str) -> None:
     """Rows that still have masks (``left``, (B,)) must have steps left."""
     if bool((left & (step >= steps)).any()):
