@@ -238,6 +238,7 @@ def _strategies(names: str, steps: int | None, opts: list[str] | None) -> list[A
     """Strategies from ``--strategies`` (with per-strategy options), ``--steps`` and ``--opt`` (for all; a
     per-strategy option wins over both). Options that cannot change anything are warned about, one line each."""
     from unmask.core.config import apply_overrides
+    from unmask.core.registry import strategies
     from unmask.core.strategy import build_strategy
 
     extra = apply_overrides({}, [f"s.{o}" for o in (opts or [])]).get("s", {})
@@ -246,8 +247,18 @@ def _strategies(names: str, steps: int | None, opts: list[str] | None) -> list[A
         section = {"name": name, **extra}
         if steps is not None:
             section["steps"] = steps
-        section.update(apply_overrides({}, [f"s.{o}" for o in own]).get("s", {}))
-        strategy = build_strategy(section, f"strategy {name}")
+        mine = apply_overrides({}, [f"s.{o}" for o in own]).get("s", {})
+        section.update(mine)
+        try:  # an option the strategy does not have: name the flag it came from (not an internal config path)
+            fields = getattr(strategies.get(name), "Options", None)
+            allowed = set(getattr(fields, "__struct_fields__", ()))
+        except UnmaskError:
+            allowed = set()  # an unknown strategy: build_strategy says so below
+        for key in (sorted(set(section) - allowed - {"name"}) if allowed else []):
+            flag = f"--strategies {name}:{key}=..." if key in mine else f"--opt {key}=..."
+            raise InputError(f"{flag}: strategy '{name}' has no option '{key}'; its options: "
+                             f"{', '.join(sorted(allowed))}")
+        strategy = build_strategy(section, f"--strategies {name}")
         for msg in strategy.ineffective_options():
             warnings.warn(f"strategy {name}: {msg}", stacklevel=1)
         out.append(strategy)

@@ -148,3 +148,15 @@ def test_heat_maps_share_one_scale_and_the_board_shows_digits(capsys, tmp_path, 
     assert code == 0 and (tmp_path / "o.png").is_file()
     labels = calls[0][2]["labels"]
     assert len(labels) == 81 and labels[:2] == ["5", "3"] and all(x in "123456789" for x in labels)
+
+
+@pytest.mark.parametrize("flags,want", [
+    (["--opt", "foo=1"], "--opt foo=...: strategy 'margin' has no option 'foo'; its options: "),
+    (["--strategies", "margin:fooo=1"], "--strategies margin:fooo=...: strategy 'margin' has no option 'fooo'"),
+])
+def test_unknown_strategy_option_names_the_flag(capsys, flags, want):
+    argv = ["eval", "--generate", "2", "--threads", "1", *(["--strategies", "margin"] if "--opt" in flags else []),
+            *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: " + want) and "steps" in err[0]
