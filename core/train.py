@@ -373,7 +373,7 @@ class Trainer:
             self.np_rng = np.random.default_rng([self.o.seed, self.rank, self.step])
         ema_file = latest / EMA_FILE
         if self.o.ema and ema_file.is_file():
-            self.ema = ckpt.load_tensors(ema_file)
+            self.ema = {k: v.to(self.device) for k, v in ckpt.load_tensors(ema_file).items()}
             self.ema_steps = int(st.get("ema_steps", 0))
             names = {n for n, _ in self.model.named_parameters()}
             if set(self.ema) != names:
