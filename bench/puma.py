@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 from pathlib import Path
 
 import torch
 
 from unmask.core.evaluate import evaluate
 from unmask.core.models import load_model
-from unmask.core.report import curves_table, read_metrics, training_curves
+from unmask.core.report import cpu_model, curves_table, read_metrics, training_curves
 from unmask.core.strategy import build_strategy
 from unmask.core.train import train
 
@@ -39,14 +37,6 @@ VARIANTS: dict[str, list[str]] = {
     "progressive-margin": ["train.masking='progressive'", "train.progressive.score='margin'"],
     "progressive-collapse": ["train.masking='progressive'", "train.progressive.collapse=0.9"],
 }
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def seconds_to(va: list[dict], key: str, level: float, x: str = "train_seconds") -> float | None:
@@ -162,7 +152,7 @@ def main() -> None:
               "how loaded each run was); samples are comparable always: every variant makes one forward and "
               "backward pass per step of the same batch."]
     lines += ["", f"Test: {a.n_test} generated test puzzles, hard: {a.n_hard} hard ones (seed 2026), 50 steps, no "
-              "noise; validation: 300 test puzzles of the training seed.", "", "```", curves_table(labelled), "```"]
+              "noise, bf16 decoding; validation: 300 test puzzles of the training seed.", "", "```", curves_table(labelled), "```"]
     res.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -34,13 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from unmask.core.report import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
-                platform.processor() or "unknown")
 
 
 def puzzles(model: str, n: int, seed: int) -> list[str]:

@@ -12,20 +12,15 @@ Then a profile of the fastest and the fp32 step (top operators by self time). Ra
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 
 import torch
 
 import unmask.plugins.backbones.transformer as tr
 from unmask.core.models import autocast_context, build_model
+from unmask.core.report import cpu_model
 from unmask.core.task import build_task
 from unmask.core.train import mdm_loss
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
 
 
 def main() -> None:

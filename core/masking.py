@@ -60,11 +60,19 @@ def random_mask(targets: torch.Tensor, given: torch.Tensor, eps: float, generato
 
 def reveal_scores(logits: torch.Tensor, score: str) -> torch.Tensor:
     """Confidence per position (B, L) from logits (B, L, V): top probability or top-two margin (higher = surer)."""
-    probs = torch.softmax(logits.float(), dim=-1)
+    return _confidence(torch.softmax(logits.float(), dim=-1), score)
+
+
+def _confidence(probs: torch.Tensor, score: str) -> torch.Tensor:
     if score == "margin":
         top2 = probs.topk(2, dim=-1).values
         return top2[..., 0] - top2[..., 1]
     return probs.amax(dim=-1)
+
+
+def _ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Each position's rank in its row (S, L), 0 = the highest score."""
+    return scores.argsort(dim=1, descending=True).argsort(dim=1)
 
 
 class ProgressivePool:
@@ -138,9 +146,8 @@ class ProgressivePool:
         self.given[slots] = given
         n_free = (~given).sum(dim=1)
         k = self._target(stage, n_free, generator)
-        noise = torch.rand(given.shape, generator=generator).masked_fill(given, 2.0)  # given positions sort last
-        rank = noise.argsort(dim=1).argsort(dim=1)
-        self.revealed[slots] = (rank < k[:, None]) & ~given
+        noise = torch.rand(given.shape, generator=generator).masked_fill(given, -1.0)  # given positions rank last
+        self.revealed[slots] = (_ranks(noise) < k[:, None]) & ~given
         self.stage[slots] = stage
 
     @torch.no_grad()
@@ -156,15 +163,13 @@ class ProgressivePool:
         n_rev = self.revealed.sum(dim=1)
         stage = self.stage + 1
         target = self._target(stage.clamp(max=self.o.stages - 1), n_free, generator)
-        conf = reveal_scores(logits, self.o.score).cpu()  # (S, L)
+        probs = torch.softmax(logits.float(), dim=-1)  # (S, L, V)
+        conf = _confidence(probs, self.o.score).cpu()  # (S, L)
         if self.o.collapse > 0:
-            sure = masked & (torch.softmax(logits.float(), -1).amax(-1).cpu() > self.o.collapse)
-            n_sure = n_rev + sure.sum(dim=1)
-            target = torch.maximum(target, n_sure)
+            sure = masked & (probs.amax(dim=-1).cpu() > self.o.collapse)
+            target = torch.maximum(target, n_rev + sure.sum(dim=1))
         k = (target - n_rev).clamp(min=1)  # (S,) positions to reveal now
-        order = conf.masked_fill(~masked, float("-inf")).argsort(dim=1, descending=True)
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
-        self.revealed |= masked & (rank < k[:, None])
+        self.revealed |= masked & (_ranks(conf.masked_fill(~masked, float("-inf"))) < k[:, None])
         n_rev = self.revealed.sum(dim=1)
         if self.o.collapse > 0:  # the stage follows the revealed fraction
             stage = torch.maximum(stage, (n_rev * self.o.stages) // n_free.clamp(min=1))

@@ -18,6 +18,19 @@ from unmask.core.files import read_text, remove_stale_temps, temp_path
 from unmask.core.task import Dataset, Task
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s "Model name"), for benchmark reports: timings mean little without it."""
+    import platform
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        out = ""
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
+                platform.processor() or "unknown CPU")
+
+
 def format_table(results: list[EvalResult]) -> str:
     head = f"{'strategy':<22} {'% solved':>9} {'cell acc':>9} {'mean NFE':>9} {'puzzles/s':>10}"
     lines = [head, "-" * len(head)]

@@ -56,8 +56,9 @@ class TrainOptions(Section):
     grad_clip: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
     bf16: bool | Literal["auto"] = "auto"
     """bf16 autocast: true, false, or "auto" = on for CUDA devices with bf16 and for CPUs with AMX (Intel Xeon
-    Sapphire Rapids and later: a training step 1.7x fp32's, bench/train_step.py), off elsewhere (an AMD EPYC's
-    AVX512-BF16 step measured slower than fp32)."""
+    Sapphire Rapids and later: a training step 1.38x fp32's, results/train_step.txt), off elsewhere (on an AMD EPYC
+    with AVX512-BF16 a bf16 step was measured slower than fp32, before attention ran as matmuls in bf16 training;
+    not re-measured since)."""
     eps: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 1e-3
     low_discrepancy: bool = True
     """Stratified t over the batch (t_i = (u + i) / B mod 1): same objective, lower-variance gradients."""
