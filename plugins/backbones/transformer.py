@@ -115,8 +115,8 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask
     Used for bf16 training on the CPU: there PyTorch's fused flash-attention kernel has a bf16 backward about 20x
     slower than its fp32 one (Intel Xeon with AMX, one thread, the default Sudoku model: 227 ms vs 24 ms per layer
     and step), while bf16 matmuls run on AMX; with this path a bf16 training step is 1.38x the fp32 one (1.72x
-    with torch.compile; results/train_step.txt). Without gradients (decoding) the fused kernel's bf16 forward is the faster one and stays.
-    Same maths as ``F.scaled_dot_product_attention`` (tested against it)."""
+    with torch.compile; results/train_step.txt). Without gradients (decoding) the fused kernel's bf16 forward is
+    the faster one and stays. Same maths as ``F.scaled_dot_product_attention`` (tested against it)."""
     s = (q @ k.transpose(-1, -2)).float() * (q.shape[-1] ** -0.5 if scale is None else scale)  # (B, H, Lq, Lk)
     if is_causal:
         s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1), float("-inf"))
