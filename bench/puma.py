@@ -88,7 +88,7 @@ def main() -> None:
     for split, n in (("test", a.n_test), ("hard", a.n_hard)):
         for name, out in runs.items():
             task, model, cfg = load_model(out / "model")
-            from unmask.plugins.runtimes.torch import TorchEngine
+            from unmask.core.engine import TorchEngine
 
             row = report["variants"].setdefault(name, {"overrides": VARIANTS[name]})
             cache = out / f"eval-{split}-{n}.json"  # a rerun of the bench reuses a finished run's evaluation

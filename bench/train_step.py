@@ -20,7 +20,7 @@ import unmask.plugins.backbones.transformer as tr
 from unmask.core.models import autocast_context, build_model
 from unmask.core.report import cpu_model
 from unmask.core.task import build_task
-from unmask.core.train import mdm_loss
+from unmask.plugins.objectives.mdm import mdm_loss
 
 
 def main() -> None:

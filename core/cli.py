@@ -1,4 +1,4 @@
-"""The ``unmask`` command line: list, train, curves, eval, solve, serve, export.
+"""The ``unmask`` command line: list, train, curves, eval, solve, serve, experiment, export.
 
 Every user mistake ends as one line ``error: ...`` on stderr and exit status 2, never a traceback.
 """
@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from unmask.core.errors import InputError, UnmaskError
 
-KINDS = ("tasks", "backbones", "strategies", "runtimes")
+KINDS = ("tasks", "backbones", "strategies", "runtimes", "objectives")
 
 
 def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
@@ -234,15 +234,16 @@ def default_threads(command: str) -> int:
     return max(1, min(cores, int(cores - busy + 0.5)))
 
 
-def _strategies(names: str, steps: int | None, opts: list[str] | None) -> list[Any]:
-    """Strategies from ``--strategies`` (with per-strategy options), ``--steps`` and ``--opt`` (for all; a
-    per-strategy option wins over both). Options that cannot change anything are warned about, one line each."""
+def _decoders(engine: Any, task: Any, names: str, steps: int | None, opts: list[str] | None) -> list[Any]:
+    """What the model decodes ``--strategies`` with (its objective says: decode-loop strategies for an MDM), with
+    ``--steps`` and ``--opt`` (for all; a per-strategy option wins over both). Options that cannot change anything
+    are warned about, one line each."""
     from unmask.core.config import apply_overrides
+    from unmask.core.objective import model_objective
     from unmask.core.registry import strategies
-    from unmask.core.strategy import build_strategy
 
     extra = apply_overrides({}, [f"s.{o}" for o in (opts or [])]).get("s", {})
-    out = []
+    sections = []
     for name, own in strategy_specs(names):
         section = {"name": name, **extra}
         if steps is not None:
@@ -250,26 +251,40 @@ def _strategies(names: str, steps: int | None, opts: list[str] | None) -> list[A
         mine = apply_overrides({}, [f"s.{o}" for o in own]).get("s", {})
         section.update(mine)
         try:  # an option the strategy does not have: name the flag it came from (not an internal config path)
-            fields = getattr(strategies.get(name), "Options", None)
+            fields = getattr(strategies.get(name), "Options", None) if name in strategies else None
             allowed = set(getattr(fields, "__struct_fields__", ()))
         except UnmaskError:
-            allowed = set()  # an unknown strategy: build_strategy says so below
+            allowed = set()  # a broken strategy plugin: building it says so below
         for key in (sorted(set(section) - allowed - {"name"}) if allowed else []):
             flag = f"--strategies {name}:{key}=..." if key in mine else f"--opt {key}=..."
             raise InputError(f"{flag}: strategy '{name}' has no option '{key}'; its options: "
                              f"{', '.join(sorted(allowed))}")
-        strategy = build_strategy(section, f"--strategies {name}")
-        for msg in strategy.ineffective_options():
-            warnings.warn(f"strategy {name}: {msg}", stacklevel=1)
-        out.append(strategy)
-    if not out:
+        sections.append(section)
+    if not sections:
         raise InputError("--strategies is empty; name at least one, e.g. --strategies margin")
+    objective = model_objective(task, engine.config)
+    out = [d for s in sections for d in objective.decoders([s], where=f"--strategies {s['name']}")]
+    for d in out:
+        for msg in getattr(d, "ineffective_options", list)():
+            warnings.warn(f"strategy {d.name}: {msg}", stacklevel=1)
     return out
+
+
+def _strategy(engine: Any, task: Any, names: str, steps: int | None, opts: list[str] | None,
+              command: str) -> Any:
+    """The one decode-loop strategy of ``unmask serve`` (its scheduler steps rows of the decode loop)."""
+    from unmask.core.objective import objective_name
+    from unmask.core.strategy import Strategy
+
+    decoder = _decoders(engine, task, names, steps, opts)[0]
+    if not isinstance(decoder, Strategy):
+        raise InputError(f"unmask {command} steps the decode loop's strategies; '{decoder.name}' (the decoder of "
+                         f"train.objective = '{objective_name(engine.config)}') is not one")
+    return decoder
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from unmask.core import distributed
-    from unmask.core.arm import eval_strategies
     from unmask.core.files import check_writable
     from unmask.core.report import eval_report, format_table, order_heatmap, write_report
 
@@ -280,7 +295,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     distributed.setup(args.device)  # under torchrun: each rank decodes a shard, rank 0 reports
     main = distributed.is_main()
     engine, task, runtime = _engine_and_task(args)
-    strategies = eval_strategies(engine, task, args.strategies) or _strategies(args.strategies, args.steps, args.opt)
+    strategies = _decoders(engine, task, args.strategies, args.steps, args.opt)
     if args.data:
         data = task.read_file(args.data)
         source = args.data
@@ -328,42 +343,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- solve ----------------------------------------------------------------------------------------------------------
 def cmd_solve(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
-    from unmask.core.decode import decode
+    from unmask.core.evaluate import evaluate_with
     from unmask.core.files import check_writable
 
     if args.order_png:
         check_writable(args.order_png, "--order-png")
     text = sys.stdin.read() if args.puzzle == "-" else args.puzzle
     engine, task, runtime = _engine_and_task(args)
-    from unmask.core.arm import is_arm
-
-    if is_arm(engine.config):
-        raise InputError("this model is autoregressive (train.objective = 'arm'); evaluate it with "
-                         "unmask eval --strategies arm")
     data = task.parse(text)
-    strategy = _strategies(args.strategy, args.steps, args.opt)[0]
-    gen = torch.Generator().manual_seed(args.seed)
-    res = decode(engine, torch.from_numpy(data.inputs).to(engine.device),
-                 torch.from_numpy(data.given).to(engine.device), strategy, mask_id=task.mask_id, generator=gen,
-                 trace=True)
-    pred = res.tokens.cpu().numpy()
+    strategy = _decoders(engine, task, args.strategy, args.steps, args.opt)[0]
+    res = evaluate_with(engine, task, data, strategy, batch_size=1, seed=args.seed, device=engine.device, trace=True)
+    pred = res.predictions
+    assert pred is not None  # evaluate_with keeps the predictions
     print(task.format(pred[0]))
-    scores = task.score(pred, data)
+    scores = res.per_example
     unique = bool(data.meta.get("unique", np.array([True]))[0])
     valid = not bool(scores.get("invalid", np.array([False]))[0])
     solved = np.asarray(scores["solved"])
     ok = bool(solved[0] >= 1.0) if solved.dtype.kind == "f" else bool(solved[0])  # a fraction counts when whole
     status = "solved" if ok else ("valid grid but not the unique solution" if valid else "NOT solved (invalid grid)")
-    print(f"{status}; {int(res.nfe[0])} forward passes; strategy {strategy.name}")
+    print(f"{status}; {int(scores['nfe'][0])} forward passes; strategy {strategy.name}")
     if not ok and not valid:
         for line in task.explain(pred[0], data):
             print(line)
     if not unique:
         print("note: this puzzle has more than one solution")
     assert res.order is not None  # decoded with trace=True
-    order = res.order.cpu().numpy()[0]
+    order = np.asarray(res.order)[0]
     shape = task.board_shape()
     if args.order_png:
         from unmask.core.report import order_heatmap
@@ -396,19 +403,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"unmask serve needs the 'serve' extra ({missing} is not installed): pip install -e '.[serve]'"
         )
     engine, task, _ = _engine_and_task(args)
-    from unmask.core.arm import is_arm
-
-    if is_arm(engine.config):
-        raise InputError("this model is autoregressive (train.objective = 'arm'); unmask serve decodes MDMs")
-    strategy = _strategies(args.strategy, args.steps, args.opt)[0]
+    strategy = _strategy(engine, task, args.strategy, args.steps, args.opt, "serve")
     return serve.run(args, engine, task, strategy)
 
 
-# -- export ---------------------------------------------------------------------------------------------------------
-def cmd_export(args: argparse.Namespace) -> int:
-    from unmask.export.cli import run
+# -- experiment -----------------------------------------------------------------------------------------------------
+def cmd_experiment(args: argparse.Namespace) -> int:
+    import shlex
 
-    return run(args)
+    from unmask.core.experiment import run_experiment
+
+    given = [("--scale", args.scale), ("--runs", args.runs), ("--results", args.results), ("--n", args.n),
+             ("--seed", args.seed), ("--device", None if args.device == "auto" else args.device),
+             ("--batch-size", None if args.batch_size == 256 else args.batch_size),
+             ("--steps", None if args.steps == 50 else args.steps),
+             ("--models", ",".join(args.models) if args.models else None)]
+    words = [args.file]  # the command as typed (defaults left out), for the table's Commands section
+    for flag, value in given:
+        if value is not None:
+            words += [flag, str(value)]
+    for item in args.set:
+        words += ["--set", item]
+    command = "unmask experiment " + shlex.join(words + (["--no-progress"] if args.no_progress else []))
+    run_experiment(args.file, scale=args.scale, runs_dir=args.runs, results_dir=args.results, n_eval=args.n,
+                   seed=args.seed, device=args.device, batch_size=args.batch_size, steps=args.steps,
+                   overrides=args.set, models=args.models, progress=not args.no_progress, command=command)
+    return 0
+
+
+def _keys(text: str) -> list[str]:
+    """An argparse type: comma-separated keys."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise argparse.ArgumentTypeError(f"expected comma-separated model keys, got {text!r}")
+    return keys
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -487,15 +515,57 @@ def build_parser() -> argparse.ArgumentParser:
     serve_arguments(s)
     s.set_defaults(fn=cmd_serve)
 
-    s = sub.add_parser("export", help="export a model to ONNX or a TensorRT plan")
-    try:
-        from unmask.export.cli import add_arguments
+    s = sub.add_parser("experiment", help="run an experiment file: train what is missing, evaluate, write the table")
+    s.add_argument("file", metavar="FILE", help="experiment TOML file, or the name of a packaged one (e.g. table2; "
+                   "see configs/experiments/)")
+    s.add_argument("--scale", help="one of the file's [scales], e.g. smoke (default: the file's default_scale)")
+    s.add_argument("--runs", metavar="DIR", help="root of the run directories (default: the scale's runs, else each "
+                   "config's out)")
+    s.add_argument("--results", metavar="DIR", help="where <name>.md, .json and the plots go (default: the scale's "
+                   "results, else results/)")
+    s.add_argument("--n", type=_positive, help="evaluation examples of every dataset (default: the file's)")
+    s.add_argument("--seed", type=int, help="data and decoding seed of every dataset (default: the file's, else 2025)")
+    s.add_argument("--device", default="auto", help="evaluation device: auto, cpu or cuda (training follows each "
+                   "config's train.device)")
+    s.add_argument("--batch-size", type=_positive, default=256, help="evaluation batch size")
+    s.add_argument("--steps", type=_positive, default=50, help="decoding steps T of the strategies")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every model, e.g. train.threads=2")
+    s.add_argument("--models", type=_keys, metavar="KEY,...", help="only these models of the file (and their rows)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(fn=cmd_experiment)
 
-        add_arguments(s)
-    except ImportError as exc:  # pragma: no cover - broken install
-        s.add_argument("--_broken", help=str(exc))
-    s.set_defaults(fn=cmd_export)
+    _plugin_commands(sub)
     return p
+
+
+COMMANDS_GROUP = "unmask_commands"
+
+
+def _plugin_commands(sub: Any) -> None:
+    """Subcommands that packages provide through the entry-point group ``unmask_commands``: a module with ``HELP``
+    (one line), ``add_arguments(parser)`` and ``run(args) -> int`` (``unmask export`` is ``unmask.export.cli``). One
+    that fails to load, or whose name is taken, is a warning naming it; the other commands keep working."""
+    from importlib.metadata import entry_points
+
+    from unmask.core.registry import PluginWarning
+
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        if ep.name in sub.choices:
+            warnings.warn(f"command '{ep.name}' (entry point {ep.value} in {COMMANDS_GROUP}) is already taken; "
+                          "rename its entry point", PluginWarning, stacklevel=2)
+            continue
+        try:
+            module = ep.load()
+            help_text, add, run = str(module.HELP), module.add_arguments, module.run
+            s = sub.add_parser(ep.name, help=help_text)
+            add(s)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
+            sub.choices.pop(ep.name, None)
+            warnings.warn(f"command '{ep.name}' (entry point {ep.value} in {COMMANDS_GROUP}) failed to load: "
+                          f"{type(exc).__name__}: {exc}", PluginWarning, stacklevel=2)
+            continue
+        s.set_defaults(fn=run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,15 +108,13 @@ def sharded_evaluate(engine: Any, task: Task, data: Dataset, strategy: Any, *, b
                      scheduler: str = "static") -> Any:
     """Evaluate ``strategy`` on ``data``; under torchrun each rank decodes its shard and rank 0 returns the gathered
     :class:`~unmask.core.evaluate.EvalResult` (other ranks return None). ``strategy`` is a decoding strategy or an
-    evaluator with an ``evaluate(engine, data, ...)`` method (the ARM baseline, :class:`unmask.core.arm.ArmLayout`).
+    evaluator with an ``evaluate(engine, data, ...)`` method (an objective's own decoder, e.g. the ARM baseline's).
     """
-    from unmask.core.evaluate import EvalResult, evaluate
+    from unmask.core.evaluate import EvalResult, evaluate_with
 
     def run(part: Dataset, part_seed: int, show: bool) -> EvalResult:
-        if hasattr(strategy, "evaluate"):
-            return strategy.evaluate(engine, part, batch_size=batch_size, progress=show, trace=trace)
-        return evaluate(engine, task, part, strategy, batch_size=batch_size, seed=part_seed, device=device,
-                        trace=trace, progress=show, scheduler=scheduler)
+        return evaluate_with(engine, task, part, strategy, batch_size=batch_size, seed=part_seed, device=device,
+                             trace=trace, progress=show, scheduler=scheduler)
 
     if not active():
         return run(data, seed, progress)

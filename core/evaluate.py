@@ -112,3 +112,14 @@ def evaluate(
         task, data, name, np.concatenate(preds), np.concatenate(nfes), seconds,
         np.concatenate(orders) if orders else None, strategy.config_dict(),
     )
+
+
+def evaluate_with(engine: Any, task: Task, data: Dataset, decoder: Any, *, batch_size: int = 256, seed: int = 0,
+                  device: str | torch.device = "cpu", trace: bool = False, progress: bool = False,
+                  scheduler: str = "static") -> EvalResult:
+    """:func:`evaluate` for a decode-loop strategy; a decoder that evaluates data itself (an objective's own, e.g.
+    the ARM baseline's greedy decoding: :class:`unmask.core.objective.Decoder`) does so."""
+    if hasattr(decoder, "evaluate"):
+        return decoder.evaluate(engine, data, batch_size=batch_size, progress=progress, trace=trace)
+    return evaluate(engine, task, data, decoder, batch_size=batch_size, seed=seed, device=device, trace=trace,
+                    progress=progress, scheduler=scheduler)

@@ -18,7 +18,7 @@ from unmask.core.task import ModelSpec, Task, build_task
 
 class SpecSource(Protocol):
     """What :func:`build_model` reads of its task: a :class:`Task`, or a Task-like description of another sequence
-    layout (the autoregressive baseline's :class:`unmask.core.arm.ArmSpecTask`)."""
+    layout (an objective's, e.g. the autoregressive baseline's ``ArmSpecTask``: :meth:`Objective.model_task`)."""
 
     def model_spec(self, causal: bool = ...) -> ModelSpec: ...
 
@@ -48,10 +48,6 @@ def resolved_task(section: Any, where: str = "task") -> dict[str, Any]:
     return build_task(section, where).config_dict()
 
 
-def objective_of(config: dict[str, Any]) -> str:
-    return str(config.get("train", {}).get("objective", "mdm"))
-
-
 def load_model(path: str | os.PathLike, *, task: Task | None = None) -> tuple[Task, nn.Module, dict[str, Any]]:
     """(task, module in eval mode on CPU, config) from a model, checkpoint or run directory.
 
@@ -65,13 +61,14 @@ def load_model(path: str | os.PathLike, *, task: Task | None = None) -> tuple[Ta
         raise CheckpointError(f"checkpoint '{model_dir}' has an unusable task section: {exc}") from None
     if task is not None:
         check_task_matches(task, config, str(model_dir))
-    spec_task: Any = ck_task
-    if objective_of(config) == "arm":  # an autoregressive baseline: built for its (row, col, value) sequence
-        from unmask.core.arm import ArmLayout
+    from unmask.core.objective import model_objective
 
-        spec_task = ArmLayout.for_config(ck_task, config).spec_task()
     try:
-        module, _ = build_model(spec_task, config["backbone"], causal=objective_of(config) == "arm")
+        objective = model_objective(ck_task, config)  # what the backbone was built for (an ARM: its sequences)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint '{model_dir}' has an unusable train section: {exc}") from None
+    try:
+        module, _ = build_model(objective.model_task(), config["backbone"], causal=objective.causal)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint '{model_dir}' has an unusable backbone section: {exc}") from None
     state = load_tensors(Path(model_dir) / MODEL_FILE)

@@ -1,4 +1,4 @@
-"""Plugin registries: tasks, backbones, strategies, runtimes.
+"""Plugin registries: tasks, backbones, strategies, runtimes, objectives.
 
 Built on :mod:`catalogue`. Built-in plugins are the modules of ``unmask.plugins.<kind>`` (one file per plugin, the
 file name is the registry key, files starting with ``_`` are helpers); each registers itself with
@@ -51,7 +51,7 @@ def _first_line(doc: str | None) -> str:
 
 
 class Registry:
-    """One kind of plugin (``tasks``, ``backbones``, ``strategies`` or ``runtimes``)."""
+    """One kind of plugin (``tasks``, ``backbones``, ``strategies``, ``runtimes`` or ``objectives``)."""
 
     def __init__(self, kind: str, singular: str) -> None:
         self.kind = kind
@@ -227,8 +227,9 @@ tasks = Registry("tasks", "task")
 backbones = Registry("backbones", "backbone")
 strategies = Registry("strategies", "strategy")
 runtimes = Registry("runtimes", "runtime")
+objectives = Registry("objectives", "objective")
 
-registries: dict[str, Registry] = {r.kind: r for r in (tasks, backbones, strategies, runtimes)}
+registries: dict[str, Registry] = {r.kind: r for r in (tasks, backbones, strategies, runtimes, objectives)}
 
 
 def get_registry(kind: str) -> Registry:

@@ -1,8 +1,9 @@
-"""Training: the MDM ELBO objective (and the autoregressive baseline), checkpoints, resume, logs, plots.
+"""Training: the loop, optimizer and schedule, checkpoints, resume, EMA, validation, logs and plots.
 
-MDM objective (Kim et al. 2025, Sec. 2; Sahoo et al. 2024): t ~ U(0, 1), p_mask = (1 - eps) t + eps; every
-non-given token is masked independently with probability p_mask; loss = sum over masked positions of
-cross-entropy / p_mask, divided by B * L. This is the negative ELBO for the linear schedule alpha_t = 1 - t.
+What is learnt comes from the run's objective plugin (``train.objective``: ``mdm``, the masked diffusion ELBO under
+random or progressive masking, or ``arm``, the autoregressive baseline; see :mod:`unmask.core.objective`): the
+trainer draws batches in the objective's layout, asks it for the loss of each step and saves its state beside the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -16,35 +17,32 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from unmask.core import checkpoint as ckpt
 from unmask.core.config import Section, apply_overrides, convert, load_toml, to_builtins
 from unmask.core.errors import CheckpointError, ConfigError, InputError
-from unmask.core.masking import ProgressiveOptions, ProgressivePool, random_mask
+from unmask.core.masking import ProgressiveOptions
 from unmask.core.models import (
-    SpecSource,
     autocast_context,
     build_model,
     check_task_matches,
     count_parameters,
-    objective_of,
     resolved_backbone,
     resolved_task,
 )
+from unmask.core.objective import Objective, build_objective, objective_name
 from unmask.core.task import Dataset, Task, build_task
-
-if TYPE_CHECKING:
-    from unmask.core.arm import ArmLayout
 
 
 class TrainOptions(Section):
-    objective: Literal["mdm", "arm"] = "mdm"
+    objective: str = "mdm"
+    """The training objective (registry ``objectives``): ``mdm`` (masked diffusion) or ``arm`` (autoregressive
+    baseline), or a third party's."""
     steps: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     batch_size: Annotated[int, msgspec.Meta(ge=1)] = 128
     lr: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1e-3
@@ -70,8 +68,8 @@ class TrainOptions(Section):
     Intel Xeon with AMX, one thread, the default Sudoku model: bf16 step 1.25x the eager bf16 one, fp32 no faster
     (results/train_step.txt); the first steps pay the compilation (about a minute)."""
     masking: Literal["random", "progressive"] = "random"
-    """MDM masking process: the paper's random masking, or progressive unmasking (PUMA: training masks that follow
-    confidence-ordered decoding; options in ``[train.progressive]``). See unmask.core.masking."""
+    """Masking process of the MDM objective: the paper's random masking, or progressive unmasking (PUMA: training
+    masks that follow confidence-ordered decoding; options in ``[train.progressive]``). See unmask.core.masking."""
     progressive: ProgressiveOptions = msgspec.field(default_factory=ProgressiveOptions)
     seed: int = 0
     data_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
@@ -79,9 +77,9 @@ class TrainOptions(Section):
     augment: bool = True
     val_size: Annotated[int, msgspec.Meta(ge=0)] = 200
     val_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
-    val_strategies: list[str | dict[str, Any]] = msgspec.field(default_factory=lambda: ["margin", "vanilla"])
-    """Strategies of the periodic validation: names, or tables with options
-    (``{name = "margin", value = "sample"}``)."""
+    val_strategies: list[str | dict[str, Any]] = msgspec.field(default_factory=list)
+    """Decoders of the periodic validation: strategy names, or tables with options (``{name = "margin", value =
+    "sample"}``); empty: the objective's default (an MDM: margin and vanilla; an ARM: arm)."""
     val_steps: Annotated[int, msgspec.Meta(ge=1)] = 50
     ckpt_every: Annotated[int, msgspec.Meta(ge=1)] = 1000
     keep_checkpoints: Annotated[int, msgspec.Meta(ge=1)] = 3
@@ -97,7 +95,8 @@ class TrainOptions(Section):
     """ARM only: fill order of the answer (the task's solver order, or row-major)."""
     init_from: str = ""
     """Warm start: a model, checkpoint or run directory whose weights start this run (fresh optimizer and schedule;
-    its backbone and objective must match, its task the name and token layout). The samples and training time it had
+    its objective must match, its backbone's parameters one for one (options such as dropout or repeats may differ),
+    its task the name and token layout). The samples and training time it had
     seen are carried over."""
 
 
@@ -115,6 +114,7 @@ class Resolved:
     task: Task
     train: TrainOptions
     out: Path
+    objective: Objective
 
     def to_dict(self, backbone: dict[str, Any]) -> dict[str, Any]:
         from unmask.core import __version__
@@ -132,27 +132,33 @@ def resolve_config(path: str | os.PathLike | None, overrides: list[str] | None =
     data = apply_overrides(raw if raw is not None else load_toml(path), overrides)  # type: ignore[arg-type]
     cfg = convert(data, RunConfig)
     task = build_task(cfg.task, "task")
-    if cfg.train.masking != "random" and cfg.train.objective != "mdm":
-        raise ConfigError(f"train.masking = '{cfg.train.masking}' is a masking process of the MDM objective, not of "
-                          f"'{cfg.train.objective}'; set train.masking = 'random' or train.objective = 'mdm'")
-    if cfg.train.val_size and not cfg.train.val_strategies:
-        raise ConfigError("train.val_strategies is empty while train.val_size > 0; name at least one strategy")
-    from unmask.core.errors import PluginError
-    from unmask.core.strategy import build_strategy
-
-    for i, s in enumerate(cfg.train.val_strategies):
-        where = f"train.val_strategies[{i}]"
-        try:
-            build_strategy(s, where, steps=cfg.train.val_steps)
-        except PluginError as exc:
-            raise ConfigError(f"at '{where}': {exc}") from None
+    objective = build_objective(task, to_builtins(cfg.train))  # also checks the objective's own options
+    if cfg.train.val_size:
+        val_decoders(objective, cfg.train)  # a misspelt strategy fails now, not at the first validation
     from unmask.core.files import check_writable
 
     check_writable(cfg.out, "out (the run directory)", directory=True)  # before any training work
     from unmask.core.memory import check_training_fits
 
-    check_training_fits(task, cfg.backbone, cfg.train.batch_size, causal=cfg.train.objective == "arm")
-    return Resolved(data, task, cfg.train, Path(cfg.out))
+    check_training_fits(objective.model_task(), cfg.backbone, cfg.train.batch_size, causal=objective.causal)
+    return Resolved(data, task, cfg.train, Path(cfg.out), objective)
+
+
+def val_decoders(objective: Objective, o: TrainOptions) -> list[Any]:
+    """What the periodic validation decodes with: ``train.val_strategies`` (or the objective's default)."""
+    from unmask.core.errors import PluginError
+
+    out = []
+    for i, s in enumerate(o.val_strategies or objective.default_decoders()):
+        where = f"train.val_strategies[{i}]"
+        try:
+            out += objective.decoders([{"name": s} if isinstance(s, str) else dict(s)], steps=o.val_steps,
+                                      where=where)
+        except PluginError as exc:
+            raise ConfigError(f"at '{where}': {exc}") from None
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
+    return out
 
 
 # -- distributed helpers ---------------------------------------------------------------------------------------------
@@ -185,46 +191,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-# -- objective ------------------------------------------------------------------------------------------------------
-def mdm_loss(
-    logits_fn: Any, batch_tokens: torch.Tensor, given: torch.Tensor, mask_id: int, eps: float,
-    generator: torch.Generator, low_discrepancy: bool = True,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Negative ELBO of the masked diffusion model for one batch under random masking (see module docstring)."""
-    masked, p_mask = random_mask(batch_tokens, given, eps, generator, low_discrepancy)
-    loss, info, _ = masked_loss(logits_fn, batch_tokens, masked, p_mask, mask_id)
-    return loss, info
-
-
-def masked_loss(
-    logits_fn: Any, targets: torch.Tensor, masked: torch.Tensor, p_mask: torch.Tensor, mask_id: int,
-) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """sum over masked positions of CE / p_mask (per row), divided by B * L; also returns the logits (B, L, V) of
-    the one forward pass (progressive masking reuses them to pick its next reveals)."""
-    B, L = targets.shape
-    x = targets.masked_fill(masked, mask_id)
-    logits = logits_fn(x).float()  # (B, L, V)
-    logits[..., mask_id] = float("-inf")
-    ce = F.cross_entropy(logits.reshape(B * L, -1), targets.reshape(-1), reduction="none").view(B, L)
-    loss = (ce * masked / p_mask[:, None]).sum() / (B * L)
-    with torch.no_grad():
-        n = masked.sum().clamp(min=1)
-        acc = ((logits.argmax(-1) == targets) & masked).sum() / n
-    return loss, {"masked_acc": float(acc), "masked_frac": float(masked.float().mean())}, logits
-
-
-def arm_loss(logits_fn: Any, seq: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """Next-token cross-entropy on the answer part of the sequence (given part teacher-forced, not scored)."""
-    logits = logits_fn(seq[:, :-1]).float()  # (B, L-1, V)
-    tgt = seq[:, 1:]
-    m = loss_mask[:, 1:]
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none").view_as(tgt)
-    loss = (ce * m).sum() / m.sum().clamp(min=1)
-    with torch.no_grad():
-        acc = ((logits.argmax(-1) == tgt) & m).sum() / m.sum().clamp(min=1)
-    return loss, {"masked_acc": float(acc), "masked_frac": float(m.float().mean())}
-
-
 def lr_at(step: int, o: TrainOptions) -> float:
     """Linear warmup then cosine decay to ``min_lr_ratio * lr``."""
     if o.warmup_steps and step < o.warmup_steps:
@@ -255,7 +221,7 @@ def _differences(have: dict[str, Any], want: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {have.get(k, '-')!r} vs {want.get(k, '-')!r}" for k in keys if have.get(k) != want.get(k))
 
 
-POOL_FILE = "masking.safetensors"  # a checkpoint's progressive-masking pool (unmask.core.masking)
+POOL_FILE = "masking.safetensors"  # a checkpoint's objective state (the progressive-masking pool of an MDM)
 EMA_FILE = "ema.safetensors"  # a checkpoint's moving average of the weights (train.ema)
 
 
@@ -284,19 +250,10 @@ class Trainer:
         self.distributed = init_distributed(self.device)
         self.bf16 = use_bf16(self.o.bf16, self.device)
         self.out = resolved.out
-        causal = self.o.objective == "arm"
         torch.manual_seed(self.o.seed)
-        self.arm: ArmLayout | None
-        spec_task: SpecSource
-        if self.o.objective == "arm":
-            from unmask.core.arm import ArmLayout
-
-            self.arm = ArmLayout.for_task(self.task, self.o.order)
-            spec_task = self.arm.spec_task()
-        else:
-            self.arm = None
-            spec_task = self.task
-        self.model, self.backbone = build_model(spec_task, resolved.raw["backbone"], causal=causal)
+        self.objective = resolved.objective
+        self.model, self.backbone = build_model(self.objective.model_task(), resolved.raw["backbone"],
+                                                causal=self.objective.causal)
         self.model.to(self.device)
         self.config = resolved.to_dict(self.backbone)
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
@@ -312,13 +269,6 @@ class Trainer:
         self.np_rng = np.random.default_rng([self.o.seed, self.rank])
         self.ema: dict[str, torch.Tensor] | None = None  # parameter name -> averaged value (train.ema)
         self.ema_steps = 0
-        self.pool: ProgressivePool | None = None
-        if self.o.masking == "progressive":
-            n_pool = self.o.batch_size - round(self.o.progressive.random_fraction * self.o.batch_size)
-            if n_pool < 1:
-                raise ConfigError(f"train.progressive.random_fraction = {self.o.progressive.random_fraction} leaves "
-                                  f"no pool slot in a batch of {self.o.batch_size}; lower it")
-            self.pool = ProgressivePool(self.o.progressive, n_pool, self.task.seq_len)
         if resume:
             self._resume()
         else:
@@ -380,14 +330,14 @@ class Trainer:
             if set(self.ema) != names:
                 raise CheckpointError(f"--resume: '{ema_file}' does not hold this model's parameters; the "
                                       "checkpoint is corrupt or mixed up")
-        pool_file = latest / POOL_FILE
-        if self.pool is not None and pool_file.is_file():  # else (e.g. a random-masking run resumed as progressive)
-            try:                                             # the pool starts afresh
-                self.pool.load_state_dict(ckpt.load_tensors(pool_file))
+        state_file = latest / POOL_FILE
+        if state_file.is_file():  # else (e.g. a random-masking run resumed as progressive) its state starts afresh
+            try:
+                self.objective.load_state_tensors(ckpt.load_tensors(state_file))
             except (KeyError, ValueError) as exc:
-                raise CheckpointError(f"--resume: the progressive-masking pool in '{pool_file}' does not fit this "
-                                      f"config ({exc}); resume with the batch size and random_fraction the run "
-                                      "was started with") from None
+                raise CheckpointError(f"--resume: the {self.o.objective} objective's state in '{state_file}' does "
+                                      f"not fit this config ({exc}); resume with the batch size and options the run "
+                                      "was started with (e.g. train.progressive.random_fraction)") from None
         self.resumed_from = latest
         self._log({"event": "resume", "step": self.step, "checkpoint": latest.name})
 
@@ -397,7 +347,7 @@ class Trainer:
             cfg = ckpt.read_config(src)
         except CheckpointError as exc:
             raise CheckpointError(f"train.init_from: {exc}") from None
-        objective = objective_of(cfg)
+        objective = objective_name(cfg)
         if objective != self.o.objective:
             raise CheckpointError(f"train.init_from: '{src}' was trained with objective '{objective}', this run uses "
                                   f"'{self.o.objective}'; warm-start from a model of the same objective")
@@ -405,12 +355,18 @@ class Trainer:
             src_backbone = resolved_backbone(cfg["backbone"], f"backbone of '{src}'")
         except ConfigError as exc:
             raise CheckpointError(f"train.init_from: {exc}") from None
-        if src_backbone != self.config["backbone"]:
-            diff = _differences(src_backbone, self.config["backbone"])
-            raise CheckpointError(f"train.init_from: the backbone of '{src}' differs from the config ({diff}); "
-                                  "warm-start from a model with the same backbone")
         check_task_matches(self.task, cfg, str(src))  # same task and token layout (other options may differ)
-        self.model.load_state_dict(ckpt.load_tensors(src / ckpt.MODEL_FILE))
+        state = ckpt.load_tensors(src / ckpt.MODEL_FILE)
+        have = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        if src_backbone != self.config["backbone"]:
+            # options that change no parameter (dropout, repeats of a weight-shared stack) may differ; the weights
+            # must still fit one for one
+            diff = _differences(src_backbone, self.config["backbone"])
+            if {k: tuple(v.shape) for k, v in state.items()} != have:
+                raise CheckpointError(f"train.init_from: the backbone of '{src}' differs from the config ({diff}) "
+                                      "in its parameters; warm-start from a model whose weights fit this backbone")
+            self._log({"event": "init_from_backbone_differs", "differences": diff})
+        self.model.load_state_dict(state)
         self.samples = int(cfg.get("samples", 0))
         self.train_seconds = float(cfg.get("train_seconds", 0.0))
         self.config["init_from"] = {"path": str(src), "step": cfg.get("step"), "samples": self.samples}
@@ -435,8 +391,9 @@ class Trainer:
 
     def _extra_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         extra = {}
-        if self.pool is not None:
-            extra[POOL_FILE] = self.pool.state_dict()
+        state = self.objective.state_tensors()
+        if state:
+            extra[POOL_FILE] = state
         if self.ema is not None:
             extra[EMA_FILE] = self.ema
         return extra
@@ -468,43 +425,19 @@ class Trainer:
         return self.task.generate("train", self.o.data_size, self.o.seed, progress=self.progress and self.rank == 0)
 
     def _batch(self, data: Dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` (default: the batch size) random training examples, augmented: (targets, given) for an MDM,
-        (sequence, loss mask) for an ARM."""
+        """``n`` (default: the batch size) random training examples, augmented, in the objective's layout (an MDM:
+        targets and given; an ARM: sequence and loss mask) on the training device."""
         idx = self.np_rng.integers(0, len(data), size=self.o.batch_size if n is None else n)
         b = data.take(idx)
         if self.o.augment:
             b = self.task.augment(b, self.np_rng)
         assert b.targets is not None, "training needs targets"
-        if self.arm is not None:
-            seq, loss_mask = self.arm.encode(b)
-            return torch.from_numpy(seq).to(self.device), torch.from_numpy(loss_mask).to(self.device)
-        return torch.from_numpy(b.targets).to(self.device), torch.from_numpy(b.given).to(self.device)
-
-    def _progressive_loss(self, data: Dataset) -> tuple[torch.Tensor, dict[str, float]]:
-        """The MDM loss on a batch of pool slots (plus the random-masking fraction), then every slot moves one stage
-        on using the same forward pass's logits (unmask.core.masking)."""
-        pool, o = self.pool, self.o
-        assert pool is not None
-        empty = pool.empty()
-        if empty.numel():
-            t, g = self._batch(data, empty.numel())
-            pool.refill(empty, t.cpu(), g.cpu(), self.gen)
-        _, masked, p = pool.inputs(self.task.mask_id)
-        targets = pool.x0
-        n_rand = o.batch_size - pool.size
-        if n_rand:
-            t, g = (x.cpu() for x in self._batch(data, n_rand))
-            m_r, p_r = random_mask(t, g, o.eps, self.gen, o.low_discrepancy)
-            targets, masked, p = torch.cat([t, targets]), torch.cat([m_r, masked]), torch.cat([p_r, p])
-        loss, info, logits = masked_loss(self.fwd, targets.to(self.device), masked.to(self.device),
-                                         p.to(self.device), self.task.mask_id)
-        pool.advance(logits[n_rand:].detach(), self.gen)
-        return loss, info
+        a, c = self.objective.batch(b)
+        return torch.from_numpy(np.asarray(a)).to(self.device), torch.from_numpy(np.asarray(c)).to(self.device)
 
     # -- validation -----------------------------------------------------------------------------------------------
     def validate(self, val: Dataset) -> dict[str, float]:
-        from unmask.core.evaluate import evaluate
-        from unmask.core.strategy import build_strategy
+        from unmask.core.evaluate import evaluate_with
 
         out = {}
         self.model.eval()
@@ -514,18 +447,10 @@ class Trainer:
             self.model.load_state_dict(self._averaged_state())
         try:
             engine = self.engine()
-            for section in self.o.val_strategies:
-                if self.arm is not None:
-                    name = "arm"
-                    res = self.arm.evaluate(engine, val)
-                else:
-                    strat = build_strategy(section, "train.val_strategies", steps=self.o.val_steps)
-                    name = strat.name
-                    res = evaluate(engine, self.task, val, strat, batch_size=256, seed=0, device=self.device)
-                out[f"val_{name}"] = res.solved
-                out[f"val_{name}_cells"] = res.cell_accuracy
-                if self.arm is not None:
-                    break
+            for decoder in val_decoders(self.objective, self.o):
+                res = evaluate_with(engine, self.task, val, decoder, batch_size=256, seed=0, device=self.device)
+                out[f"val_{res.strategy}"] = res.solved
+                out[f"val_{res.strategy}_cells"] = res.cell_accuracy
         finally:
             if raw is not None:
                 self.model.load_state_dict(raw)
@@ -533,7 +458,7 @@ class Trainer:
         return out
 
     def engine(self) -> Any:
-        from unmask.plugins.runtimes.torch import TorchEngine
+        from unmask.core.engine import TorchEngine
 
         return TorchEngine(self.model, self.config, device=str(self.device), bf16=self.bf16)
 
@@ -562,13 +487,8 @@ class Trainer:
             for g in self.opt.param_groups:
                 g["lr"] = lr
             with autocast_context(self.device, self.bf16):
-                if self.arm is not None:
-                    loss, info = arm_loss(self.fwd, *self._batch(data))
-                elif self.pool is not None and self.step >= o.progressive.warmup_steps:
-                    loss, info = self._progressive_loss(data)
-                else:
-                    a, b = self._batch(data)
-                    loss, info = mdm_loss(self.fwd, a, b, self.task.mask_id, o.eps, self.gen, o.low_discrepancy)
+                loss, info = self.objective.loss(self.fwd, lambda n: self._batch(data, n), o.batch_size, self.gen,
+                                                 self.step)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"training diverged at step {self.step} (loss={float(loss)}); lower train.lr")
             self.opt.zero_grad(set_to_none=True)

@@ -18,6 +18,9 @@ import sys
 from unmask.core.errors import ConfigError
 from unmask.export.metadata import PRECISIONS, QUANTIZATIONS
 
+HELP = "export a model to ONNX or a TensorRT plan"
+"""``unmask export``: this module is the ``export`` entry of the ``unmask_commands`` group (pyproject.toml)."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The export options, added to ``parser`` (a subcommand parser of ``unmask`` or a standalone one)."""

@@ -18,6 +18,9 @@ from unmask.core.task import ModelSpec
 class TransformerOptions(Section):
     d_model: Annotated[int, msgspec.Meta(ge=8, le=16384)] = 256
     n_layers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 6
+    repeats: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """Apply the stack of ``n_layers`` blocks this many times with the same weights: depth (rounds of constraint
+    propagation per forward pass) without parameters; a step costs ``repeats`` times as much."""
     n_heads: Annotated[int, msgspec.Meta(ge=1, le=256)] = 8
     mlp_ratio: Annotated[float, msgspec.Meta(gt=0.0)] = 4.0
     dropout: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0
@@ -315,6 +318,7 @@ class Transformer(nn.Module):
             n_rel = self.n_static_relations + self.n_token_relations
         self.drop = nn.Dropout(o.dropout)
         self.blocks = nn.ModuleList(Block(o, causal, n_rel) for _ in range(o.n_layers))
+        self.repeats = o.repeats
         self.norm = _norm(o.norm, d)
         self.head = nn.Linear(d, spec.vocab_size, bias=False)
         self.apply(self._init)
@@ -369,20 +373,25 @@ class Transformer(nn.Module):
         x = self.drop(x)
         rope = (self.rope_cos[:L], self.rope_sin[:L]) if self.rope else None
         rel = self._relations(0, L, L, tokens)
-        for blk in self.blocks:
+        for blk in self._stack():
             x = blk(x, rope, rel)
         return self.head(self.norm(x))  # (B, L, V)
+
+    def _stack(self) -> list[nn.Module]:
+        """The blocks in the order a forward pass applies them (``repeats`` times the shared stack)."""
+        return list(self.blocks) * self.repeats
 
     # -- incremental decoding (causal models) ----------------------------------------------------------------------
     def new_cache(self, batch: int, *, device: torch.device | str | None = None,
                   dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Empty key/value buffers for :meth:`forward_cached`: per layer two (batch, heads, seq_len, head_dim)."""
+        """Empty key/value buffers for :meth:`forward_cached`: per applied layer (``n_layers * repeats``) two
+        (batch, heads, seq_len, head_dim)."""
         if not self.causal:
             raise ValueError("a key/value cache needs a causal model (bidirectional attention sees future positions)")
         dev = device if device is not None else self.tok.weight.device
         shape = (batch, self.n_heads, self.spec.seq_len, self.tok.embedding_dim // self.n_heads)
         return [(torch.zeros(shape, device=dev, dtype=dtype), torch.zeros(shape, device=dev, dtype=dtype))
-                for _ in self.blocks]
+                for _ in self._stack()]
 
     def forward_cached(self, tokens: torch.Tensor, start: int,
                        cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -398,7 +407,7 @@ class Transformer(nn.Module):
             x = x + pe[start:end]
         rope = (self.rope_cos[start:end], self.rope_sin[start:end]) if self.rope else None
         rel = self._relations(start, end, end)
-        for blk, (kc, vc) in zip(self.blocks, cache, strict=True):  # new_cache: one (keys, values) per block
+        for blk, (kc, vc) in zip(self._stack(), cache, strict=True):  # new_cache: one (keys, values) per block
             x = cast(Block, blk).forward_cached(x, rope, kc, vc, start, rel)
         return self.head(self.norm(x))
 

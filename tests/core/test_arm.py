@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from unmask.core.arm import ArmLayout, eval_strategies
 from unmask.core.engine import FunctionEngine
 from unmask.core.errors import InputError
 from unmask.core.task import Dataset, build_task
+from unmask.plugins.objectives.arm import ArmLayout
 
 ROOT = Path(__file__).parents[2]
 
@@ -208,8 +208,8 @@ def test_kv_cache_is_refused_for_a_bidirectional_model(sudoku):
 def test_prefix_only_and_kv_cache_decoding_match_full_length(sudoku):
     """Feeding a causal model only the live prefix, or one token at a time through its key/value cache, gives the
     same greedy decoding as the full-length sequence."""
+    from unmask.core.engine import TorchEngine
     from unmask.core.models import build_model
-    from unmask.plugins.runtimes.torch import TorchEngine
 
     task, data = sudoku
     lay = ArmLayout.for_task(task, "solver")
@@ -226,20 +226,31 @@ def test_prefix_only_and_kv_cache_decoding_match_full_length(sudoku):
         assert all((u == v).all() for u, v in zip(a, x))
 
 
-def test_eval_strategies_checks_the_model_kind(sudoku):
+def test_decoders_dispatch_through_the_objective_registry(sudoku):
+    """``unmask.core.objective.decoders``: an MDM gets decode-loop strategies and refuses the ARM's decoder; an ARM
+    gets its greedy evaluator (with the recorded train.order) and refuses strategies and options."""
+    from unmask.core.objective import decoders
+    from unmask.core.registry import objectives
+    from unmask.core.strategy import Strategy
+
+    assert {"mdm", "arm"} <= set(objectives.names())
     task, _ = sudoku
     mdm = FunctionEngine(lambda t: t, 10, 81, config={"train": {"objective": "mdm"}})
-    assert eval_strategies(mdm, task, "vanilla,margin") is None
-    with pytest.raises(InputError, match="autoregressive"):
-        eval_strategies(mdm, task, "margin,arm")
+    got = decoders(mdm, task, ["vanilla", {"name": "margin", "noise": "gumbel", "noise_scale": 0.5}], steps=7)
+    assert all(isinstance(d, Strategy) for d in got)
+    assert [d.name for d in got] == ["vanilla", "margin"] and got[1].options.steps == 7
+    with pytest.raises(InputError, match="train.objective = 'arm'.*trained with 'mdm'"):
+        decoders(mdm, task, ["margin", "arm"])
     arm = FunctionEngine(lambda t: t, 29, 244, config={"train": {"objective": "arm", "order": "row_major"}})
-    (lay,) = eval_strategies(arm, task, "arm")
-    assert lay.order == "row_major"
-    with pytest.raises(InputError, match="--strategies arm"):
-        eval_strategies(arm, task, "arm,margin")
+    (lay,) = decoders(arm, task, ["arm"])
+    assert isinstance(lay, ArmLayout) and lay.order == "row_major"
+    with pytest.raises(InputError, match="autoregressive.*'arm' only, not margin"):
+        decoders(arm, task, ["arm", "margin"])
+    with pytest.raises(InputError, match="takes no options"):
+        decoders(arm, task, [{"name": "arm", "noise": "gumbel"}])
 
 
-def test_train_arm_then_eval_cli(tmp_path):
+def test_train_arm_then_eval_cli(tmp_path, capsys):
     """``unmask train`` with train.objective = "arm" (a few steps), the checkpoint loads as a causal model, and
     ``unmask eval --strategies arm`` decodes with it; MDM strategies on it are a one-line error."""
     from unmask.core.cli import main
@@ -265,3 +276,12 @@ def test_train_arm_then_eval_cli(tmp_path):
     data = task.generate("test", 3, 1)
     assert r["nfe_mean"] == pytest.approx(3 * (~data.given).sum(axis=1).mean())
     assert main(["eval", "--model", str(final), "--generate", "2", "--strategies", "margin"]) == 2
+    # unmask solve dispatches through the objective too: the ARM decodes one puzzle greedily, every blank written
+    # once (3 passes per blank); unmask serve, which steps the decode loop, refuses it in one line
+    puzzle = "".join(str(d) for d in np.where(data.given[0], data.inputs[0] + 1, 0))
+    capsys.readouterr()
+    rc = main(["solve", "--model", str(final), "--strategy", "arm", puzzle])
+    printed = capsys.readouterr().out
+    assert rc in (0, 1) and f"{3 * int((~data.given[0]).sum())} forward passes; strategy arm" in printed
+    assert main(["serve", "--model", str(final), "--strategy", "arm"]) == 2
+    assert "steps the decode loop's strategies; 'arm'" in capsys.readouterr().err

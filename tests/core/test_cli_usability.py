@@ -57,7 +57,15 @@ def test_eval_per_strategy_options_and_per_example_json(capsys, tmp_path):
 
 
 def test_options_without_effect_are_warned(capsys):
-    from unmask.core.cli import _strategies
+    from unmask.core.cli import _decoders
+    from unmask.core.engine import FunctionEngine
+    from unmask.core.task import build_task
+
+    task = build_task({"name": "sudoku", "cache_dir": ""})
+    engine = FunctionEngine(lambda t: t, 10, 81, config={"train": {"objective": "mdm"}})
+
+    def _strategies(names, steps, opts):
+        return _decoders(engine, task, names, steps, opts)
 
     with pytest.warns(UserWarning) as rec:
         _strategies("margin,vanilla", None, ["noise=gumbel", "temperature=2"])

@@ -41,7 +41,7 @@ assert main(["eval", "--model", model, "--generate", "10", "--seed", "3", "--bat
 
 from unmask.core.models import load_model
 from unmask.core.strategy import build_strategy
-from unmask.plugins.runtimes.torch import TorchEngine
+from unmask.core.engine import TorchEngine
 task, module, cfg = load_model(model)
 data = task.generate("test", 10, 3)
 r = distributed.sharded_evaluate(TorchEngine(module, cfg), task, data, build_strategy("margin"), batch_size=4, seed=3)
@@ -101,7 +101,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
     # evaluation: the gathered predictions equal one process's, batch for batch
     from unmask.core.evaluate import evaluate
     from unmask.core.strategy import build_strategy
-    from unmask.plugins.runtimes.torch import TorchEngine
+    from unmask.core.engine import TorchEngine
 
     data = task.generate("test", 10, 3)
     threads = torch.get_num_threads()

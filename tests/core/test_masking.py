@@ -106,7 +106,7 @@ def test_one_forward_pass_per_step(tmp_path):
     t.model.register_forward_hook(lambda *a: calls.append(1))
     t.run()
     assert len(calls) == 6
-    assert t.pool is not None and t.pool.size == 9  # 12 - round(0.25 * 12) slots; 3 rows random each step
+    assert t.objective.pool is not None and t.objective.pool.size == 9  # 12 - round(0.25 * 12) slots; 3 rows random each step
 
 
 def test_pool_after_resume_equals_uninterrupted(tmp_path):
@@ -118,8 +118,8 @@ def test_pool_after_resume_equals_uninterrupted(tmp_path):
     assert (tmp_path / "b" / "checkpoints" / ckpt.checkpoint_name(8) / POOL_FILE).is_file()
     resumed = _trainer(_raw(tmp_path / "b", cache, 12, collapse=0.5), resume=True)
     resumed.run()
-    for key, value in full.pool.state_dict().items():
-        assert torch.equal(value, resumed.pool.state_dict()[key]), key
+    for key, value in full.objective.pool.state_dict().items():
+        assert torch.equal(value, resumed.objective.pool.state_dict()[key]), key
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
 

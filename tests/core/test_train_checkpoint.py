@@ -284,3 +284,19 @@ def test_compiled_training_step_matches_eager(tmp_path):
                  progress=False)
     a, b = ckpt.load_tensors(eager / ckpt.MODEL_FILE), ckpt.load_tensors(comp / ckpt.MODEL_FILE)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def test_init_from_accepts_a_backbone_that_differs_only_in_options_without_parameters(tmp_path):
+    """Warm-starting a weight-shared model (backbone.repeats = 2) from an R = 1 one loads its weights one for one;
+    an option that changes the parameters (n_layers) stays an error naming the difference."""
+    from unmask.core.train import train
+
+    src = train(CONFIG, tiny(tmp_path / "a", tmp_path / "cache", steps=2), progress=False)
+    out = train(CONFIG, tiny(tmp_path / "b", tmp_path / "cache", steps=1, **{
+        "train.init_from": f'"{src}"', "backbone.repeats": "2", "train.lr": "1e-12"}), progress=False)
+    assert ckpt.read_config(out)["backbone"]["repeats"] == 2
+    a, b = ckpt.load_tensors(src / ckpt.MODEL_FILE), ckpt.load_tensors(out / ckpt.MODEL_FILE)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-8) for k in a)
+    with pytest.raises(CheckpointError, match=r"differs from the config \(n_layers: \d+ vs 3\) in its parameters"):
+        train(CONFIG, tiny(tmp_path / "c", tmp_path / "cache", steps=1, **{
+            "train.init_from": f'"{src}"', "backbone.n_layers": "3"}), progress=False)

@@ -278,3 +278,38 @@ def test_bf16_autocast_forward_close_to_fp32():
         low = model(x).float()
     assert (low - ref).abs().max() < 0.1 * ref.abs().max()
     assert (low.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
+
+
+# -- weight-shared repeats -------------------------------------------------------------------------------------------
+def test_repeats_apply_the_same_blocks_again_without_new_parameters(task):
+    """backbone.repeats = R: the parameters of the R = 1 model, and logits equal to running its blocks R times."""
+    torch.manual_seed(0)
+    opts = {"name": "transformer", "d_model": 32, "n_layers": 2, "n_heads": 4}
+    one, _ = build_model(task, opts)
+    three, section = build_model(task, {**opts, "repeats": 3})
+    assert section["repeats"] == 3
+    assert {k: v.shape for k, v in one.state_dict().items()} == {k: v.shape for k, v in three.state_dict().items()}
+    three.load_state_dict(one.state_dict())
+    x = torch.randint(0, 10, (2, 81))
+    with torch.no_grad():
+        h = one.tok(x) + one.positional()
+        for _ in range(3):
+            for blk in one.blocks:
+                h = blk(h, None, None)
+        want = one.head(one.norm(h))
+        assert torch.allclose(three(x), want, atol=1e-5)
+        assert not torch.allclose(one(x), want, atol=1e-3)  # the repeats change the function
+
+
+def test_repeats_keep_the_kv_cache_exact(task):
+    """A causal weight-shared model caches keys/values per applied layer: chunked decoding equals a full pass."""
+    torch.manual_seed(1)
+    m, _ = build_model(task, {"name": "transformer", "d_model": 32, "n_layers": 2, "n_heads": 4, "repeats": 2},
+                       causal=True)
+    m.eval()
+    x = torch.randint(0, 10, (2, 81))
+    cache = m.new_cache(2)
+    assert len(cache) == 4
+    with torch.no_grad():
+        parts = [m.forward_cached(x[:, a:b], a, cache) for a, b in ((0, 30), (30, 31), (31, 81))]
+        assert torch.allclose(torch.cat(parts, 1), m(x), atol=1e-5)

@@ -12,7 +12,7 @@ Kim et al. 2025 (Table 2, Table 3, Sec. 5) compare their MDMs with causal transf
   task's solver placed them, -1 padded; answer positions missing from it follow row-major) or ``"row_major"``.
   Length ``1 + 3 L`` (Sudoku: 1 + 243; the BOS gives the first triple something to be predicted from);
 * its own vocabulary: the task's token ids ``0..V-1`` as values, then ``R`` row tokens, ``C`` column tokens, BOS;
-* training (:func:`unmask.core.train.arm_loss`) scores only the answer triples, position tokens included: the model
+* training (:func:`arm_loss`) scores only the answer triples, position tokens included: the model
   learns *where* to write next as well as what (with ordering, the solver's order);
 * decoding (:meth:`ArmLayout.evaluate`) is greedy with the givens teacher-forced and batched: with a key/value
   cache when the engine has one (``torch`` runtime: one token per row and step), else every step recomputes the
@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from unmask.core.errors import ConfigError, InputError, PluginError
+from unmask.core.registry import objectives
 from unmask.core.task import Dataset, ModelSpec, Task
 
 Order = Literal["solver", "row_major"]
@@ -334,25 +337,60 @@ class _DecodeState:
                 self.order[a, cell] = self.nfe[a]
 
 
-def is_arm(config: dict[str, Any]) -> bool:
-    """Whether a resolved model config is an autoregressive baseline (``train.objective = "arm"``)."""
-    return str(config.get("train", {}).get("objective", "mdm")) == "arm"
+def arm_loss(logits_fn: Any, seq: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token cross-entropy on the answer part of the sequence (given part teacher-forced, not scored)."""
+    logits = logits_fn(seq[:, :-1]).float()  # (B, L-1, V)
+    tgt = seq[:, 1:]
+    m = loss_mask[:, 1:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none").view_as(tgt)
+    loss = (ce * m).sum() / m.sum().clamp(min=1)
+    with torch.no_grad():
+        acc = ((logits.argmax(-1) == tgt) & m).sum() / m.sum().clamp(min=1)
+    return loss, {"masked_acc": float(acc), "masked_frac": float(m.float().mean())}
 
 
-def eval_strategies(engine: Any, task: Task, names: str) -> list[ArmLayout] | None:
-    """For ``unmask eval``: the ARM evaluator when the model is an ARM (``--strategies arm``), None for an MDM.
+@objectives.register("arm")
+class ArmObjective:
+    """Autoregressive baseline: next-token loss on (row, column, value) triples; decodes greedily (``arm``)."""
 
-    Asking an MDM for ``arm`` or an ARM for an MDM strategy is an :class:`InputError`.
-    """
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
-    arm_model = is_arm(getattr(engine, "config", {}) or {})
-    if not arm_model:
-        if "arm" in wanted:
-            raise InputError("--strategies arm needs an autoregressive model (trained with train.objective = 'arm'); "
-                             "this model is an MDM: use vanilla, top_prob, margin, ...")
-        return None
-    other = [n for n in wanted if n != "arm"]
-    if other:
-        raise InputError(f"this model is autoregressive (train.objective = 'arm'); it decodes with --strategies arm "
-                         f"only, not {', '.join(other)}")
-    return [ArmLayout.for_config(task, engine.config)]
+    name = "arm"
+    causal = True
+
+    def __init__(self, task: Task, train: Mapping[str, Any]) -> None:
+        masking = str(train.get("masking", "random"))
+        if masking != "random":
+            raise ConfigError(f"train.masking = '{masking}' is a masking process of the MDM objective, not of 'arm'; "
+                              "set train.masking = 'random' or train.objective = 'mdm'")
+        self.layout = ArmLayout.for_task(task, str(train.get("order", "solver")))
+
+    def model_task(self) -> ArmSpecTask:
+        return self.layout.spec_task()
+
+    def batch(self, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+        return self.layout.encode(data)
+
+    def loss(self, logits_fn: Any, draw: Any, batch_size: int, generator: torch.Generator,
+             step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return arm_loss(logits_fn, *draw(batch_size))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def default_decoders(self) -> list[str | dict[str, Any]]:
+        return ["arm"]
+
+    def decoders(self, sections: list[dict[str, Any]], *, steps: int | None = None,
+                 where: str = "--strategies") -> list[ArmLayout]:
+        """Greedy decoding, the only decoder of an ARM (``--strategies arm``; it takes no options)."""
+        other = [str(s.get("name")) for s in sections if s.get("name") != "arm"]
+        if other:
+            raise InputError(f"{where}: this model is autoregressive (train.objective = 'arm'); it decodes with "
+                             f"'arm' only, not {', '.join(other)}")
+        for s in sections:
+            extra = sorted(set(s) - {"name", "steps"})
+            if extra:
+                raise InputError(f"{where}: decoder 'arm' takes no options (got {', '.join(extra)})")
+        return [self.layout] * min(1, len(sections))
