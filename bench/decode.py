@@ -6,7 +6,7 @@
 (a) The *reference loop*: a fixed 50 steps, one K for the whole batch (from the row with most masks), every row
 runs until the batch is done, fp32 PyTorch eager, margin scores, static batches. (b) unmask's loop with each
 strategy, scheduler (``static``: per-row finish inside fixed batches; ``continuous``: the slot table of
-``unmask.core.schedule``) and runtime (torch fp32, torch bf16, onnxruntime when it can open the model).
+``unmask.core.decoding.schedule``) and runtime (torch fp32, torch bf16, onnxruntime when it can open the model).
 
 Per configuration it prints % solved, mean NFE, puzzles/s, host overhead (share of wall time spent outside engine
 calls: the engine is wrapped to time its calls) and the speed-up in puzzles/s over (a). A second data set mixes
@@ -164,7 +164,7 @@ def engine_profile(eng: TimedEngine, task: Any, sizes: list[int], repeats: int) 
 
 # -- engines --------------------------------------------------------------------------------------------------------
 def open_engines(model: str, want: list[str], say: Any, threads: int = 0) -> dict[str, Any]:
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
 
     engines: dict[str, Any] = {}
     for name in want:

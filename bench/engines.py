@@ -64,7 +64,7 @@ def export_in_subprocess(model: str, out: Path, quantize: str | None) -> dict[st
 
 def open_engines(model: str, which: list[str], threads: int, onnx: str | None, onnx_int8: str | None,
                  work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
 
     engines: dict[str, Any] = {}
     exports: dict[str, Any] = {}

@@ -22,7 +22,7 @@ from unmask.core.evaluate import evaluate
 from unmask.core.models import load_model
 from unmask.core.report import cpu_model, curves_table, read_metrics, training_curves
 from unmask.core.strategy import build_strategy
-from unmask.core.train import train
+from unmask.core.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "sudoku-default.toml"

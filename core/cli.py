@@ -103,15 +103,15 @@ def _train_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from unmask.core.distributed import is_main
-    from unmask.core.train import resolve_config, train
+    from unmask.core.training.trainer import resolve_config, train
 
     args.config, args.set = _train_overrides(args)
     if is_main():
         print(f"run directory: {resolve_config(args.config, args.set).out.absolute()}")
 
     if args.resume and is_main():
-        from unmask.core.checkpoint import latest_checkpoint
-        from unmask.core.train import resolve_config
+        from unmask.core.training.checkpoint import latest_checkpoint
+        from unmask.core.training.trainer import resolve_config
 
         latest = latest_checkpoint(resolve_config(args.config, args.set).out)
         if latest is not None:
@@ -136,7 +136,7 @@ def _labelled_runs(specs: list[str]) -> dict[str, str]:
             if p.name == "metrics.jsonl" and p.parent.name == "model":
                 label = p.parent.parent.name
         if not label or not path:
-            raise InputError(f"run {spec!r}: give PATH or LABEL=PATH, e.g. relation=runs/sudoku-rel")
+            raise InputError(f"run {spec!r}: give PATH or LABEL=PATH, e.g. relation=runs/with-relations")
         if label in runs:
             raise InputError(f"two runs are labelled {label!r}; name them with LABEL=PATH")
         runs[label] = path
@@ -160,8 +160,8 @@ def cmd_curves(args: argparse.Namespace) -> int:
 
 # -- eval -----------------------------------------------------------------------------------------------------------
 def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    from unmask.core.decoding.runtime import open_engine, runtime_for_path
     from unmask.core.registry import runtimes
-    from unmask.core.runtime import open_engine, runtime_for_path
     from unmask.core.task import build_task
 
     if not args.model:  # the packaged default model
@@ -451,8 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("train", help="train a model from a TOML config")
-    s.add_argument("--config", required=True, help="TOML file, or the name of a packaged config (e.g. "
-                   "sudoku-default; its run and cache then go under $UNMASK_HOME or ~/.cache/unmask)")
+    s.add_argument("--config", required=True, help="TOML file, or the name of a packaged config (a file "
+                   "of the installed configs/ without .toml; its run and cache then go under $UNMASK_HOME or "
+                   "~/.cache/unmask)")
     s.add_argument("--out", metavar="DIR", help="run directory (overrides the config's out)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
     s.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
@@ -470,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(s: argparse.ArgumentParser) -> None:
         s.add_argument("--model", help="model directory, run directory, .onnx or .plan (default: the packaged "
-                       "default model, sudoku-default)")
+                       "default model that models/DEFAULT names)")
         s.add_argument("--runtime", help="torch, onnxruntime, tensorrt, ... (default: from the model path)")
         s.add_argument("--device", help="cpu, cuda (or tensorrt for onnxruntime)")
         s.add_argument("--bf16", action="store_true", help="bf16 autocast (torch runtime)")

@@ -1,6 +1,7 @@
 """Several processes (``torchrun --nproc_per_node K``, one or many machines): sharded evaluation gathered on rank 0.
 
-Training under torchrun is DDP (:mod:`unmask.core.train`: one process per device, gloo on CPU, NCCL on CUDA; every
+Training under torchrun is DDP (:mod:`unmask.core.training.trainer`: one process per device, gloo on CPU, NCCL on
+CUDA; every
 rank draws its own batches, rank 0 writes the checkpoints and the final model). Evaluation under torchrun splits the
 dataset into one contiguous shard per rank; each rank decodes its shard and rank 0 gathers the predictions and NFE,
 scores the whole dataset with the task and prints / writes the report; the other ranks print nothing.
@@ -47,7 +48,7 @@ def setup(device: str | None = None) -> bool:
         return True
     cuda = bool(device) and str(device).startswith("cuda")
     if cuda:
-        from unmask.core.runtime import require_cuda
+        from unmask.core.decoding.runtime import require_cuda
 
         require_cuda(f"--device {device}")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unmask.core.decode import decode
+from unmask.core.decoding.loop import decode
 from unmask.core.strategy import Strategy
 from unmask.core.task import Dataset, Task
 
@@ -84,7 +84,7 @@ def evaluate(
     t0 = time.perf_counter()
     name = strategy.name or type(strategy).__name__
     if scheduler == "continuous":
-        from unmask.core.schedule import decode_many
+        from unmask.core.decoding.schedule import decode_many
 
         res = decode_many(
             engine, torch.from_numpy(data.inputs), torch.from_numpy(data.given), strategy,

@@ -42,7 +42,8 @@ line). The structs below document every key.
 A model is reused when a finished one in its run directory (or in a ``reuse`` directory) matches: the same task and
 backbone (the keys its checksum covers), objective and ARM fill order, and at least the planned steps. A run with
 checkpoints but no final model is resumed; otherwise the model is trained. Training and evaluation are
-:func:`unmask.core.train.train` and :func:`unmask.core.distributed.sharded_evaluate` (the code of ``unmask train`` /
+:func:`unmask.core.training.trainer.train` and :func:`unmask.core.distributed.sharded_evaluate` (the code of ``unmask
+train`` /
 ``unmask eval``), so under ``torchrun`` training is DDP, evaluation is sharded and rank 0 writes the results.
 """
 
@@ -556,7 +557,7 @@ def prepare_model(pm: PlannedModel, *, runs_root: Path | None, overrides: list[s
     """Resolve ``pm``'s config with its overrides and run directory (checks the config and that the run directory
     is writable, before any work)."""
     from unmask.core.resources import home
-    from unmask.core.train import resolve_config
+    from unmask.core.training.trainer import resolve_config
 
     raw = load_toml(pm.config)
     sets = list(pm.overrides)
@@ -618,9 +619,9 @@ def _matches(cfg: dict[str, Any], prep: Prepared) -> bool:
 
 def ensure_model(prep: Prepared, *, progress: bool = True, log: Callable[[str], None] = print) -> ModelInfo:
     """The trained model of ``prep``: reused when a matching finished model exists, else trained (or resumed)."""
-    from unmask.core import checkpoint as ckpt
     from unmask.core.distributed import barrier
-    from unmask.core.train import train
+    from unmask.core.training import checkpoint as ckpt
+    from unmask.core.training.trainer import train
 
     pm, keep = prep.plan, list(prep.resolved.train.keep_steps)
     for cand in [*pm.reuse, prep.out / "model"]:
@@ -638,8 +639,8 @@ def ensure_model(prep: Prepared, *, progress: bool = True, log: Callable[[str], 
 
 def _info(pm: PlannedModel, path: Path, cfg: dict[str, Any], reused: bool, command: str,
           keep_steps: list[int]) -> ModelInfo:
-    from unmask.core.checkpoint import MODEL_FILE, load_tensors
     from unmask.core.errors import UnmaskError
+    from unmask.core.training.checkpoint import MODEL_FILE, load_tensors
 
     try:
         params: int | None = int(sum(t.numel() for t in load_tensors(Path(path) / MODEL_FILE).values()))
@@ -660,7 +661,7 @@ def budget_labels(spec: Experiment) -> list[str]:
 def add_budget(plan: Plan, models: dict[str, ModelInfo]) -> None:
     """The checkpoints each model's run kept (``[budget] steps`` or its ``train.keep_steps``) join as models
     ``key@step``, decoded as the rows the budget columns read; missing ones are named in a note."""
-    from unmask.core import checkpoint as ckpt
+    from unmask.core.training import checkpoint as ckpt
 
     budget = plan.spec.budget
     if budget is None:
@@ -715,9 +716,9 @@ def evaluate_rows(plan: Plan, models: dict[str, ModelInfo], *, device: str, batc
                   progress: bool, log: Callable[[str], None]) -> tuple[list[Cell], list[str]]:
     """Decode every row (grouped by model and dataset; one engine and one dataset each); returns the cells (rank 0)
     and the equivalent ``unmask eval`` commands."""
+    from unmask.core.decoding.runtime import open_engine
     from unmask.core.distributed import is_main, sharded_evaluate
     from unmask.core.objective import decoders
-    from unmask.core.runtime import open_engine
     from unmask.core.strategy import Strategy
     from unmask.core.task import build_task
 

@@ -9,11 +9,11 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from unmask.core.checkpoint import MODEL_FILE, load_tensors, read_config, resolve_model_dir
 from unmask.core.config import resolve_plugin
 from unmask.core.errors import CheckpointError, ConfigError
 from unmask.core.registry import backbones
 from unmask.core.task import ModelSpec, Task, build_task
+from unmask.core.training.checkpoint import MODEL_FILE, load_tensors, read_config, resolve_model_dir
 
 
 class SpecSource(Protocol):

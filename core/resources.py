@@ -20,7 +20,7 @@ from pathlib import Path
 
 from unmask.core.errors import CheckpointError, ConfigError
 
-DEFAULT_MODEL = "sudoku-default"
+DEFAULT_FILE = "DEFAULT"  # models/DEFAULT names the packaged model used when --model is not given
 _ROOT = Path(__file__).resolve().parents[1]  # site-packages/unmask (wheel) or the repository (source checkout)
 
 
@@ -47,8 +47,14 @@ def configs_dir() -> Path:
 
 
 def default_model() -> Path:
-    """The model directory ``unmask solve`` / ``eval`` use without ``--model``."""
-    p = models_dir() / DEFAULT_MODEL
+    """The model directory ``unmask solve`` / ``eval`` use without ``--model``: the packaged model that
+    ``models/DEFAULT`` names."""
+    marker = models_dir() / DEFAULT_FILE
+    try:
+        name = marker.read_text().strip()
+    except OSError:
+        raise CheckpointError(f"no default model is installed ('{marker}' is missing); pass --model DIR") from None
+    p = models_dir() / name
     if not (p / "config.json").is_file():
         raise CheckpointError(f"the default model is not installed ('{p}' is missing); pass --model DIR")
     return p
@@ -74,4 +80,4 @@ def find_config(spec: str) -> tuple[Path, bool]:
 
 
 __all__ = ["home", "source_checkout", "default_model", "packaged_configs", "find_config", "models_dir", "configs_dir",
-           "DEFAULT_MODEL"]
+           "DEFAULT_FILE"]

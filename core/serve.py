@@ -2,7 +2,7 @@
 
 Like the CLI, the server is a front end: it parses each request with the model's task (``task.parse``), hands the
 rows to ONE decode worker thread and scores the finished rows with the task (``task.score``); it knows no task by
-name. The worker drives :class:`unmask.core.schedule.SlotTable`, the same table :func:`decode_many` uses:
+name. The worker drives :class:`unmask.core.decoding.schedule.SlotTable`, the same table :func:`decode_many` uses:
 
 * ``continuous`` (default): a request's rows join the table at the next step (as many as there are free slots)
   and each request is answered the moment its last row finishes;
@@ -43,9 +43,9 @@ import msgspec
 import numpy as np
 import torch
 
-from unmask.core.decode import check_strategy, engine_vocab
+from unmask.core.decoding.loop import check_strategy, engine_vocab
+from unmask.core.decoding.schedule import SlotTable
 from unmask.core.errors import InputError, UnmaskError
-from unmask.core.schedule import SlotTable
 from unmask.core.strategy import Strategy
 from unmask.core.task import Dataset, Task
 

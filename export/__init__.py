@@ -11,7 +11,8 @@
 * :mod:`unmask.export.gpu_check` - ``tools/gpu_check.py``: every GPU engine's parity, speed and decoding on one model.
 
 The engines that run these artifacts are the runtime plugins ``onnxruntime`` and ``tensorrt``
-(``unmask.plugins.runtimes``); open them with :func:`unmask.core.runtime.open_engine`. Importing this package is
+(``unmask.plugins.runtimes``); open them with :func:`unmask.core.decoding.runtime.open_engine`. Importing this
+package is
 cheap: onnx, onnxruntime and tensorrt are imported by the functions that need them.
 """
 

@@ -79,7 +79,7 @@ def engine_factories(model: str, work: Path, providers: list[str], skipped: dict
                      trt_version: str | None = None) -> list[EngineFactory]:
     """The engines to check for ``model``, given onnxruntime's ``providers`` and the installed TensorRT
     (``trt_version``); each one that cannot run here is recorded in ``skipped`` with the reason and printed."""
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
 
     out: list[EngineFactory] = [
         ("torch_cuda_fp32", "fp32", lambda: open_engine(model, "torch", device="cuda")),
@@ -229,10 +229,10 @@ def gpu_check(model: str = "models/sudoku-default", out: str = "results/gpu_chec
         print(f"error: {no_gpu_message(prog)}", file=sys.stderr)
         return 2
 
+    from unmask.core.decoding.runtime import open_engine
     from unmask.core.errors import UnmaskError
     from unmask.core.models import load_model
     from unmask.core.registry import strategies as strategy_registry
-    from unmask.core.runtime import open_engine
     from unmask.export.parity import parity_inputs, run_batched
 
     if quick:

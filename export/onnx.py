@@ -208,8 +208,8 @@ def export_onnx(
     """
     import onnx
 
+    from unmask.core.decoding.runtime import open_engine
     from unmask.core.models import load_model
-    from unmask.core.runtime import open_engine
 
     out = Path(out_path)
     _check_args(precision, quantize, batch, opset, out)
@@ -291,8 +291,8 @@ def export_onnx(
 def _accuracy(task: Any, model_path: str | os.PathLike, engine: Any, n: int, say: Callable[[str], Any],
               label: str) -> dict[str, Any]:
     """Solved rate of margin decoding (argmax values, no noise) with torch fp32 and with the exported engine."""
+    from unmask.core.decoding.runtime import open_engine
     from unmask.core.evaluate import evaluate
-    from unmask.core.runtime import open_engine
     from unmask.core.strategy import build_strategy
 
     data = task.generate("test", n, 0)

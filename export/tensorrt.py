@@ -251,7 +251,7 @@ def _flat(info: ArtifactInfo) -> dict[str, str]:
 
 def _plan_parity(plan: Path, info: ArtifactInfo, model_path: Any, onnx_path: Path, rows: int,
                  say: Callable[[str], Any]) -> dict[str, Any]:
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
     from unmask.core.task import build_task
 
     task = build_task(info.config["task"], "model task")

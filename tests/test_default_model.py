@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from unmask.core.evaluate import evaluate
-from unmask.core.runtime import open_engine
+from unmask.core.decoding.runtime import open_engine
 from unmask.core.strategy import build_strategy
 from unmask.core.task import build_task
 

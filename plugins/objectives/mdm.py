@@ -3,7 +3,7 @@
 Kim et al. 2025, Sec. 2 (Sahoo et al. 2024): t ~ U(0, 1), p_mask = (1 - eps) t + eps; every non-given position is
 masked independently with p_mask, and the loss is the cross-entropy on masked positions weighted by 1 / p_mask
 (the continuous-time ELBO weight), averaged over the batch and sequence length. ``train.masking = "progressive"``
-trains instead on the masks confidence-ordered decoding visits (PUMA; :mod:`unmask.core.masking`), with
+trains instead on the masks confidence-ordered decoding visits (PUMA; :mod:`unmask.core.training.masking`), with
 ``train.progressive`` options and its slot pool part of the resumable training state.
 """
 
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 from unmask.core.config import convert
 from unmask.core.errors import ConfigError
-from unmask.core.masking import ProgressiveOptions, ProgressivePool, random_mask
 from unmask.core.objective import foreign_decoder
 from unmask.core.registry import objectives, strategies
 from unmask.core.task import Dataset, Task
+from unmask.core.training.masking import ProgressiveOptions, ProgressivePool, random_mask
 
 DEFAULT_DECODERS: list[str | dict[str, Any]] = ["margin", "vanilla"]
 
@@ -99,7 +99,7 @@ class MdmObjective:
     def _progressive_loss(self, logits_fn: Any, draw: Any, batch_size: int,
                           generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss on a batch of pool slots (plus the random-masking fraction), then every slot moves one stage on
-        using the same forward pass's logits (unmask.core.masking)."""
+        using the same forward pass's logits (unmask.core.training.masking)."""
         pool = self.pool
         assert pool is not None
         empty = pool.empty()

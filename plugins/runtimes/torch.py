@@ -9,10 +9,10 @@ import msgspec
 import torch
 
 from unmask.core.config import Section
+from unmask.core.decoding.runtime import require_cuda
 from unmask.core.engine import TorchEngine
 from unmask.core.models import load_model
 from unmask.core.registry import runtimes
-from unmask.core.runtime import require_cuda
 
 
 class TorchOptions(Section):

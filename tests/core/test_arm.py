@@ -255,7 +255,7 @@ def test_train_arm_then_eval_cli(tmp_path, capsys):
     ``unmask eval --strategies arm`` decodes with it; MDM strategies on it are a one-line error."""
     from unmask.core.cli import main
     from unmask.core.models import load_model
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     sets = [f'out="{tmp_path / "run"}"', "train.steps=3", "train.batch_size=4", "train.data_size=16",
             "train.val_size=2", "train.val_every=3", "train.warmup_steps=1", "train.threads=1",

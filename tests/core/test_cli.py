@@ -30,7 +30,7 @@ def assert_one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     tmp = tmp_path_factory.mktemp("cli")
     sets = [f'out="{tmp / "run"}"', "train.steps=2", "train.batch_size=8", "train.data_size=100", "train.val_size=0",
@@ -121,7 +121,7 @@ def test_example_strategy_installs_and_decodes(model, tmp_path):
     # and it is subject to the same contract as the built-ins
     code = (
         "import torch, sys; sys.path.insert(0, %r); from fakes import context_engine;"
-        "from unmask.core.decode import decode; from unmask.core.strategy import build_strategy;"
+        "from unmask.core.decoding.loop import decode; from unmask.core.strategy import build_strategy;"
         "s = build_strategy({'name': 'log_ratio', 'steps': 4});"
         "r = decode(context_engine(4, 9), torch.full((3, 9), 4), torch.zeros(3, 9, dtype=torch.bool), s, mask_id=4,"
         " generator=torch.Generator().manual_seed(0));"

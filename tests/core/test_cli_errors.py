@@ -151,7 +151,7 @@ def test_data_files_bom_accepted_latin1_named(capsys, tmp_path):
 
 
 def test_failing_third_party_strategy_is_one_line_naming_it():
-    from unmask.core.decode import decode
+    from unmask.core.decoding.loop import decode
     from unmask.core.errors import PluginError
     from unmask.core.strategy import Strategy
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fakes import context_engine
-from unmask.core.decode import decode
+from unmask.core.decoding.loop import decode
 from unmask.core.engine import FunctionEngine
 from unmask.core.errors import ConfigError, DeviceError, PluginError
-from unmask.core.schedule import decode_many
+from unmask.core.decoding.schedule import decode_many
 from unmask.core.strategy import ScoreStrategy, StepInput, StepOutput, Strategy, StrategyOptions, build_strategy
 
 V, L = 4, 6  # real tokens 0..3, mask id 4; the fake engine has V + 1 logits

@@ -86,7 +86,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
     assert p.stdout.count("model written to") == 1 and p.stdout.count("% solved") == 1, p.stdout
 
     # training: 2 ranks x 4 steps x batch 4; rank 0 wrote checkpoints and a model that loads
-    from unmask.core import checkpoint as ckpt
+    from unmask.core.training import checkpoint as ckpt
     from unmask.core.models import load_model
 
     run = tmp_path / "run"

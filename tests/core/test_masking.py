@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unmask.core import checkpoint as ckpt
+from unmask.core.training import checkpoint as ckpt
 from unmask.core.errors import ConfigError
-from unmask.core.masking import ProgressiveOptions, ProgressivePool, random_mask, reveal_scores
-from unmask.core.train import POOL_FILE, Trainer, resolve_config
+from unmask.core.training.masking import ProgressiveOptions, ProgressivePool, random_mask, reveal_scores
+from unmask.core.training.trainer import POOL_FILE, Trainer, resolve_config
 
 MASK = 99
 

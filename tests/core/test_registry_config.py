@@ -136,7 +136,7 @@ def test_overrides_parse_toml_values():
 
 
 def test_run_config_errors(tmp_path):
-    from unmask.core.train import resolve_config
+    from unmask.core.training.trainer import resolve_config
 
     good = load_toml(Path(__file__).parents[2] / "configs" / "sudoku-default.toml")
     with pytest.raises(ConfigError, match=r"unknown config key 'train.lrr'"):

@@ -10,7 +10,7 @@ import pytest
 
 from unmask.core.errors import InputError
 from unmask.core.report import read_metrics, training_curves
-from unmask.core.train import plot_metrics
+from unmask.core.training.trainer import plot_metrics
 
 from .test_cli import assert_one_line_error, unmask
 

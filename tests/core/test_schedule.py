@@ -8,10 +8,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unmask.core.decode import decode
+from unmask.core.decoding.loop import decode
 from unmask.core.engine import FunctionEngine
 from unmask.core.errors import InputError, PluginError
-from unmask.core.schedule import decode_many
+from unmask.core.decoding.schedule import decode_many
 from unmask.core.strategy import StepOutput, Strategy, build_strategy
 
 DETERMINISTIC = [

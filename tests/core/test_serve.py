@@ -27,8 +27,8 @@ pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 
 from unmask.core.cli import main as cli_main  # noqa: E402
-from unmask.core.decode import decode  # noqa: E402
-from unmask.core.runtime import open_engine  # noqa: E402
+from unmask.core.decoding.loop import decode  # noqa: E402
+from unmask.core.decoding.runtime import open_engine  # noqa: E402
 from unmask.core.serve import ServeOptions, Service, _uvicorn_server  # noqa: E402
 from unmask.core.strategy import build_strategy  # noqa: E402
 from unmask.core.task import build_task  # noqa: E402

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from unmask.core.decode import decode
+from unmask.core.decoding.loop import decode
 from unmask.core.engine import FunctionEngine
 from unmask.core.strategy import StepInput, build_strategy
 

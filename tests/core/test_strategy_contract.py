@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fakes import context_engine
-from unmask.core.decode import decode
+from unmask.core.decoding.loop import decode
 from unmask.core.registry import strategies
 from unmask.core.strategy import StepInput, StepOutput, build_strategy
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unmask.core.checkpoint import save_model_dir
+from unmask.core.training.checkpoint import save_model_dir
 from unmask.core.errors import InputError
 
 CONFIG = {"task": {"name": "sudoku"}, "backbone": {"name": "transformer"}, "train": {"objective": "mdm"}}
@@ -26,7 +26,7 @@ def test_sigkilled_checkpoint_write_is_cleaned_by_the_next_write(tmp_path):
     ckpts = tmp_path / "checkpoints"
     code = (
         "import os, signal, torch\n"
-        "import unmask.core.checkpoint as c\n"
+        "import unmask.core.training.checkpoint as c\n"
         "c._write_json = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"  # dies mid-write
         f"c.save_model_dir({str(ckpts / 'step-0000010')!r}, {{'w': torch.ones(1000)}}, {CONFIG!r})\n"
     )
@@ -85,7 +85,7 @@ def test_report_png_temps_stay_beside_the_target_and_are_removed(tmp_path, monke
 def test_disk_full_during_a_checkpoint_write_leaves_nothing(tmp_path, monkeypatch):
     import errno
 
-    import unmask.core.checkpoint as ckpt
+    import unmask.core.training.checkpoint as ckpt
 
     def full(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unmask.core import checkpoint as ckpt
+from unmask.core.training import checkpoint as ckpt
 from unmask.core.errors import CheckpointError, ConfigError
 from unmask.core.models import load_model
 
@@ -74,7 +74,7 @@ def test_sigkill_then_resume(tmp_path):
 
 
 def test_training_is_reproducible_from_seed(tmp_path):
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     a = train(CONFIG, tiny(tmp_path / "a", tmp_path / "cache", steps=6), progress=False)
     b = train(CONFIG, tiny(tmp_path / "b", tmp_path / "cache", steps=6), progress=False)
@@ -87,7 +87,7 @@ def test_training_is_reproducible_from_seed(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     tmp = tmp_path_factory.mktemp("m")
     return train(CONFIG, tiny(tmp / "run", tmp / "cache", steps=2), progress=False)
@@ -140,7 +140,7 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path, model_dir):
 
 
 def test_resume_with_other_backbone_is_refused(tmp_path):
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     out = tmp_path / "r"
     train(CONFIG, tiny(out, tmp_path / "cache", steps=5), progress=False)
@@ -152,7 +152,7 @@ def test_resume_with_other_backbone_is_refused(tmp_path):
 
 
 def test_warm_start_from_a_model(tmp_path, model_dir):
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     base = ckpt.read_config(model_dir)
     # one step at a tiny lr keeps the base weights (a fresh model would not have them); its samples are carried over
@@ -175,7 +175,7 @@ def test_warm_start_from_a_model(tmp_path, model_dir):
 
 
 def test_keep_steps_survive_rotation(tmp_path):
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     # checkpoints every 5 steps, 2 kept by rotation; steps 3 and 10 are kept whatever ckpt_every and the rotation say,
     # and step 40 is past the run's end (a shortened run keeps what it reaches)
@@ -194,7 +194,7 @@ def test_warm_start_and_resume_fill_in_defaults_of_older_configs(tmp_path, model
     and resumes: configs are compared with defaults filled in; a real difference is named key by key."""
     import shutil
 
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     old = tmp_path / "old-model"
     shutil.copytree(model_dir, old)
@@ -222,7 +222,7 @@ def test_warm_start_and_resume_fill_in_defaults_of_older_configs(tmp_path, model
 def test_ema_weights_are_the_final_model_and_survive_resume(tmp_path):
     """train.ema: the final model holds the moving average (not the last weights), which equals the average
     computed from the per-step weights, and a resumed run ends with the same average as an uninterrupted one."""
-    from unmask.core.train import EMA_FILE, train
+    from unmask.core.training.trainer import EMA_FILE, train
 
     cache = tmp_path / "cache"
     ema = {"train.ema": "0.9", "train.ckpt_every": "1", "train.keep_checkpoints": "20"}
@@ -240,7 +240,7 @@ def test_ema_weights_are_the_final_model_and_survive_resume(tmp_path):
         ema_k = d * ema_k + (1 - d) * weights[n - 1][key]
     assert torch.allclose(ema_k, avg[key], atol=1e-6)
     # kill after step 4 (max_steps), resume: the same average at the end
-    from unmask.core.train import Trainer, resolve_config
+    from unmask.core.training.trainer import Trainer, resolve_config
 
     Trainer(resolve_config(CONFIG, tiny(tmp_path / "b", cache, steps=6, **ema)), progress=False, max_steps=4).run()
     resumed = train(CONFIG, tiny(tmp_path / "b", cache, steps=6, **ema), resume=True, progress=False)
@@ -249,7 +249,7 @@ def test_ema_weights_are_the_final_model_and_survive_resume(tmp_path):
 
 def test_bf16_auto_follows_the_cpu(monkeypatch):
     """train.bf16 = "auto" is bf16 exactly on CPUs with AMX tiles; true/false are taken as they are."""
-    from unmask.core.train import use_bf16
+    from unmask.core.training.trainer import use_bf16
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
@@ -263,7 +263,7 @@ def test_resume_with_fewer_steps_exports_at_once(tmp_path):
     the checkpoint without generating any data."""
     import shutil
 
-    from unmask.core.train import Trainer, resolve_config, train
+    from unmask.core.training.trainer import Trainer, resolve_config, train
 
     cache = tmp_path / "cache"
     Trainer(resolve_config(CONFIG, tiny(tmp_path / "r", cache, steps=20)), progress=False, max_steps=10).run()
@@ -276,7 +276,7 @@ def test_resume_with_fewer_steps_exports_at_once(tmp_path):
 @pytest.mark.slow
 def test_compiled_training_step_matches_eager(tmp_path):
     """train.compile = true trains the same model as eager (up to float summation order) and saves plain weights."""
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     cache = tmp_path / "cache"
     eager = train(CONFIG, tiny(tmp_path / "e", cache, steps=3, **{"train.bf16": "false"}), progress=False)
@@ -289,7 +289,7 @@ def test_compiled_training_step_matches_eager(tmp_path):
 def test_init_from_accepts_a_backbone_that_differs_only_in_options_without_parameters(tmp_path):
     """Warm-starting a weight-shared model (backbone.repeats = 2) from an R = 1 one loads its weights one for one;
     an option that changes the parameters (n_layers) stays an error naming the difference."""
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     src = train(CONFIG, tiny(tmp_path / "a", tmp_path / "cache", steps=2), progress=False)
     out = train(CONFIG, tiny(tmp_path / "b", tmp_path / "cache", steps=1, **{

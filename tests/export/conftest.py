@@ -14,7 +14,7 @@ def make_tiny_model(out: Path, cache: Path, *, d_model: int = 32, sharpen: float
     The output head is scaled up so logits are O(1) rather than O(0.01): decisions are then not near-ties, and a
     parity test that compares decoded puzzles is meaningful (and stable across CPUs) without training.
     """
-    from unmask.core.checkpoint import save_model_dir
+    from unmask.core.training.checkpoint import save_model_dir
     from unmask.core.models import build_model
     from unmask.core.task import build_task
 

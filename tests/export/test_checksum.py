@@ -78,7 +78,7 @@ def test_models_without_a_checksum_still_load(tiny_model, tmp_path):
 
 
 def test_onnx_checksum(tiny_onnx, tmp_path):
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
     from unmask.export.metadata import K_CHECKSUM, read_onnx_info
 
     path, report = tiny_onnx

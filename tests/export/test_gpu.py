@@ -32,7 +32,7 @@ needs_tensorrt = pytest.mark.skipif(not CUDA or importlib.util.find_spec("tensor
 
 
 def _decode_same(ref, engine, task, device: torch.device) -> None:  # noqa: ANN001
-    from unmask.core.decode import decode
+    from unmask.core.decoding.loop import decode
     from unmask.core.strategy import build_strategy
 
     data = task.generate("test", 24, 5)
@@ -60,7 +60,7 @@ def _parity(engine, tiny_model: Path, label: str = "fp32") -> dict:  # noqa: ANN
 @pytest.mark.gpu
 @needs_cuda
 def test_torch_cuda_matches_cpu(tiny_model: Path) -> None:
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
     from unmask.core.task import build_task
 
     ref = open_engine(tiny_model, "torch")
@@ -76,7 +76,7 @@ def test_torch_cuda_matches_cpu(tiny_model: Path) -> None:
 ])
 def test_onnxruntime_gpu_matches_torch(tiny_onnx: tuple[Path, dict], tiny_model: Path, device: str,
                                       provider: str) -> None:
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
     from unmask.core.task import build_task
 
     path, _ = tiny_onnx
@@ -105,7 +105,7 @@ def test_onnxruntime_fp16_and_bf16_exports_on_gpu(tiny_model: Path, tmp_path: Pa
 @pytest.mark.tensorrt
 @needs_tensorrt
 def test_tensorrt_plan_round_trip(tiny_model: Path, tmp_path: Path) -> None:
-    from unmask.core.runtime import open_engine, runtime_for_path
+    from unmask.core.decoding.runtime import open_engine, runtime_for_path
     from unmask.core.task import build_task
     from unmask.export.metadata import read_plan_info, sidecar_path
     from unmask.export.tensorrt import build_tensorrt
@@ -151,7 +151,7 @@ def test_tensorrt_from_onnx_and_parser_errors(tiny_onnx: tuple[Path, dict], tmp_
 def test_tensorrt_cli_with_a_small_max_batch(tiny_model: Path, tmp_path: Path) -> None:
     """--max-batch 16 alone: --opt-batch follows it (min(64, max)), and the plan decodes batches larger than 16."""
     from unmask.core.cli import main
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
 
     plan = tmp_path / "m.plan"
     assert main(["export", "--model", str(tiny_model), "--trt", str(plan), "--max-batch", "16",
@@ -165,7 +165,7 @@ def test_tensorrt_cli_with_a_small_max_batch(tiny_model: Path, tmp_path: Path) -
 @needs_ort_cuda
 def test_onnxruntime_cuda_runs_on_its_own_stream(tiny_onnx: tuple[Path, dict]) -> None:
     """onnxruntime gets a non-zero stream handle of the engine's own, ordered with the caller's stream."""
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
 
     path, _ = tiny_onnx
     engine = open_engine(path, "onnxruntime", device="cuda")

@@ -62,7 +62,7 @@ def test_report_from_cpu_engines(tiny_model, tmp_path, capsys):
     hiding the others."""
     from unmask.core.engine import FunctionEngine
     from unmask.core.models import load_model
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
     from unmask.export.gpu_check import check_engines, failed_engines, write_report
     from unmask.export.parity import parity_inputs, run_batched
 

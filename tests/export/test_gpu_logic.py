@@ -145,7 +145,7 @@ def test_onnxruntime_gpu_session_options(monkeypatch):
 
 
 def test_missing_onnxruntime_names_the_extras(monkeypatch, tiny_onnx):
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
     with pytest.raises(DeviceError, match=r"onnxruntime is not installed; pip install \.\[cpu\] \(CPU\) or \.\[gpu\]"):

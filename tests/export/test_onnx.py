@@ -54,7 +54,7 @@ def test_metadata_readable_without_unmask(tiny_onnx: tuple[Path, dict], tiny_mod
 
 
 def test_engine_describes_itself(tiny_onnx: tuple[Path, dict]) -> None:
-    from unmask.core.runtime import open_engine, runtime_for_path
+    from unmask.core.decoding.runtime import open_engine, runtime_for_path
 
     path, _ = tiny_onnx
     assert runtime_for_path(path) == "onnxruntime"
@@ -71,8 +71,8 @@ def test_engine_describes_itself(tiny_onnx: tuple[Path, dict]) -> None:
 
 def test_decoding_matches_torch(tiny_onnx: tuple[Path, dict], tiny_model: Path) -> None:
     """Same puzzles, margin strategy, argmax values, no noise: torch and onnxruntime commit the same tokens."""
-    from unmask.core.decode import decode
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.loop import decode
+    from unmask.core.decoding.runtime import open_engine
     from unmask.core.strategy import build_strategy
 
     path, _ = tiny_onnx
@@ -93,7 +93,7 @@ def test_decoding_matches_torch(tiny_onnx: tuple[Path, dict], tiny_model: Path) 
 
 
 def test_int8_quantized_export(tiny_model: Path, tmp_path: Path) -> None:
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
     from unmask.export.metadata import read_onnx_info
     from unmask.export.onnx import export_onnx
 
@@ -108,7 +108,7 @@ def test_int8_quantized_export(tiny_model: Path, tmp_path: Path) -> None:
 
 def test_corrupt_or_foreign_onnx_is_a_checkpoint_error(tiny_onnx: tuple[Path, dict], tmp_path: Path) -> None:
     import onnx
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
     from unmask.export.metadata import read_onnx_info
 
     path, _ = tiny_onnx
@@ -162,7 +162,7 @@ def _has_cuda_ort() -> bool:
 @pytest.mark.skipif(_has_cuda_ort(), reason="this machine has a GPU and onnxruntime-gpu")
 @pytest.mark.parametrize("device", ["cuda", "tensorrt"])
 def test_gpu_device_without_gpu_is_a_device_error(tiny_onnx: tuple[Path, dict], device: str) -> None:
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
 
     path, _ = tiny_onnx
     with pytest.raises(DeviceError) as exc:
@@ -183,7 +183,7 @@ def _has_tensorrt() -> bool:
 def test_trt_without_tensorrt_is_a_one_line_error(tiny_model: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     from unmask.core.cli import main as unmask_main
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
     from unmask.export.cli import main
     from unmask.export.tensorrt import build_tensorrt
 
@@ -234,7 +234,7 @@ def test_parity_check_catches_a_wrong_model(tiny_onnx: tuple[Path, dict], tiny_m
 
 def test_bf16_export_refuses_the_cpu(tiny_model: Path, tmp_path: Path) -> None:
     """bf16 graphs are for GPU engines: onnxruntime on the CPU says so instead of failing obscurely."""
-    from unmask.core.runtime import open_engine
+    from unmask.core.decoding.runtime import open_engine
     from unmask.export.metadata import read_onnx_info
     from unmask.export.onnx import export_onnx
 

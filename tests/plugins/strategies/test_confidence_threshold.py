@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unmask.core.decode import decode
+from unmask.core.decoding.loop import decode
 from unmask.core.strategy import build_strategy
 
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unmask.core.decode import decode
+from unmask.core.decoding.loop import decode
 from unmask.core.engine import FunctionEngine
 from unmask.core.strategy import StepInput, StepOutput, build_strategy
 

@@ -109,7 +109,7 @@ def test_options_validated():
 
 
 def test_train_smoke(tmp_path):
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     out = train("configs/lo_nae_sat-cpu.toml", [f'out="{tmp_path / "run"}"', "train.steps=5", "train.data_size=200",
                                                 "train.val_size=0", "train.batch_size=16", "train.threads=1"],

@@ -328,7 +328,7 @@ def test_generation_speed():
 
 
 def test_train_smoke(tmp_path):
-    from unmask.core.train import train
+    from unmask.core.training.trainer import train
 
     out = train("configs/zebra-cpu.toml", [f'out="{tmp_path / "run"}"', "train.steps=5", "train.data_size=200",
                                            "train.val_size=0", 'task.cache_dir=""', "train.batch_size=16",

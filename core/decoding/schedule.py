@@ -8,7 +8,7 @@ batch shrinks to the live rows, so the tail of a run costs only what is left of 
 
 The live slots always form a prefix ``[:n]`` of preallocated (B, L) tensors, so the engine and the strategy get
 contiguous views with no copy; the table is compacted with index ops only on the iterations where rows finish.
-Checks and the state update are shared with :func:`unmask.core.decode.decode`. The table itself is
+Checks and the state update are shared with :func:`unmask.core.decoding.loop.decode`. The table itself is
 :class:`SlotTable`; :func:`decode_many` feeds it from a fixed list of requests, ``unmask serve``
 (:mod:`unmask.core.serve`) from a stream of HTTP requests.
 
@@ -25,7 +25,14 @@ from typing import Any
 
 import torch
 
-from unmask.core.decode import DecodeResult, _check_inputs, check_strategy, engine_vocab, pass_cap_error, run_step
+from unmask.core.decoding.loop import (
+    DecodeResult,
+    _check_inputs,
+    check_strategy,
+    engine_vocab,
+    pass_cap_error,
+    run_step,
+)
 from unmask.core.errors import InputError
 from unmask.core.strategy import Strategy
 
@@ -49,7 +56,8 @@ class SlotTable:
     """The slot table: ``capacity`` preallocated rows whose live prefix ``[:n]`` is decoded one step at a time.
 
     Rows enter with :meth:`admit` (each tagged with an int64 request id), advance with :meth:`step` (one
-    :func:`unmask.core.decode.run_step` on the live rows) and leave when they finish (returned by :meth:`step`) or
+    :func:`unmask.core.decoding.loop.run_step` on the live rows) and leave when they finish (returned by
+    :meth:`step`) or
     when :meth:`drop` removes them (a cancelled request). This is the one slot-table implementation: the batch
     scheduler :func:`decode_many` and the streaming worker of ``unmask serve`` (:mod:`unmask.core.serve`) both
     drive it.
@@ -182,7 +190,7 @@ def decode_many(
     NFE per request (N,), and with ``trace`` the NFE index at which each position was committed (0 = given).
     ``batch_size`` is capped by the engine's ``max_batch`` (a TensorRT profile's largest batch), if it has one.
     State lives on the engine's device (``engine.device``, when it is a torch device), results on the inputs'.
-    ``vocab_size`` and ``validate`` are as in :func:`unmask.core.decode.decode` (errors name request ids).
+    ``vocab_size`` and ``validate`` are as in :func:`unmask.core.decoding.loop.decode` (errors name request ids).
     """
     from tqdm.auto import tqdm
 

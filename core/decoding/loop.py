@@ -5,7 +5,7 @@ engine (per-row finish); the number of forward passes each row took part in (NFE
 never change. The loop runs on whatever device the inputs are on (CPU or CUDA).
 
 One step (engine call, strategy call, checks, state update) is :func:`run_step`, shared with the
-continuous-batching scheduler in :mod:`unmask.core.schedule`, so both loops enforce the same contract.
+continuous-batching scheduler in :mod:`unmask.core.decoding.schedule`, so both loops enforce the same contract.
 
 What is checked, and what it costs (``validate=True``, the default):
 

@@ -23,10 +23,8 @@ import msgspec
 import numpy as np
 import torch
 
-from unmask.core import checkpoint as ckpt
 from unmask.core.config import Section, apply_overrides, convert, load_toml, to_builtins
 from unmask.core.errors import CheckpointError, ConfigError, InputError
-from unmask.core.masking import ProgressiveOptions
 from unmask.core.models import (
     autocast_context,
     build_model,
@@ -37,6 +35,8 @@ from unmask.core.models import (
 )
 from unmask.core.objective import Objective, build_objective, objective_name
 from unmask.core.task import Dataset, Task, build_task
+from unmask.core.training import checkpoint as ckpt
+from unmask.core.training.masking import ProgressiveOptions
 
 
 class TrainOptions(Section):
@@ -69,7 +69,8 @@ class TrainOptions(Section):
     (results/train_step.txt); the first steps pay the compilation (about a minute)."""
     masking: Literal["random", "progressive"] = "random"
     """Masking process of the MDM objective: the paper's random masking, or progressive unmasking (PUMA: training
-    masks that follow confidence-ordered decoding; options in ``[train.progressive]``). See unmask.core.masking."""
+    masks that follow confidence-ordered decoding; options in ``[train.progressive]``). See
+    unmask.core.training.masking."""
     progressive: ProgressiveOptions = msgspec.field(default_factory=ProgressiveOptions)
     seed: int = 0
     data_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
@@ -182,7 +183,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        from unmask.core.runtime import require_cuda
+        from unmask.core.decoding.runtime import require_cuda
 
         require_cuda("train.device = 'cuda'")
         local = int(os.environ.get("LOCAL_RANK", "0"))
