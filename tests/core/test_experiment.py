@@ -297,16 +297,19 @@ def test_packaged_experiments_by_name(tmp_path, monkeypatch):
 
 
 def test_reproduce_tool_is_a_thin_front(tmp_path, capsys):
+    """tools/reproduce.py --table N runs configs/experiments/tableN.toml through unmask experiment; --pairs picks
+    Table 1's (N, P) models; a mistake is a one-line error with exit status 2 before any work."""
     spec = importlib.util.spec_from_file_location("reproduce_tool", ROOT / "tools" / "reproduce.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    assert tool.parse_pairs("25:275,100:200") == ["lo_25_275", "lo_100_200"]
-    assert tool.main(["--table", "1", "--scale", "smoke", "--pairs", "oops", "--results", str(tmp_path)]) == 2
-    assert "expected N:P" in capsys.readouterr().err
     assert tool.main(["--table", "1", "--scale", "smoke", "--pairs", "10:20", "--results", str(tmp_path)]) == 2
-    assert "its pairs: 25:275, 30:270" in capsys.readouterr().err
-    assert tool.main(["--table", "2", "--scale", "smoke", "--pairs", "25:275", "--results", str(tmp_path)]) == 2
-    assert "Table 1 only" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'lo_10_20' is not a model of" in err and "lo_25_275" in err
+    with pytest.raises(SystemExit) as exc:
+        tool.main(["--table", "2", "--scale", "smoke", "--pairs", "25:275", "--results", str(tmp_path)])
+    assert exc.value.code == 2 and "Table 1 only" in capsys.readouterr().err
+    assert tool.main(["--table", "2", "--scale", "nope", "--results", str(tmp_path)]) == 2
+    assert "nope" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
