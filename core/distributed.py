@@ -1,9 +1,8 @@
 """Several processes (``torchrun --nproc_per_node K``, one or many machines): sharded evaluation gathered on rank 0.
 
-Training under torchrun is DDP (:mod:`unmask.core.training.trainer`: one process per device, gloo on CPU, NCCL on
-CUDA; every
-rank draws its own batches, rank 0 writes the checkpoints and the final model). Evaluation under torchrun splits the
-dataset into one contiguous shard per rank; each rank decodes its shard and rank 0 gathers the predictions and NFE,
+Training under torchrun is DDP (:mod:`unmask.core.training.trainer`: one process per device, gloo on CPU, NCCL on CUDA;
+every rank draws its own batches, rank 0 writes the checkpoints and the final model). Evaluation under torchrun splits
+the dataset into one contiguous shard per rank; each rank decodes its shard and rank 0 gathers the predictions and NFE,
 scores the whole dataset with the task and prints / writes the report; the other ranks print nothing.
 
 Shards are cut at multiples of the batch size when there are at least as many batches as ranks, so every rank runs

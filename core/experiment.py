@@ -40,11 +40,12 @@ one line per strategy: ``<name>-<plot>.png``), ``notes``, and ``describe`` (word
 line). The structs below document every key.
 
 A model is reused when a finished one in its run directory (or in a ``reuse`` directory) matches: the same task and
-backbone (the keys its checksum covers), objective and ARM fill order, and at least the planned steps. A run with
+backbone (the keys its checksum covers), objective and ARM fill order, and at least the planned training samples
+(steps x batch size; a warm-started model counts the samples of the models it started from). A run with
 checkpoints but no final model is resumed; otherwise the model is trained. Training and evaluation are
-:func:`unmask.core.training.trainer.train` and :func:`unmask.core.distributed.sharded_evaluate` (the code of ``unmask
-train`` /
-``unmask eval``), so under ``torchrun`` training is DDP, evaluation is sharded and rank 0 writes the results.
+:func:`unmask.core.training.trainer.train` and :func:`unmask.core.distributed.sharded_evaluate` (the code of
+``unmask train`` / ``unmask eval``), so under ``torchrun`` training is DDP, evaluation is sharded and rank 0 writes
+the results.
 """
 
 from __future__ import annotations
@@ -614,7 +615,15 @@ def _matches(cfg: dict[str, Any], prep: Prepared) -> bool:
     t = cfg.get("train") or {}
     return (_same(cfg, "task", r.task.config_dict()) and _same(cfg, "backbone", resolved_backbone(r.raw["backbone"]))
             and all(t.get(k, train[k]) == train[k] for k in ("objective", "order") if k in train)
-            and int(cfg.get("step", t.get("steps", 0))) >= int(train["steps"]))
+            and _trained(cfg) >= int(train["steps"]) * int(train["batch_size"]))
+
+
+def _trained(cfg: dict[str, Any]) -> int:
+    """Training samples behind a model (a warm-started one counts those of the models it started from)."""
+    if cfg.get("samples") is not None:
+        return int(cfg["samples"])
+    t = cfg.get("train") or {}
+    return int(cfg.get("step", t.get("steps", 0))) * int(t.get("batch_size", 1))
 
 
 def ensure_model(prep: Prepared, *, progress: bool = True, log: Callable[[str], None] = print) -> ModelInfo:

@@ -12,8 +12,7 @@
 
 The engines that run these artifacts are the runtime plugins ``onnxruntime`` and ``tensorrt``
 (``unmask.plugins.runtimes``); open them with :func:`unmask.core.decoding.runtime.open_engine`. Importing this
-package is
-cheap: onnx, onnxruntime and tensorrt are imported by the functions that need them.
+package is cheap: onnx, onnxruntime and tensorrt are imported by the functions that need them.
 """
 
 from __future__ import annotations

@@ -56,11 +56,9 @@ class SlotTable:
     """The slot table: ``capacity`` preallocated rows whose live prefix ``[:n]`` is decoded one step at a time.
 
     Rows enter with :meth:`admit` (each tagged with an int64 request id), advance with :meth:`step` (one
-    :func:`unmask.core.decoding.loop.run_step` on the live rows) and leave when they finish (returned by
-    :meth:`step`) or
-    when :meth:`drop` removes them (a cancelled request). This is the one slot-table implementation: the batch
-    scheduler :func:`decode_many` and the streaming worker of ``unmask serve`` (:mod:`unmask.core.serve`) both
-    drive it.
+    :func:`unmask.core.decoding.loop.run_step` on the live rows) and leave when they finish (returned by :meth:`step`)
+    or when :meth:`drop` removes them (a cancelled request). This is the one slot-table implementation: the batch
+    scheduler :func:`decode_many` and the streaming worker of ``unmask serve`` (:mod:`unmask.core.serve`) both drive it.
     """
 
     def __init__(self, capacity: int, seq_len: int, *, device: torch.device | str = "cpu", trace: bool = False):
