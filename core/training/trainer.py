@@ -339,6 +339,8 @@ class Trainer:
                 raise CheckpointError(f"--resume: the {self.o.objective} objective's state in '{state_file}' does "
                                       f"not fit this config ({exc}); resume with the batch size and options the run "
                                       "was started with (e.g. train.progressive.random_fraction)") from None
+        if cfg.get("init_from"):  # the warm start stays on record through every resume
+            self.config["init_from"] = cfg["init_from"]
         self.resumed_from = latest
         self._log({"event": "resume", "step": self.step, "checkpoint": latest.name})
 

@@ -297,6 +297,10 @@ def test_init_from_accepts_a_backbone_that_differs_only_in_options_without_param
     assert ckpt.read_config(out)["backbone"]["repeats"] == 2
     a, b = ckpt.load_tensors(src / ckpt.MODEL_FILE), ckpt.load_tensors(out / ckpt.MODEL_FILE)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-8) for k in a)
+    # the warm start stays on record when the run is resumed
+    again = train(CONFIG, tiny(tmp_path / "b", tmp_path / "cache", steps=2, **{
+        "train.init_from": f'"{src}"', "backbone.repeats": "2"}), resume=True, progress=False)
+    assert ckpt.read_config(again)["init_from"]["path"] == str(src)
     with pytest.raises(CheckpointError, match=r"differs from the config \(n_layers: \d+ vs 3\) in its parameters"):
         train(CONFIG, tiny(tmp_path / "c", tmp_path / "cache", steps=1, **{
             "train.init_from": f'"{src}"', "backbone.n_layers": "3"}), progress=False)
