@@ -246,13 +246,15 @@ def packaged_experiments() -> dict[str, Path]:
 
 def find_experiment(spec: str | os.PathLike) -> Path:
     """An experiment file: an existing path as given, else a packaged one by name (``table2``)."""
+    from unmask.core.resources import packaged_name
+
     p = Path(spec)
     if p.is_file():
         return p
-    name = p.name[: -len(".toml")] if p.name.endswith(".toml") else p.name
     known = packaged_experiments()
-    if p.parent == Path(".") and name in known:
-        return known[name]
+    found = packaged_name(p, known)
+    if found is not None:
+        return found
     raise InputError(f"experiment file '{spec}' not found, and it is not the name of a packaged experiment "
                      f"(packaged: {', '.join(known) or 'none'}); give the path of a TOML experiment file")
 
@@ -399,16 +401,16 @@ def _check_column(c: Column, where: str, labels: set[str], bad: Callable[[str], 
 
 def _config_file(value: str, file: Path, where: str) -> Path:
     """A config named in an experiment file: a path relative to the file, else a packaged config's name."""
-    from unmask.core.resources import packaged_configs
+    from unmask.core.resources import packaged_configs, packaged_name
 
     p = Path(value).expanduser()
     cand = p if p.is_absolute() else file.parent / p
     if cand.is_file():
         return cand
-    name = p.name[: -len(".toml")] if p.name.endswith(".toml") else p.name
     known = packaged_configs()
-    if p.parent == Path(".") and name in known:
-        return known[name]
+    found = packaged_name(p, known)
+    if found is not None:
+        return found
     raise ConfigError(f"experiment file '{file}': {where} = '{value}' not found (looked for '{cand}', relative to "
                       "the experiment file) and not the name of a packaged config; fix the path")
 

@@ -66,18 +66,25 @@ def packaged_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(d.glob("*.toml"))} if d.is_dir() else {}
 
 
+def packaged_name(p: Path, known: dict[str, Path], folders: tuple[Path, ...] = (Path("."),)) -> Path | None:
+    """The packaged file that a bare name (``table2``, ``table2.toml``, or under one of ``folders``) stands for in
+    ``known`` (name -> file), or None."""
+    name = p.name[: -len(".toml")] if p.name.endswith(".toml") else p.name
+    return known.get(name) if p.parent in folders else None
+
+
 def find_config(spec: str) -> tuple[Path, bool]:
     """``(file, packaged)`` for ``--config``: an existing path as given, else a packaged config by name."""
     p = Path(spec)
     if p.is_file():
         return p, False
-    name = p.name[: -len(".toml")] if p.name.endswith(".toml") else p.name
     known = packaged_configs()
-    if p.parent in (Path("."), Path("configs")) and name in known:
-        return known[name], True
+    found = packaged_name(p, known, (Path("."), Path("configs")))
+    if found is not None:
+        return found, True
     raise ConfigError(f"config file '{spec}' not found, and it is not the name of a packaged config (packaged: "
                       f"{', '.join(known) or 'none'})")
 
 
-__all__ = ["home", "source_checkout", "default_model", "packaged_configs", "find_config", "models_dir", "configs_dir",
-           "DEFAULT_FILE"]
+__all__ = ["home", "source_checkout", "default_model", "packaged_configs", "packaged_name", "find_config", "models_dir",
+           "configs_dir", "DEFAULT_FILE"]

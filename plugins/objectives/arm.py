@@ -139,17 +139,20 @@ class ArmLayout:
             raise InputError("ARM training needs targets (the answers)")
         order = self.fill_order(batch)  # (B, L)
         full = np.where(batch.given, batch.inputs, batch.targets).astype(np.int64)
-        vals = np.take_along_axis(full, order, axis=1)  # (B, L)
-        B = len(order)
-        seq = np.empty((B, self.seq_len), dtype=np.int64)
-        seq[:, 0] = self.bos
-        seq[:, 1::3] = self.row0 + order // self.C
-        seq[:, 2::3] = self.col0 + order % self.C
-        seq[:, 3::3] = vals
+        seq = self._triples(order, np.take_along_axis(full, order, axis=1))
         n_given = np.asarray(batch.given, dtype=bool).sum(axis=1)  # (B,)
         triple = (np.arange(self.seq_len) - 1) // 3  # (L',); BOS -> -1
         loss_mask = (np.arange(self.seq_len)[None, :] >= 1) & (triple[None, :] >= n_given[:, None])
         return seq, loss_mask
+
+    def _triples(self, order: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """``BOS`` then one (row, column, value) triple per position of ``order`` (N, L), with ``vals`` (N, L)."""
+        seq = np.empty((len(order), self.seq_len), dtype=np.int64)
+        seq[:, 0] = self.bos
+        seq[:, 1::3] = self.row0 + order // self.C
+        seq[:, 2::3] = self.col0 + order % self.C
+        seq[:, 3::3] = vals
+        return seq
 
     def decode_sequences(self, seq: np.ndarray, data: Dataset) -> np.ndarray:
         """(N, L) task tokens from ARM sequences (the inverse of :meth:`encode` on the answer part); cells the
@@ -171,13 +174,7 @@ class ArmLayout:
         """(tokens (N, L') with BOS + the given triples and BOS filler after them, next position to write (N,))."""
         given = np.asarray(data.given, dtype=bool)
         order = np.argsort(np.where(given, 0, 1), axis=1, kind="stable")  # givens first, ascending
-        vals = np.take_along_axis(np.asarray(data.inputs, dtype=np.int64), order, axis=1)
-        N = len(order)
-        seq = np.empty((N, self.seq_len), dtype=np.int64)
-        seq[:, 0] = self.bos
-        seq[:, 1::3] = self.row0 + order // self.C
-        seq[:, 2::3] = self.col0 + order % self.C
-        seq[:, 3::3] = vals
+        seq = self._triples(order, np.take_along_axis(np.asarray(data.inputs, dtype=np.int64), order, axis=1))
         cur = 1 + 3 * given.sum(axis=1)
         seq[np.arange(self.seq_len)[None, :] >= cur[:, None]] = self.bos
         return seq, cur.astype(np.int64)
