@@ -38,15 +38,161 @@ from unmask.core.report import cpu_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def puzzles(model: str, n: int, seed: int) -> list[str]:
-    """``n`` test-split puzzles of the model's task as the text its parser takes (81 digits, 0 = blank)."""
+def test_data(model: str, n: int, seed: int) -> Any:
+    """``n`` test-split examples of the model's task (a :class:`unmask.core.task.Dataset`)."""
     from unmask.core.task import build_task
-    from unmask.plugins.tasks.sudoku import tokens_to_digits
 
     cfg = json.loads((Path(model) / "config.json").read_text())
-    task = build_task(cfg["task"])
-    data = task.generate("test", n, seed)
-    return ["".join(map(str, tokens_to_digits(row))) for row in data.inputs]
+    return build_task(cfg["task"]).generate("test", n, seed)
+
+
+def puzzles(model: str, n: int, seed: int) -> list[str]:
+    """``n`` test-split puzzles of the model's task as the text its parser takes (81 digits, 0 = blank)."""
+    from unmask.plugins.tasks.sudoku import tokens_to_digits
+
+    return ["".join(map(str, tokens_to_digits(row))) for row in test_data(model, n, seed).inputs]
+
+
+# -- what any scheduler can reach on this machine: a queueing simulation over the measured step cost -------------
+def step_costs(model: str, strategy: str, steps: int, sizes: list[int], repeats: int = 3) -> tuple[dict, np.ndarray]:
+    """(seconds per slot-table step at each row count, passes per request) for the server's engine and strategy.
+
+    Measured in this process the way the decode worker runs: torch fp32 on 1 thread, one ``SlotTable.step`` of
+    ``n`` fresh rows (median of ``repeats``); the passes come from decoding 64 test puzzles with the strategy."""
+    import torch
+
+    from unmask.core.cli import _strategy
+    from unmask.core.decoding.loop import check_strategy
+    from unmask.core.decoding.schedule import SlotTable, decode_many
+    from unmask.core.engine import TorchEngine
+    from unmask.core.models import load_model
+
+    torch.set_num_threads(1)
+    task, module, cfg = load_model(model)
+    engine = TorchEngine(module, cfg)
+    strat = _strategy(engine, task, strategy, steps, None, "serve")  # as `unmask serve --strategy` builds it
+    cap = check_strategy(strat)
+    data = test_data(model, max(max(sizes), 64), seed=4242)
+    tok, giv = torch.from_numpy(data.inputs), torch.from_numpy(data.given)
+    gen = torch.Generator().manual_seed(0)
+    costs = {}
+    for n in sizes:
+        times = []
+        for _ in range(repeats + 1):  # the first is a warm-up
+            table = SlotTable(n, task.seq_len)
+            t = tok[:n]
+            table.admit(t, (t == task.mask_id) & ~giv[:n], giv[:n], torch.arange(n))
+            t0 = time.perf_counter()
+            table.step(engine, strat, gen, mask_id=task.mask_id, steps=cap, vocab_size=task.vocab_size)
+            times.append(time.perf_counter() - t0)
+        costs[n] = float(np.median(times[1:]))
+    res = decode_many(engine, tok[:64], giv[:64], strat, mask_id=task.mask_id, generator=gen, batch_size=64,
+                      vocab_size=task.vocab_size)
+    return costs, res.nfe.numpy().astype(np.int64)
+
+
+def simulate(mode: str, rate: float, cost: Any, passes: np.ndarray, *, capacity: int, wait_s: float,
+             requests: int, seed: int) -> np.ndarray:
+    """Latencies of ``requests`` Poisson arrivals at ``rate``/s under ``mode`` ("continuous" or "static", as the
+    server runs them) when a step of ``n`` rows costs ``cost(n)`` seconds and a request needs a pass count drawn from
+    ``passes``. Continuous: arrivals join the table at the next step, rows leave when done. Static: a batch starts
+    when the table is empty and either ``capacity`` requests wait or the oldest has waited ``wait_s``; it runs until
+    its last row is done (finished rows leave it)."""
+    rng = np.random.default_rng(seed)
+    arrive = np.cumsum(rng.exponential(1.0 / rate, size=requests))
+    need = rng.choice(passes, size=len(arrive))
+    lat: list[float] = []
+    t, i, n = 0.0, 0, len(arrive)
+    if mode == "continuous":
+        live_t: list[float] = []
+        live_k: list[int] = []
+        while i < n or live_t:
+            while i < n and arrive[i] <= t and len(live_t) < capacity:
+                live_t.append(arrive[i])
+                live_k.append(int(need[i]))
+                i += 1
+            if not live_t:
+                t = float(arrive[i])
+                continue
+            t += cost(len(live_t))
+            live_k = [k - 1 for k in live_k]
+            lat += [t - a for a, k in zip(live_t, live_k, strict=True) if k == 0]
+            live_t = [a for a, k in zip(live_t, live_k, strict=True) if k > 0]
+            live_k = [k for k in live_k if k > 0]
+        return np.array(lat)
+    while i < n:
+        full = arrive[min(i + capacity - 1, n - 1)]
+        go = max(t, min(arrive[i] + wait_s, full))
+        j = i
+        while j < n and j - i < capacity and arrive[j] <= go:
+            j += 1
+        left, now = sorted(need[i:j].tolist()), go
+        done_at: dict[int, float] = {}
+        prev = 0
+        for idx, k in enumerate(left):
+            now += (k - prev) * cost(len(left) - idx)
+            prev = k
+            done_at.setdefault(k, now)
+        lat += [done_at[int(k)] - a for k, a in zip(need[i:j], arrive[i:j], strict=True)]
+        t, i = now, j
+    return np.array(lat)
+
+
+def model_report(args: argparse.Namespace, fractions: list[float]) -> dict[str, Any]:
+    """Measured step cost, and the p99 each scheduler reaches over it (and over a flat cost) in simulation."""
+    sizes = sorted({1, 2, 4, 8, 16, 32, args.max_batch})
+    sizes = [s for s in sizes if s <= args.max_batch]
+    costs, passes = step_costs(args.model, args.strategy, args.steps, sizes)
+    xs, ys = np.array(sizes, dtype=float), np.array([costs[s] for s in sizes])
+
+    def measured(k: int) -> float:
+        return float(np.interp(k, xs, ys))
+
+    def flat(k: int) -> float:
+        return float(ys[0])
+
+    out: dict[str, Any] = {"step_seconds": {str(k): v for k, v in costs.items()},
+                           "passes_mean": float(passes.mean()), "passes_max": int(passes.max()), "costs": {}}
+    for name, cost in (("measured", measured), ("flat", flat)):
+        batch = simulate("static", 1e6, cost, passes, capacity=args.max_batch, wait_s=1.0,
+                         requests=args.max_batch, seed=0)  # one full batch: its makespan sets saturation
+        sat = args.max_batch / float(batch.max())
+        rows = []
+        for f in fractions:
+            p99 = {m: float(np.percentile(simulate(m, f * sat, cost, passes, capacity=args.max_batch,
+                                                   wait_s=args.static_wait_ms / 1000, requests=args.sim_requests,
+                                                   seed=7), 99))
+                   for m in ("continuous", "static")}
+            rows.append({"fraction": f, "rate": f * sat, **{f"{m}_p99": v for m, v in p99.items()},
+                         "ratio": p99["continuous"] / p99["static"]})
+        out["costs"][name] = {"static_saturation": sat, "rates": rows}
+    return out
+
+
+def model_md(m: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    lines = [
+        "## What a scheduler can reach here: a queueing simulation over the measured step cost",
+        "",
+        f"One slot-table step of {args.strategy} (engine call + strategy, torch fp32, 1 thread) by rows in the step; "
+        f"a request takes {m['passes_mean']:.1f} passes on average (at most {m['passes_max']}):",
+        "",
+        "| rows | ms per step | ms per row |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {1e3 * v:.2f} | {1e3 * v / int(k):.2f} |" for k, v in m["step_seconds"].items()]
+    lines += [
+        "",
+        "Simulated p99 (s) under Poisson load, at fractions of each cost model's static saturation; *flat* = every "
+        "step costs what one row costs (a GPU at these batch sizes):",
+        "",
+        "| cost | load | req/s | continuous p99 | static p99 | continuous / static |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, c in m["costs"].items():
+        for r in c["rates"]:
+            lines.append(f"| {name} | {r['fraction']:.2f} x sat | {r['rate']:.2f} | {r['continuous_p99']:.3f} | "
+                         f"{r['static_p99']:.3f} | {r['ratio']:.2f} |")
+    return lines + [""]
 
 
 class Server:
@@ -188,18 +334,34 @@ def main() -> None:
     p.add_argument("--sat-repeats", type=int, default=2, help="saturation bursts per mode (alternating modes)")
     p.add_argument("--burst", type=int, default=192, help="requests in the saturation burst")
     p.add_argument("--out", default=str(ROOT / "results" / "serve"))
+    p.add_argument("--sim-requests", type=int, default=20000, help="simulated requests per rate and mode")
+    p.add_argument("--simulate-only", action="store_true",
+                   help="only measure the step cost and simulate both schedulers (seconds); writes OUT-sim.{md,json}")
     p.add_argument("--quick", action="store_true", help="smoke run: few requests, short windows")
     args = p.parse_args()
     if args.quick:
-        args.seconds, args.burst, args.fractions, args.sat_repeats = 3.0, 24, "0.5,0.8", 1
+        args.seconds, args.burst, args.fractions, args.sat_repeats, args.sim_requests = 3.0, 24, "0.5,0.8", 1, 500
     fractions = [float(f) for f in args.fractions.split(",")]
     model = args.model
     t_all = time.perf_counter()
+    sim = model_report(args, fractions)
+    if args.simulate_only:
+        out = Path(f"{args.out}-sim")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"# unmask serve: step cost and simulated schedulers ({cpu_model()}, torch 1 thread)", "",
+                 f"Model {Path(model).name}, strategy {args.strategy}, {args.steps} steps, slot table "
+                 f"{args.max_batch} rows, static wait {args.static_wait_ms:g} ms. `python bench/serve.py "
+                 "--simulate-only`.", "", *model_md(sim, args)]
+        out.with_suffix(".json").write_text(json.dumps({"cpu": cpu_model(), "model": Path(model).name,
+                                                        "strategy": args.strategy, **sim}, indent=2) + "\n")
+        out.with_suffix(".md").write_text("\n".join(lines))
+        print("\n".join(lines))
+        return
     texts = puzzles(model, 400, seed=2026)
     report: dict[str, Any] = {
         "cpu": cpu_model(), "threads": 1, "model": Path(model).name, "strategy": args.strategy, "steps": args.steps,
         "max_batch": args.max_batch, "static_wait_ms": args.static_wait_ms, "seconds_per_rate": args.seconds,
-        "burst": args.burst, "fractions": fractions, "modes": {},
+        "burst": args.burst, "fractions": fractions, "modes": {}, "simulation": sim,
     }
     servers = {m: Server(model, m, args) for m in ("static", "continuous")}  # both up; only one is loaded at a time
     try:
@@ -233,7 +395,8 @@ def main() -> None:
             s.stop()
     report["seconds"] = time.perf_counter() - t_all
     cont, stat = report["modes"]["continuous"], report["modes"]["static"]
-    report["p99_ratio"] = {f"{r['fraction']:.2f}": c["p99"] / r["p99"] for r, c in zip(stat["rates"], cont["rates"])}
+    report["p99_ratio"] = {f"{r['fraction']:.2f}": c["p99"] / r["p99"]
+                           for r, c in zip(stat["rates"], cont["rates"], strict=True)}
     report["saturation_ratio"] = cont["saturation"]["throughput"] / stat["saturation"]["throughput"]
 
     out = Path(args.out)
@@ -253,7 +416,7 @@ def main() -> None:
     ]
     for mode in ("continuous", "static"):
         lines.append(row_md(mode, "saturation", report["modes"][mode]["saturation"]))
-    for rs, rc in zip(stat["rates"], cont["rates"]):
+    for rs, rc in zip(stat["rates"], cont["rates"], strict=True):
         lines.append(row_md("continuous", f"{rc['fraction']:.2f} x sat", rc))
         lines.append(row_md("static", f"{rs['fraction']:.2f} x sat", rs))
     lines += [
@@ -266,6 +429,7 @@ def main() -> None:
         "time in engine calls and strategy steps",
         f"bench wall time {report['seconds']:.0f} s",
         "",
+        *model_md(sim, args),
     ]
     out.with_suffix(".md").write_text("\n".join(lines))
     plot(out.with_suffix(".png"), report)
