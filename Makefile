@@ -27,7 +27,7 @@ demo: $(STAMP)
 # Lint and type checks (ruff, mypy; configured in pyproject.toml). mypy needs the folders under their package names:
 # build/typecheck/unmask/{core,export,plugins} link to them (see [tool.mypy]).
 lint: $(STAMP)
-	$(BIN)/ruff check core export plugins tools
+	$(BIN)/ruff check core export plugins tools bench
 	mkdir -p build/typecheck/unmask
 	for d in core export plugins; do ln -sfn ../../../$$d build/typecheck/unmask/$$d; done
 	$(BIN)/mypy

@@ -158,7 +158,8 @@ def engine_profile(eng: TimedEngine, task: Any, sizes: list[int], repeats: int) 
         eng.reset()
         for _ in range(repeats):
             eng(x)
-        out.append({"batch": b, "ms_per_call": 1e3 * eng.seconds / repeats, "ms_per_row": 1e3 * eng.seconds / repeats / b})
+        ms = 1e3 * eng.seconds / repeats
+        out.append({"batch": b, "ms_per_call": ms, "ms_per_row": ms / b})
     return out
 
 
@@ -263,7 +264,8 @@ def targets(rows: list[dict[str, Any]], ref: dict[str, Any], batch: int, floor: 
     if ok:
         best = max(ok, key=lambda r: r["puzzles_per_s"])
         sp = best["puzzles_per_s"] / ref["puzzles_per_s"]
-        out.append(f"- >= 10x the reference's puzzles/s at equal or better % solved: **{'met' if sp >= 10 else 'not met'}** "
+        met = "met" if sp >= 10 else "not met"
+        out.append(f"- >= 10x the reference's puzzles/s at equal or better % solved: **{met}** "
                    f"({best['config']}, {best['runtime']}, {best['scheduler']}: {sp:.1f}x, {best['solved']:.1f}% vs "
                    f"{ref['solved']:.1f}% solved, NFE {best['nfe_mean']:.1f} vs {REF_STEPS}).")
     else:
@@ -289,13 +291,15 @@ def targets(rows: list[dict[str, Any]], ref: dict[str, Any], batch: int, floor: 
             verdict = f"not measured at batch 256 (batch {batch} here: {verdict}; run the full mode)"
         out.append(f"- host overhead < 5% at batch 256 (torch or onnxruntime): **{verdict}**: "
                    f"{100 * best['host_overhead']:.1f}% ({best['config']}, {best['runtime']}, {best['scheduler']}); "
-                   f"worst {100 * worst['host_overhead']:.1f}% ({worst['config']}, {worst['runtime']}, {worst['scheduler']}).")
+                   f"worst {100 * worst['host_overhead']:.1f}% "
+                   f"({worst['config']}, {worst['runtime']}, {worst['scheduler']}).")
     mix = [r for r in rows if r["data"] == "mix"]
     pairs = []
     for r in mix:
         if r["scheduler"] != "continuous":
             continue
-        st = [s for s in mix if s["scheduler"] == "static" and s["config"] == r["config"] and s["runtime"] == r["runtime"]]
+        st = [s for s in mix
+              if s["scheduler"] == "static" and s["config"] == r["config"] and s["runtime"] == r["runtime"]]
         if st:
             pairs.append((r["puzzles_per_s"] / st[0]["puzzles_per_s"], r, st[0]))
     if pairs:
@@ -331,7 +335,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 front.append((x, y))
                 best = y
         if front:
-            ax.plot(*zip(*front), "--", color="tab:green", lw=1, label="Pareto front")
+            ax.plot(*zip(*front, strict=True), "--", color="tab:green", lw=1, label="Pareto front")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("% solved")
         ax.grid(alpha=0.3)
@@ -372,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     from unmask.core.errors import UnmaskError
 
     try:
-        engines = open_engines(args.model, [r.strip() for r in args.runtimes.split(",") if r.strip()], say, args.threads)
+        names = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+        engines = open_engines(args.model, names, say, args.threads)
     except UnmaskError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -390,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     say(f"model {args.model}; {n} test puzzles, mix of {len(mix)} (test + hard); batch {batch}; "
         f"torch threads {torch.get_num_threads()}; runtimes {', '.join(engines)}")
-    for name, eng in timed.items():  # warm-up: first calls allocate and (onnxruntime) optimise
+    for eng in timed.values():  # warm-up: first calls allocate and (onnxruntime) optimise
         x = torch.from_numpy(test.inputs[:batch]).to(getattr(eng, "device", torch.device("cpu")))
         eng(x)
         eng(x[:1])
@@ -402,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         ref_pps = rows[0]["puzzles_per_s"] if rows else 0.0
         sp = f"{r['puzzles_per_s'] / ref_pps:6.1f}x" if r["data"] == "test" else "      -"
         say(f"  {r['config']:<34} {r['runtime']:<11} {r['scheduler']:<10} {r['data']:<4} solved {r['solved']:5.1f}%  "
-            f"NFE {r['nfe_mean']:5.1f}  {r['puzzles_per_s']:8.1f} puzzles/s  host {100 * r['host_overhead']:4.1f}%  {sp}")
+            f"NFE {r['nfe_mean']:5.1f}  {r['puzzles_per_s']:8.1f} puzzles/s  "
+            f"host {100 * r['host_overhead']:4.1f}%  {sp}")
 
     say("(a) reference loop")
     ref = run_reference(timed["torch-fp32"], task, test, "test", batch)
@@ -462,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     md = [f"# Decoding benchmark ({meta['mode']})", "",
           f"`python bench/decode.py{' --quick' if args.quick else ''}` on `{args.model}`: {n} test puzzles, a mix of "
           f"{len(mix)} test + hard puzzles (batch {mix_batch}), batch / slot table {batch}, torch {meta['torch']}, "
-          f"{meta['torch_threads']} torch threads, {meta['cpus']} CPUs, load average {load_start:.1f} at the start (timings are only comparable on an otherwise idle machine). Host overhead = share of wall time outside "
+          f"{meta['torch_threads']} torch threads, {meta['cpus']} CPUs, load average {load_start:.1f} at the start "
+          "(timings are only comparable on an otherwise idle machine). Host overhead = share of wall time outside "
           f"engine calls; speed-up = puzzles/s over the reference loop on the same test puzzles.", "",
           *fmt_table(rows, ref["puzzles_per_s"]), "",
           "Engine alone (torch fp32), by batch size:", "",

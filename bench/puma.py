@@ -152,7 +152,8 @@ def main() -> None:
               "how loaded each run was); samples are comparable always: every variant makes one forward and "
               "backward pass per step of the same batch."]
     lines += ["", f"Test: {a.n_test} generated test puzzles, hard: {a.n_hard} hard ones (seed 2026), 50 steps, no "
-              "noise, bf16 decoding; validation: 300 test puzzles of the training seed.", "", "```", curves_table(labelled), "```"]
+              "noise, bf16 decoding; validation: 300 test puzzles of the training seed.", "", "```",
+              curves_table(labelled), "```"]
     res.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
