@@ -202,6 +202,7 @@ PARALLEL_DEFAULT = [
 ]
 # the parallel settings that keep the reference's accuracy on the default model (full sweep in results/decode.md)
 PARALLEL_ACCURATE = [
+    {"name": "confidence_threshold", "tau": 0.999},
     {"name": "confidence_threshold", "tau": 0.99},
     {"name": "factor", "f": 0.25},
 ]
@@ -210,15 +211,15 @@ PARALLEL_ACCURATE = [
 def plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {
-            "test": [{"name": "margin"}, {"name": "confidence_threshold", "tau": 0.99},
-                     {"name": "confidence_threshold", "tau": 0.95}] + PARALLEL_DEFAULT,
+            "test": [{"name": "margin"}] + [{"name": "confidence_threshold", "tau": t} for t in (0.999, 0.99, 0.95)]
+            + PARALLEL_DEFAULT,
             "schedulers": ["continuous"],
-            "other_runtimes": [{"name": "confidence_threshold", "tau": t} for t in (0.99, 0.95)],
+            "other_runtimes": [{"name": "confidence_threshold", "tau": t} for t in (0.999, 0.99, 0.95)],
             "mix": [{"name": "confidence_threshold", "tau": 0.9}],
             "profile": [1, 8, 64],
         }
     sweep = [
-        {"name": "confidence_threshold", "tau": t} for t in (0.7, 0.8, 0.9, 0.95, 0.99)
+        {"name": "confidence_threshold", "tau": t} for t in (0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
     ] + [{"name": "factor", "f": f} for f in (0.1, 0.25, 0.5, 1.0)] + [
         {"name": "entropy_bound", "gamma": g} for g in (0.01, 0.1, 0.5, 1.0)
     ]

@@ -202,13 +202,14 @@ def lr_at(step: int, o: TrainOptions) -> float:
 
 
 def use_bf16(setting: bool | str, device: torch.device) -> bool:
-    """``train.bf16`` resolved for ``device``: "auto" is on for CUDA with bf16 support and for CPUs with AMX tiles."""
+    """``train.bf16`` resolved for ``device``: "auto" is on for CUDA with bf16 support and for CPUs with native bf16
+    matmuls (AMX tiles, or AVX512-BF16: 1.8x fp32's samples/s on an AMD EPYC, ``bench/train_step.py``)."""
     if setting != "auto":
         return bool(setting)
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(amx and amx())
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(bool(check and check()) for check in checks)
 
 
 def _settings(section: dict[str, Any] | None) -> dict[str, Any]:

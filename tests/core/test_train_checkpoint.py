@@ -248,14 +248,17 @@ def test_ema_weights_are_the_final_model_and_survive_resume(tmp_path):
 
 
 def test_bf16_auto_follows_the_cpu(monkeypatch):
-    """train.bf16 = "auto" is bf16 exactly on CPUs with AMX tiles; true/false are taken as they are."""
+    """train.bf16 = "auto" is bf16 exactly on CPUs with AMX tiles or AVX512-BF16; true/false are taken as they are."""
     from unmask.core.training.trainer import use_bf16
 
     cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert use_bf16("auto", cpu) is True
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert use_bf16("auto", cpu) is False and use_bf16(True, cpu) is True and use_bf16(False, cpu) is False
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert use_bf16("auto", cpu) is True and use_bf16(False, cpu) is False
 
 
 def test_resume_with_fewer_steps_exports_at_once(tmp_path):
