@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/unmask eval --model models/sudoku-default --task sudoku --generate 200 --split test \
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/unmask eval --model models/sudoku-default --task sudoku --generate 120 --split test \
 		--seed 2025 --strategies vanilla,top_prob,margin --steps 50 --json results/demo.json
 
 # Lint and type checks (ruff, mypy; configured in pyproject.toml). mypy needs the folders under their package names:
