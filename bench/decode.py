@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from unmask.core.evaluate import evaluate
+from unmask.core.report import cpu_model
 from unmask.core.strategy import build_strategy
 from unmask.core.task import Dataset, build_task
 
@@ -176,21 +176,29 @@ def open_engines(model: str, want: list[str], say: Any, threads: int = 0) -> dic
                 engines[name] = open_engine(model, "torch", bf16=True)
             elif name == "onnxruntime":
                 engines[name] = open_engine(find_or_export_onnx(model, say), "onnxruntime", threads=threads or None)
+            elif name == "onnxruntime-int8":
+                engines[name] = open_engine(find_or_export_onnx(model, say, quantize="int8"), "onnxruntime",
+                                            threads=threads or None)
+            else:
+                say(f"  {name}: skipped (unknown runtime; use torch-fp32, torch-bf16, onnxruntime, onnxruntime-int8)")
         except Exception as exc:  # noqa: BLE001 - a missing runtime skips its rows, never the benchmark
             say(f"  {name}: skipped ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
     return engines
 
 
-def find_or_export_onnx(model: str, say: Any) -> str:
+def find_or_export_onnx(model: str, say: Any, quantize: str | None = None) -> str:
+    """An .onnx file beside ``model`` (``model-int8.onnx`` etc. when quantized), else a fresh export to a temp dir."""
     m = Path(model)
-    for cand in (m.with_suffix(".onnx"), m / "model.onnx", Path(str(m).rstrip("/") + ".onnx")):
+    suffix = f"-{quantize}" if quantize else ""
+    for cand in (m.with_name(m.name + suffix).with_suffix(".onnx"), m / f"model{suffix}.onnx",
+                 Path(str(m).rstrip("/") + f"{suffix}.onnx")):
         if cand.is_file():
             return str(cand)
     from unmask.export.onnx import export_onnx
 
-    out = Path(tempfile.mkdtemp(prefix="unmask-bench-")) / "model.onnx"
-    say(f"  onnxruntime: exporting {model} to {out} (fp32)")
-    export_onnx(model, out, parity=False, log=None)
+    out = Path(tempfile.mkdtemp(prefix="unmask-bench-")) / f"model{suffix}.onnx"
+    say(f"  onnxruntime: exporting {model} to {out} ({quantize or 'fp32'})")
+    export_onnx(model, out, quantize=quantize, parity=False, log=None)
     return str(out)
 
 
@@ -320,7 +328,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     test = [r for r in rows if r["data"] == "test"]
-    markers = {"torch-fp32": "o", "torch-bf16": "s", "onnxruntime": "^"}
+    markers = {"torch-fp32": "o", "torch-bf16": "s", "onnxruntime": "^", "onnxruntime-int8": "v"}
     for ax, key, xlabel in ((axes[0], "nfe_mean", "mean NFE (forward passes per puzzle)"),
                             (axes[1], "puzzles_per_s", "puzzles / s")):
         for r in test:
@@ -343,7 +351,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         if key == "puzzles_per_s":
             ax.set_xscale("log")
     axes[0].set_title("% solved vs NFE (red star: reference loop)")
-    axes[1].set_title("% solved vs throughput (o fp32, s bf16, ^ onnxruntime; gray = static)")
+    axes[1].set_title("% solved vs throughput (o fp32, s bf16, ^ onnxruntime, v int8; gray = static)")
     axes[0].legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -453,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_mix": mix_batch,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "seconds": time.perf_counter() - t_start,
         "load_average_at_start": load_start,
@@ -469,9 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     md = [f"# Decoding benchmark ({meta['mode']})", "",
           f"`python bench/decode.py{' --quick' if args.quick else ''}` on `{args.model}`: {n} test puzzles, a mix of "
           f"{len(mix)} test + hard puzzles (batch {mix_batch}), batch / slot table {batch}, torch {meta['torch']}, "
-          f"{meta['torch_threads']} torch threads, {meta['cpus']} CPUs, load average {load_start:.1f} at the start "
-          "(timings are only comparable on an otherwise idle machine). Host overhead = share of wall time outside "
-          f"engine calls; speed-up = puzzles/s over the reference loop on the same test puzzles.", "",
+          f"{meta['torch_threads']} torch threads, {meta['cpus']} CPUs ({meta['cpu']}), load average "
+          f"{load_start:.1f} at the start (timings are only comparable on an otherwise idle machine). Host overhead = "
+          "share of wall time outside engine calls; speed-up = puzzles/s over the reference loop on the same test "
+          "puzzles.", "",
           *fmt_table(rows, ref["puzzles_per_s"]), "",
           "Engine alone (torch fp32), by batch size:", "",
           "| batch | ms/call | ms/row |", "|---|---|---|",

@@ -18,8 +18,21 @@ from unmask.core.files import read_text, remove_stale_temps, temp_path
 from unmask.core.task import Dataset, Task
 
 
+def cpu_bf16() -> str:
+    """This CPU's native bf16 matmuls as torch reports them: "AMX", "AVX512-BF16" or "" (none: bf16 is emulated, and
+    a bf16 training step was measured at 0.41x fp32's samples/s on such an Intel Xeon, ``bench/train_step.py``)."""
+    import torch
+
+    for name, label in (("_is_amx_tile_supported", "AMX"), ("_is_avx512_bf16_supported", "AVX512-BF16")):
+        check = getattr(torch.cpu, name, None)
+        if check is not None and check():
+            return label
+    return ""
+
+
 def cpu_model() -> str:
-    """The CPU's model name (``lscpu``'s "Model name"), for benchmark reports: timings mean little without it."""
+    """The CPU's model name (``lscpu``'s "Model name") and its native bf16 (:func:`cpu_bf16`), for benchmark
+    reports: timings mean little without them, and "Intel Xeon Processor" alone names several generations."""
     import platform
     import subprocess
 
@@ -27,8 +40,9 @@ def cpu_model() -> str:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     except OSError:
         out = ""
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
+    name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
                 platform.processor() or "unknown CPU")
+    return f"{name} ({cpu_bf16() or 'no native bf16'})"
 
 
 def format_table(results: list[EvalResult]) -> str:

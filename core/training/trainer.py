@@ -53,10 +53,9 @@ class TrainOptions(Section):
     beta2: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.98
     grad_clip: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
     bf16: bool | Literal["auto"] = "auto"
-    """bf16 autocast: true, false, or "auto" = on for CUDA devices with bf16 and for CPUs with AMX (Intel Xeon
-    Sapphire Rapids and later: a training step 1.38x fp32's, results/train_step.txt), off elsewhere (on an AMD EPYC
-    with AVX512-BF16 a bf16 step was measured slower than fp32, before attention ran as matmuls in bf16 training;
-    not re-measured since)."""
+    """bf16 autocast: true, false, or "auto" = on for CUDA devices with bf16 and for CPUs with native bf16 matmuls
+    (``bench/train_step.py``, one thread, default model: Intel Xeon with AMX 1.38x fp32's samples/s; AMD EPYC with
+    AVX512-BF16 1.80x), off elsewhere (Intel Xeon without either: 0.41x)."""
     eps: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 1e-3
     low_discrepancy: bool = True
     """Stratified t over the batch (t_i = (u + i) / B mod 1): same objective, lower-variance gradients."""
@@ -203,13 +202,15 @@ def lr_at(step: int, o: TrainOptions) -> float:
 
 def use_bf16(setting: bool | str, device: torch.device) -> bool:
     """``train.bf16`` resolved for ``device``: "auto" is on for CUDA with bf16 support and for CPUs with native bf16
-    matmuls (AMX tiles, or AVX512-BF16: 1.8x fp32's samples/s on an AMD EPYC, ``bench/train_step.py``)."""
+    matmuls (AMX tiles, or AVX512-BF16: 1.8x fp32's samples/s on an AMD EPYC, ``bench/train_step.py``); off
+    without them (0.41x fp32 on an Intel Xeon without native bf16)."""
     if setting != "auto":
         return bool(setting)
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(bool(check and check()) for check in checks)
+    from unmask.core.report import cpu_bf16
+
+    return bool(cpu_bf16())
 
 
 def _settings(section: dict[str, Any] | None) -> dict[str, Any]:

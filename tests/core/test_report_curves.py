@@ -80,3 +80,17 @@ def test_curves_command_overlays_runs(tmp_path):
     assert_one_line_error(unmask("curves", f"x={tmp_path / 'nope'}", "--out", str(png)), "no metrics.jsonl there")
     (tmp_path / "file").write_text("")
     assert_one_line_error(unmask("curves", str(a), "--out", str(tmp_path / "file" / "c.png")), "cannot write")
+
+
+def test_cpu_model_names_native_bf16(monkeypatch):
+    """Benchmark reports name the CPU's native bf16 (AMX before AVX512-BF16, else none); train.bf16 = "auto" follows
+    the same check."""
+    import torch
+
+    from unmask.core.report import cpu_bf16, cpu_model
+
+    for amx, avx, label in ((True, True, "AMX"), (False, True, "AVX512-BF16"), (False, False, "")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx: v, raising=False)
+        assert cpu_bf16() == label
+        assert cpu_model().endswith(f"({label or 'no native bf16'})")
