@@ -61,7 +61,7 @@ def step_costs(model: str, strategy: str, steps: int, sizes: list[int], repeats:
     ``n`` fresh rows (median of ``repeats``); the passes come from decoding 64 test puzzles with the strategy."""
     import torch
 
-    from unmask.core.cli import _strategy
+    from unmask.core.cli import serve_strategy
     from unmask.core.decoding.loop import check_strategy
     from unmask.core.decoding.schedule import SlotTable, decode_many
     from unmask.core.engine import TorchEngine
@@ -70,7 +70,7 @@ def step_costs(model: str, strategy: str, steps: int, sizes: list[int], repeats:
     torch.set_num_threads(1)
     task, module, cfg = load_model(model)
     engine = TorchEngine(module, cfg)
-    strat = _strategy(engine, task, strategy, steps, None, "serve")  # as `unmask serve --strategy` builds it
+    strat = serve_strategy(engine, task, strategy, steps, None, "serve")  # as `unmask serve --strategy` builds it
     cap = check_strategy(strat)
     data = test_data(model, max(max(sizes), 64), seed=4242)
     tok, giv = torch.from_numpy(data.inputs), torch.from_numpy(data.given)

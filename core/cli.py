@@ -270,9 +270,10 @@ def _decoders(engine: Any, task: Any, names: str, steps: int | None, opts: list[
     return out
 
 
-def _strategy(engine: Any, task: Any, names: str, steps: int | None, opts: list[str] | None,
+def serve_strategy(engine: Any, task: Any, names: str, steps: int | None, opts: list[str] | None,
               command: str) -> Any:
-    """The one decode-loop strategy of ``unmask serve`` (its scheduler steps rows of the decode loop)."""
+    """The one decode-loop strategy of ``unmask serve`` (its scheduler steps rows of the decode loop), built from the
+    command's flags; ``bench/serve.py`` builds its strategy here too, so both run the same one."""
     from unmask.core.objective import objective_name
     from unmask.core.strategy import Strategy
 
@@ -403,7 +404,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"unmask serve needs the 'serve' extra ({missing} is not installed): pip install -e '.[serve]'"
         )
     engine, task, _ = _engine_and_task(args)
-    strategy = _strategy(engine, task, args.strategy, args.steps, args.opt, "serve")
+    strategy = serve_strategy(engine, task, args.strategy, args.steps, args.opt, "serve")
     return serve.run(args, engine, task, strategy)
 
 
