@@ -271,7 +271,7 @@ def _decoders(engine: Any, task: Any, names: str, steps: int | None, opts: list[
 
 
 def serve_strategy(engine: Any, task: Any, names: str, steps: int | None, opts: list[str] | None,
-              command: str) -> Any:
+                   command: str) -> Any:
     """The one decode-loop strategy of ``unmask serve`` (its scheduler steps rows of the decode loop), built from the
     command's flags; ``bench/serve.py`` builds its strategy here too, so both run the same one."""
     from unmask.core.objective import objective_name
