@@ -4,9 +4,10 @@
     python bench/decode.py                  # the full matrix (strategies x schedulers x runtimes, option sweeps)
 
 (a) The *reference loop*: a fixed 50 steps, one K for the whole batch (from the row with most masks), every row
-runs until the batch is done, fp32 PyTorch eager, margin scores, static batches. (b) unmask's loop with each
-strategy, scheduler (``static``: per-row finish inside fixed batches; ``continuous``: the slot table of
-``unmask.core.decoding.schedule``) and runtime (torch fp32, torch bf16, onnxruntime when it can open the model).
+runs until the batch is done, fp32 PyTorch eager with the whole batch in one call, margin scores, static batches.
+(b) unmask's loop with each strategy, scheduler (``static``: per-row finish inside fixed batches; ``continuous``:
+the slot table of ``unmask.core.decoding.schedule``) and runtime (torch fp32 or bf16, eager or ``torch.compile``d,
+in micro-batches on a CPU; onnxruntime fp32 or int8, when it can open the model).
 
 Per configuration it prints % solved, mean NFE, puzzles/s, host overhead (share of wall time spent outside engine
 calls: the engine is wrapped to time its calls) and the speed-up in puzzles/s over (a). A second data set mixes
@@ -170,17 +171,16 @@ def open_engines(model: str, want: list[str], say: Any, threads: int = 0) -> dic
     engines: dict[str, Any] = {}
     for name in want:
         try:
-            if name == "torch-fp32":
-                engines[name] = open_engine(model, "torch")
-            elif name == "torch-bf16":
-                engines[name] = open_engine(model, "torch", bf16=True)
+            if name in ("torch-fp32", "torch-bf16", "torch-fp32-compile", "torch-bf16-compile"):
+                engines[name] = open_engine(model, "torch", bf16="bf16" in name, compile=name.endswith("-compile"))
             elif name == "onnxruntime":
                 engines[name] = open_engine(find_or_export_onnx(model, say), "onnxruntime", threads=threads or None)
             elif name == "onnxruntime-int8":
                 engines[name] = open_engine(find_or_export_onnx(model, say, quantize="int8"), "onnxruntime",
                                             threads=threads or None)
             else:
-                say(f"  {name}: skipped (unknown runtime; use torch-fp32, torch-bf16, onnxruntime, onnxruntime-int8)")
+                say(f"  {name}: skipped (unknown runtime; use torch-fp32, torch-bf16, torch-fp32-compile, "
+                    "torch-bf16-compile, onnxruntime, onnxruntime-int8)")
         except Exception as exc:  # noqa: BLE001 - a missing runtime skips its rows, never the benchmark
             say(f"  {name}: skipped ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
     return engines
@@ -210,25 +210,30 @@ PARALLEL_DEFAULT = [
 ]
 # the parallel settings that keep the reference's accuracy on the default model (full sweep in results/decode.md)
 PARALLEL_ACCURATE = [
+    {"name": "confidence_threshold", "tau": 0.999, "score": "margin"},
     {"name": "confidence_threshold", "tau": 0.999},
     {"name": "confidence_threshold", "tau": 0.99},
     {"name": "factor", "f": 0.25},
 ]
+
+# thresholds on the top-two margin instead of the top probability: the order of margin decoding, in parallel
+MARGIN_THRESHOLDS = [{"name": "confidence_threshold", "tau": t, "score": "margin"} for t in (0.999, 0.99)]
 
 
 def plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {
             "test": [{"name": "margin"}] + [{"name": "confidence_threshold", "tau": t} for t in (0.999, 0.99, 0.95)]
-            + PARALLEL_DEFAULT,
+            + MARGIN_THRESHOLDS + PARALLEL_DEFAULT,
             "schedulers": ["continuous"],
-            "other_runtimes": [{"name": "confidence_threshold", "tau": t} for t in (0.999, 0.99, 0.95)],
+            "other_runtimes": [{"name": "confidence_threshold", "tau": t} for t in (0.999, 0.99, 0.95)]
+            + MARGIN_THRESHOLDS[:1],
             "mix": [{"name": "confidence_threshold", "tau": 0.9}],
-            "profile": [1, 8, 64],
+            "profile": [1, 8, 32, 64, 256],
         }
     sweep = [
         {"name": "confidence_threshold", "tau": t} for t in (0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
-    ] + [{"name": "factor", "f": f} for f in (0.1, 0.25, 0.5, 1.0)] + [
+    ] + MARGIN_THRESHOLDS + [{"name": "factor", "f": f} for f in (0.1, 0.25, 0.5, 1.0)] + [
         {"name": "entropy_bound", "gamma": g} for g in (0.01, 0.1, 0.5, 1.0)
     ]
     return {
@@ -394,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot open '{args.model}' with the torch runtime (train one: unmask train --config "
               "configs/sudoku-default.toml, or pass --model)", file=sys.stderr)
         return 2
+    from unmask.core.decoding.runtime import open_engine
+
+    # the reference calls the model on the whole batch, as public decoders do; unmask's torch engines slice a big
+    # batch into micro-batches on a CPU (runtime option micro_batch; the profile (d) shows why)
+    whole = TimedEngine(open_engine(args.model, "torch", micro_batch=0))
     timed = {k: TimedEngine(v) for k, v in engines.items()}
     task = build_task(engines["torch-fp32"].config["task"], "model task")
     test = task.generate("test", n, args.seed)
@@ -404,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     say(f"model {args.model}; {n} test puzzles, mix of {len(mix)} (test + hard); batch {batch}; "
         f"torch threads {torch.get_num_threads()}; runtimes {', '.join(engines)}")
-    for eng in timed.values():  # warm-up: first calls allocate and (onnxruntime) optimise
+    for eng in [whole, *timed.values()]:  # warm-up: first calls allocate and (onnxruntime) optimise
         x = torch.from_numpy(test.inputs[:batch]).to(getattr(eng, "device", torch.device("cpu")))
         eng(x)
         eng(x[:1])
@@ -420,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             f"host {100 * r['host_overhead']:4.1f}%  {sp}")
 
     say("(a) reference loop")
-    ref = run_reference(timed["torch-fp32"], task, test, "test", batch)
+    ref = run_reference(whole, task, test, "test", batch)
     show(ref)
     say("(b) unmask")
     for section in p["test"]:
@@ -435,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     for section in p["mix"]:
         for sched in ("static", "continuous"):
             show(run_unmask(timed["torch-fp32"], "torch-fp32", task, mix, "mix", section, sched, mix_batch))
-    say("(d) engine profile (torch fp32): ms per row by batch size")
-    prof = engine_profile(timed["torch-fp32"], task, p["profile"], 2 if args.quick else 5)
+    say("(d) engine profile (torch fp32, whole batch per call): ms per row by batch size")
+    prof = engine_profile(whole, task, p["profile"], 2 if args.quick else 5)
     for q in prof:
         say(f"  batch {q['batch']:4d}: {q['ms_per_call']:8.2f} ms/call  {q['ms_per_row']:6.3f} ms/row")
 
@@ -482,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
           "share of wall time outside engine calls; speed-up = puzzles/s over the reference loop on the same test "
           "puzzles.", "",
           *fmt_table(rows, ref["puzzles_per_s"]), "",
-          "Engine alone (torch fp32), by batch size:", "",
+          "Engine alone (torch fp32, the whole batch in one call), by batch size:", "",
           "| batch | ms/call | ms/row |", "|---|---|---|",
           *[f"| {q['batch']} | {q['ms_per_call']:.2f} | {q['ms_per_row']:.3f} |" for q in prof], "",
           "## Targets", "", *tgt, "", line, "", "![Pareto](decode.png)", ""]

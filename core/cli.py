@@ -59,6 +59,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 # -- list -----------------------------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
     from unmask.core.registry import registries
@@ -172,13 +183,16 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
     fields = set(getattr(getattr(runtimes.get(runtime), "Options", None), "__struct_fields__", ()))
     opts: dict[str, Any] = {}
     typed = {"device": args.device, "bf16": getattr(args, "bf16", False) or None,
-             "threads": getattr(args, "threads", None)}
+             "compile": getattr(args, "compile", False) or None, "threads": getattr(args, "threads", None),
+             "micro_batch": getattr(args, "micro_batch", None)}
     for key, value in typed.items():
         if value is None:
             continue
         if key not in fields:  # name the flag the user typed, not the runtime's config path
-            hint = "; export with --precision bf16 for onnxruntime/TensorRT" if key == "bf16" else ""
-            raise InputError(f"--{key} does not apply to runtime '{runtime}' (model '{args.model}'){hint}")
+            hint = {"bf16": "; export with --precision bf16 for onnxruntime/TensorRT",
+                    "compile": "; onnxruntime and TensorRT compile the graph themselves"}.get(key, "")
+            flag = key.replace("_", "-")
+            raise InputError(f"--{flag} does not apply to runtime '{runtime}' (model '{args.model}'){hint}")
         opts[key] = value
     if "threads" in fields and "threads" not in opts:
         opts["threads"] = default_threads(getattr(args, "command", ""))
@@ -476,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--runtime", help="torch, onnxruntime, tensorrt, ... (default: from the model path)")
         s.add_argument("--device", help="cpu, cuda (or tensorrt for onnxruntime)")
         s.add_argument("--bf16", action="store_true", help="bf16 autocast (torch runtime)")
+        s.add_argument("--compile", action="store_true", help="torch.compile the forward (torch runtime; compiles "
+                       "for seconds to tens of seconds at start; 1.1-1.17x faster passes measured on a Xeon with AMX)")
+        s.add_argument("--micro-batch", type=_count, metavar="N", help="CPU rows per engine call: bigger batches "
+                       "run in slices of N, which stay in cache (0 = whole batch; default 32 torch, 16 onnxruntime)")
         s.add_argument("--threads", type=_positive, help="CPU threads for the runtime (default: 1 for solve, else the "
                        "cores not already busy)")
         s.add_argument("--steps", type=_positive, help="decoding steps T (default: the strategy's, 50)")

@@ -463,9 +463,10 @@ class Trainer:
         return out
 
     def engine(self) -> Any:
-        from unmask.core.engine import TorchEngine
+        from unmask.core.engine import CPU_MICRO_BATCH, TorchEngine
 
-        return TorchEngine(self.model, self.config, device=str(self.device), bf16=self.bf16)
+        return TorchEngine(self.model, self.config, device=str(self.device), bf16=self.bf16,
+                           micro_batch=CPU_MICRO_BATCH if self.device.type == "cpu" else 0)
 
     # -- main loop ------------------------------------------------------------------------------------------------
     def run(self) -> Path:

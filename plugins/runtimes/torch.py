@@ -10,7 +10,8 @@ import torch
 
 from unmask.core.config import Section
 from unmask.core.decoding.runtime import require_cuda
-from unmask.core.engine import TorchEngine
+from unmask.core.engine import CPU_MICRO_BATCH, TorchEngine
+from unmask.core.errors import DeviceError
 from unmask.core.models import load_model
 from unmask.core.registry import runtimes
 
@@ -21,6 +22,11 @@ class TorchOptions(Section):
     """bf16 autocast: 2-3x faster on CPUs with AMX and on GPUs; logits are returned as float32."""
     threads: Annotated[int, msgspec.Meta(ge=0)] = 0
     """CPU threads for torch (0 = torch's default)."""
+    compile: bool = False
+    """torch.compile the forward (dynamic batch); compiled when the engine opens (seconds to tens of seconds)."""
+    micro_batch: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Rows per forward call: a bigger batch runs in slices of this many (0 = whole batch; default: 32 on a CPU,
+    where slices stay in cache, the whole batch on CUDA). Same logits either way; see bench/decode.py's profile."""
 
 
 @runtimes.register("torch")
@@ -39,4 +45,22 @@ class TorchRuntime:
         if options.threads:
             torch.set_num_threads(options.threads)
         task, module, config = load_model(path)
-        return TorchEngine(module, config, device=options.device, bf16=options.bf16)
+        micro = options.micro_batch
+        if micro is None:
+            micro = CPU_MICRO_BATCH if options.device == "cpu" else 0
+        engine = TorchEngine(module, config, device=options.device, bf16=options.bf16, compile=options.compile,
+                             micro_batch=micro)
+        if options.compile:
+            warm_up(engine, path)
+        return engine
+
+
+def warm_up(engine: TorchEngine, path: Path) -> None:
+    """Compile now, on batches of 2 and 1 rows of token 0, so that a failure is reported at open and not in the
+    middle of work (torch specialises a dimension of size 1: one graph for a single row, one for any other size)."""
+    try:
+        for rows in (2, 1):
+            engine(torch.zeros(rows, engine.seq_len, dtype=torch.long))
+    except Exception as exc:  # noqa: BLE001 - any compiler failure (no C++ compiler, unsupported op) is one line
+        raise DeviceError(f"torch.compile of '{path}' failed ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200]}); open it without --compile") from exc

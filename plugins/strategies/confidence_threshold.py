@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 import torch
 
 from unmask.core.registry import strategies
-from unmask.core.strategy import ParallelOptions, StepInput, StepOutput, Strategy
+from unmask.core.strategy import ParallelOptions, StepInput, StepOutput, Strategy, top_two
 
 
 class ConfidenceThresholdOptions(ParallelOptions):
     tau: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.9
-    """Commit every candidate whose max_v p_i(v) (plus noise, if any) is >= tau."""
+    """Commit every candidate whose confidence (plus noise, if any) is >= tau."""
+    score: Literal["top_prob", "margin"] = "top_prob"
+    """Confidence: max_v p_i(v), or the top-two margin p_i(v1) - p_i(v2) (which also orders the fallback commit)."""
 
 
 @strategies.register("confidence_threshold")
@@ -31,7 +33,12 @@ class ConfidenceThreshold(Strategy):
 
     def step(self, x: StepInput) -> StepOutput:
         probs = torch.softmax(x.logits.float(), dim=-1)  # (B, L, V)
-        conf = self.add_noise(x, probs.amax(dim=-1))  # (B, L)
+        if self.options.score == "margin":
+            p1, p2 = top_two(probs)
+            raw = p1 - p2
+        else:
+            raw = probs.amax(dim=-1)
+        conf = self.add_noise(x, raw)  # (B, L)
         cand = self.candidates(x)  # (B, L)
         if self.options.at_least == "schedule":
             floor = torch.minimum(self.quota(x, x.masked.sum(dim=1)), cand.sum(dim=1))

@@ -63,6 +63,8 @@ EVAL = ("eval", "--model", str(MODEL), "--strategies", "margin")
         (("--generate", "10", "--batch-size", "0"), "argument --batch-size: expected a positive integer, got '0'"),
         (("--generate", "10", "--batch-size", "-1"), "argument --batch-size: expected a positive integer, got '-1'"),
         (("--generate", "0"), "argument --generate: expected a positive integer, got '0'"),
+        (("--generate", "4", "--micro-batch", "-1"), "argument --micro-batch: expected an integer >= 0, got '-1'"),
+        (("--generate", "4", "--micro-batch", "x"), "argument --micro-batch: expected an integer >= 0, got 'x'"),
         (("--generate", "-5"), "argument --generate: expected a positive integer, got '-5'"),
         (("--generate", "3", "--steps", "0"), "argument --steps"),
         (("--generate", "3", "--threads", "0"), "argument --threads"),

@@ -159,6 +159,10 @@ def test_cli_flags_a_runtime_does_not_take_are_named_as_typed(tiny_onnx, capsys)
     err = capsys.readouterr().err
     assert code == 2 and "error: --bf16 does not apply to runtime 'onnxruntime'" in err
     assert "runtime onnxruntime.bf16" not in err
+    code = main(["eval", "--model", str(tiny_onnx[0]), "--generate", "2", "--compile"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: --compile does not apply to runtime 'onnxruntime'" in err
+    assert "compile the graph themselves" in err
 
 
 def test_fp32_parity_runs_without_tf32():

@@ -26,6 +26,23 @@ def test_commits_exactly_the_positions_above_tau(make_input, seed, tau, step, sh
             assert bool(out.commit[b, best])
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), tau=st.floats(0.0, 0.99), step=st.integers(0, 18), sharp=st.floats(0.5, 6.0))
+def test_margin_score_thresholds_the_top_two_gap(make_input, seed, tau, step, sharp):
+    x = make_input(seed, step=step, sharp=sharp)
+    out = build_strategy({"name": "confidence_threshold", "tau": max(tau, 1e-3), "score": "margin",
+                          "steps": 20}).step(x)
+    top = torch.softmax(x.logits, dim=-1).topk(2, dim=-1).values
+    gap = top[..., 0] - top[..., 1]
+    above = x.masked & (gap >= max(tau, 1e-3))
+    for b in range(x.masked.shape[0]):
+        if above[b].any():
+            assert torch.equal(out.commit[b], above[b])
+        else:  # the single candidate with the widest gap, which need not be the most probable one
+            assert int(out.commit[b].sum()) == 1
+            assert bool(out.commit[b, gap[b].masked_fill(~x.masked[b], -1).argmax()])
+
+
 def test_last_step_commits_everything(make_input):
     x = make_input(1, step=19, sharp=0.1)
     out = build_strategy({"name": "confidence_threshold", "tau": 0.99, "steps": 20}).step(x)
