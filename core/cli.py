@@ -301,13 +301,24 @@ def serve_strategy(engine: Any, task: Any, names: str, steps: int | None, opts: 
 def cmd_eval(args: argparse.Namespace) -> int:
     from unmask.core import distributed
     from unmask.core.files import check_writable
-    from unmask.core.report import eval_report, format_table, order_heatmap, write_report
 
     if args.json:  # before any work, so a typo costs no evaluation (the bar chart and heat maps go beside it)
         check_writable(args.json, "--json")
     elif args.trace:
         check_writable(Path("order.png"), "--trace (heat maps go to the current directory without --json)")
     distributed.setup(args.device)  # under torchrun: each rank decodes a shard, rank 0 reports
+    code = _eval_ranks(args, distributed)
+    # Every rank leaves the group together, after rank 0 has written its report: a rank that exits with the group
+    # still up can abort in gloo's teardown ("terminate called without an active exception"), and torchrun then
+    # kills rank 0 before it has written the results. Not on an error: another rank may be inside a collective,
+    # and torchrun stops the others when one fails.
+    distributed.cleanup()
+    return code
+
+
+def _eval_ranks(args: argparse.Namespace, distributed: Any) -> int:
+    from unmask.core.report import eval_report, format_table, order_heatmap, write_report
+
     main = distributed.is_main()
     engine, task, runtime = _engine_and_task(args)
     strategies = _decoders(engine, task, args.strategies, args.steps, args.opt)
