@@ -72,7 +72,7 @@ class TorchEngine:
 
     def __init__(self, module: torch.nn.Module, config: dict[str, Any], *, device: str = "cpu", bf16: bool = False,
                  vocab_size: int | None = None, seq_len: int | None = None, compile: bool = False,
-                 micro_batch: int = 0) -> None:
+                 micro_batch: int | None = None) -> None:
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
         self.config = config
@@ -81,7 +81,10 @@ class TorchEngine:
         # export and the key/value-cache path
         self.compiled = bool(compile)
         self._forward: Any = torch.compile(self.module, dynamic=True) if compile else self.module
-        # rows per forward call (0 = the whole batch): a CPU runs a big batch faster in slices that stay in cache
+        # rows per forward call (0 = the whole batch; None = CPU_MICRO_BATCH on a CPU, the whole batch on a GPU): a
+        # CPU runs a big batch faster in slices that stay in cache
+        if micro_batch is None:
+            micro_batch = CPU_MICRO_BATCH if self.device.type == "cpu" else 0
         self.micro_batch = int(micro_batch)
         spec: Any = getattr(module, "spec", None)  # the backbone's ModelSpec, if it keeps one
         self.vocab_size = int(vocab_size if vocab_size is not None else spec.vocab_size)

@@ -463,10 +463,9 @@ class Trainer:
         return out
 
     def engine(self) -> Any:
-        from unmask.core.engine import CPU_MICRO_BATCH, TorchEngine
+        from unmask.core.engine import TorchEngine
 
-        return TorchEngine(self.model, self.config, device=str(self.device), bf16=self.bf16,
-                           micro_batch=CPU_MICRO_BATCH if self.device.type == "cpu" else 0)
+        return TorchEngine(self.model, self.config, device=str(self.device), bf16=self.bf16)
 
     # -- main loop ------------------------------------------------------------------------------------------------
     def run(self) -> Path:

@@ -10,7 +10,7 @@ import torch
 
 from unmask.core.config import Section
 from unmask.core.decoding.runtime import require_cuda
-from unmask.core.engine import CPU_MICRO_BATCH, TorchEngine
+from unmask.core.engine import TorchEngine
 from unmask.core.errors import DeviceError
 from unmask.core.models import load_model
 from unmask.core.registry import runtimes
@@ -45,11 +45,8 @@ class TorchRuntime:
         if options.threads:
             torch.set_num_threads(options.threads)
         task, module, config = load_model(path)
-        micro = options.micro_batch
-        if micro is None:
-            micro = CPU_MICRO_BATCH if options.device == "cpu" else 0
         engine = TorchEngine(module, config, device=options.device, bf16=options.bf16, compile=options.compile,
-                             micro_batch=micro)
+                             micro_batch=options.micro_batch)
         if options.compile:
             warm_up(engine, path)
         return engine
