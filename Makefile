@@ -1,21 +1,21 @@
 # make demo: set up .venv, install, evaluate the committed default Sudoku model (vanilla / top_prob / margin).
-# make test: set up .venv, install, run ruff and mypy (make lint), then the default test suite (no GPU, no TensorRT,
-# no slow tests).
+# make test: set up .venv, install, run ruff and mypy (make lint), build the docs (make docs), then the default test
+# suite (no GPU, no TensorRT, no slow tests).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # torch 2.13.0 is pinned here: on these machines its CPU wheel lies on disk (any other version downloads GBs).
-# GPU users: see README "GPU and TensorRT".
+# GPU users: see docs/guide/gpu.md.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint test-slow test-gpu clean setup
+.PHONY: demo test lint docs test-slow test-gpu clean setup
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev,serve,cpu]"
+	$(BIN)/python -m pip install -q -e ".[dev,serve,cpu,text]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -32,7 +32,11 @@ lint: $(STAMP)
 	for d in core export plugins; do ln -sfn ../../../$$d build/typecheck/unmask/$$d; done
 	$(BIN)/mypy
 
-test: lint
+# The docs site (mkdocs.yml): warnings are errors (broken links, anchors, API reference); the site goes to site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
 	$(BIN)/python -m pytest -q tests
 
 test-slow: $(STAMP)
@@ -45,4 +49,4 @@ test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m "gpu or tensorrt" tests
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -3,6 +3,16 @@
 tokens (B, L) int64 -> logits (B, L, V) float, on the engine's device. An engine knows its vocabulary size,
 sequence length and batch limits from the artifact it was loaded from (checkpoint config, ONNX metadata, TensorRT
 sidecar), never from CLI flags, and carries that artifact's resolved config in ``config``.
+
+Text models need two optional inputs, which an engine lists in ``inputs`` (absent: neither):
+
+- ``lengths`` (B,) int64: each row's real length; rows are right-padded to L and the padding is masked out of
+  attention, so a row gives the same logits alone and in any batch;
+- ``index`` (B, K) int64: the positions to return logits at, ``logits = engine(tokens, index=...)`` (B, K, V): the
+  decode loop asks for the positions a strategy can commit this step only (with a 126k vocabulary, (B, L, V) for a
+  whole canvas does not fit), and a backbone applies its output layer there only.
+
+Both are plain tensors, so an exported engine (ONNX, TensorRT) meets the same contract.
 """
 
 from __future__ import annotations
@@ -23,6 +33,38 @@ class Engine(Protocol):
     config: dict[str, Any]
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+ENGINE_INPUTS = ("lengths", "index", "given")  # the optional inputs an engine may list in ``inputs``
+
+
+class GuidanceEngine:
+    """Classifier-free guidance around an engine (LLaDA, Nie et al. 2025, ``generate.py``): each call runs the
+    rows twice in one batch, as they are and with every given position masked (the unconditional pass), and
+    returns u + (scale + 1) (c - u). Needs the loop's ``given`` (B, L) input; passes ``lengths`` and ``index`` on."""
+
+    def __init__(self, engine: Any, scale: float, mask_id: int) -> None:
+        self.engine = engine
+        self.scale = float(scale)
+        self.mask_id = int(mask_id)
+        self.vocab_size = engine.vocab_size
+        self.seq_len = engine.seq_len
+        self.max_batch = None if getattr(engine, "max_batch", None) is None else max(1, engine.max_batch // 2)
+        self.device = engine.device
+        self.config = engine.config
+        self.inner = tuple(getattr(engine, "inputs", ()))
+        self.inputs = (*self.inner, "given")
+
+    def __call__(self, tokens: torch.Tensor, *, given: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
+        B, L = tokens.shape
+        real = given[:, :L]
+        if "lengths" in extra:
+            real = real & (torch.arange(L, device=tokens.device)[None, :] < extra["lengths"][:, None])
+        uncond = tokens.masked_fill(real, self.mask_id)
+        both = {k: torch.cat([v, v]) for k, v in extra.items() if k in self.inner}
+        logits = self.engine(torch.cat([tokens, uncond]), **both)
+        c, u = logits[:B], logits[B:]
+        return u + (self.scale + 1.0) * (c - u)
 
 
 class FunctionEngine:
@@ -90,15 +132,25 @@ class TorchEngine:
         self.vocab_size = int(vocab_size if vocab_size is not None else spec.vocab_size)
         self.seq_len = int(seq_len if seq_len is not None else spec.seq_len)
         self.max_batch: int | None = None
+        # the optional inputs the module's forward takes (a text backbone: lengths, index); see the module docstring
+        self.inputs: tuple[str, ...] = tuple(n for n in getattr(module, "inputs", ()) if n in ENGINE_INPUTS)
 
     @torch.inference_mode()
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(self.device, non_blocking=True)
+        unknown = sorted(set(extra) - set(self.inputs))
+        if unknown:
+            from unmask.core.errors import InputError
+
+            raise InputError(f"this model takes no '{unknown[0]}' input (it takes: tokens"
+                             f"{''.join(', ' + n for n in self.inputs)})")
+        extra = {k: v.to(self.device, non_blocking=True) for k, v in extra.items()}
         n = self.micro_batch
         with autocast_context(self.device, self.bf16):
             if 0 < n < tokens.shape[0]:
-                return torch.cat([self._forward(tokens[i : i + n]).float() for i in range(0, tokens.shape[0], n)])
-            logits = self._forward(tokens)
+                return torch.cat([self._forward(tokens[i : i + n], **{k: v[i : i + n] for k, v in extra.items()}).float()
+                                  for i in range(0, tokens.shape[0], n)])
+            logits = self._forward(tokens, **extra)
         return logits.float()
 
     @property

@@ -48,11 +48,59 @@ def resolved_task(section: Any, where: str = "task") -> dict[str, Any]:
     return build_task(section, where).config_dict()
 
 
-def load_model(path: str | os.PathLike, *, task: Task | None = None) -> tuple[Task, nn.Module, dict[str, Any]]:
-    """(task, module in eval mode on CPU, config) from a model, checkpoint or run directory.
+def foreign_model_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The unmask config of a model directory written by another framework (a Hugging Face checkpoint), from the
+    first backbone plugin whose ``describe(path)`` knows it; None for unmask's own directories and unknown ones."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    if (p / "config.json").is_file():
+        try:
+            head = (p / "config.json").read_bytes()[:4096]
+        except OSError:
+            return None
+        if b'"unmask-model/' in head:
+            return None
+    from unmask.core.errors import PluginError
 
-    With ``task`` given, the checkpoint must have been trained for the same task and options.
+    for name in backbones.names():
+        try:
+            describe = getattr(backbones.get(name), "describe", None)
+        except PluginError:
+            continue
+        if callable(describe):
+            config = describe(p)
+            if config:
+                return dict(config)
+    return None
+
+
+def load_model(path: str | os.PathLike, *, task: Task | None = None,
+               overrides: list[str] | None = None) -> tuple[Task, nn.Module, dict[str, Any]]:
+    """(task, module in eval mode on CPU, config) from a model, checkpoint or run directory, or a model directory of
+    another framework that a backbone plugin describes (a Hugging Face checkpoint: the ``hf`` backbone).
+
+    With ``task`` given, the checkpoint must have been trained for the same task and options. ``overrides``
+    (``section.key=value``) change the config of a foreign model before it is built (``backbone.trust_remote_code=
+    true``, ``task.mask_id=126336``); unmask's own checkpoints are checksummed and take none.
     """
+    foreign = foreign_model_config(path)
+    if foreign is not None:
+        from unmask.core.config import apply_overrides
+
+        config = apply_overrides(foreign, overrides)
+        try:
+            ck_task = build_task(config["task"], "model task")
+            if task is not None:
+                check_task_matches(task, config, str(path))
+            module, backbone = build_model(ck_task, config["backbone"])
+        except ConfigError as exc:
+            raise CheckpointError(f"model '{path}': {exc}") from None
+        config["task"] = ck_task.config_dict()
+        config["backbone"] = backbone
+        return ck_task, module.eval(), config
+    if overrides:
+        raise ConfigError(f"'{path}' is an unmask model; its config takes no overrides ({overrides[0]})")
     model_dir = resolve_model_dir(path)
     config = read_config(model_dir)
     try:

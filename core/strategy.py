@@ -39,9 +39,16 @@ class StrategyOptions(Section):
     """Committed token: the most likely one, or a sample from softmax(logits / temperature)."""
     temperature: Annotated[float, msgspec.Meta(gt=0.0)] = 1.0
     block_size: Annotated[int, msgspec.Meta(ge=0)] = 0
-    """Semi-autoregressive blocks: when > 0 only masked positions in the first block (of this many positions)
-    that still has masks are candidates; K still follows the row's whole schedule (capped by the block), and the
-    last step commits everything left."""
+    """Semi-autoregressive blocks: when > 0 a row's free (non-given) positions are cut, in sequence order, into
+    blocks of this many, and only masked positions of the first block that still has masks are candidates (for a
+    text prompt the free positions are the generation, so block 0 starts right after the prompt, as in LLaDA)."""
+    block_steps: Literal["shared", "even"] = "shared"
+    """How blocks spend the steps. "shared": K follows the row's whole schedule (capped by the block) and the
+    row's last step commits everything left. "even": LLaDA's semi-autoregressive schedule (Nie et al. 2025,
+    ``generate.py``): block b of n gets steps floor(b T / n) .. floor((b+1) T / n) - 1, spreads its masks evenly
+    over them (K = ceil(masked in block / its steps left): LLaDA's ``get_num_transfer_tokens``) and commits all of
+    them on its last one; a block finished early (a parallel strategy) hands its unused steps on by advancing the
+    row to the next block's first step."""
 
 
 class ParallelOptions(StrategyOptions):
@@ -53,7 +60,13 @@ class ParallelOptions(StrategyOptions):
 
 @dataclass
 class StepInput:
-    """What a strategy sees for the rows being decoded this step (B = number of live rows)."""
+    """What a strategy sees for the rows being decoded this step (B = number of live rows).
+
+    The position axis has L columns: the whole sequence, or, when the engine computes logits only where a
+    strategy can commit (a text model: (B, L, V) over a 126k vocabulary would not fit), the K columns of this
+    step's window (:meth:`Strategy.window`) gathered per row, ``positions`` saying which sequence position each
+    column is (padding columns: not masked, given). Strategies work on whatever columns they get.
+    """
 
     logits: torch.Tensor  # (B, L, V) float; the mask token's logit is already -inf
     tokens: torch.Tensor  # (B, L) int64; masked positions hold the mask id
@@ -63,6 +76,22 @@ class StepInput:
     steps: int  # T
     generator: torch.Generator
     mask_id: int
+    window: torch.Tensor | None = None  # (B, L) bool: this step's candidates, when the loop planned them
+    n_masked: torch.Tensor | None = None  # (B,) int64: masks the schedule spreads over ``left`` (default: row's)
+    left: torch.Tensor | None = None  # (B,) int64 >= 1: steps left for them (1 = commit them all now)
+    positions: torch.Tensor | None = None  # (B, L) int64: sequence position of each column (None: identity)
+
+
+@dataclass
+class Window:
+    """A step's plan, made before the engine runs (it needs no logits): which positions are candidates, and the
+    schedule's count and steps left for them. ``block_end`` (B,) is set under ``block_steps = "even"``: the step
+    a row moves to once its current block has no mask left."""
+
+    cand: torch.Tensor  # (B, L) bool
+    n_masked: torch.Tensor  # (B,) int64
+    left: torch.Tensor  # (B,) int64 >= 1
+    block_end: torch.Tensor | None = None  # (B,) int64
 
 
 @dataclass
@@ -128,35 +157,71 @@ class Strategy:
             r = torch.randn(shape, generator=x.generator, device=dev)
         return r.to(x.logits.device)
 
-    def quota(self, x: StepInput, n_masked: torch.Tensor) -> torch.Tensor:
+    def steps_left(self, x: StepInput) -> torch.Tensor:
+        """(B,) steps left for the masks the schedule is spreading (the row's, or its block's under
+        ``block_steps = "even"``); 1 means commit them all now."""
+        if x.left is not None:
+            return x.left
+        if x.window is None and int(getattr(self.options, "block_size", 0) or 0) > 0:
+            return self.window(x.masked, x.given, x.step, x.steps).left
+        return (x.steps - x.step).clamp(min=1)
+
+    def quota(self, x: StepInput, n_masked: torch.Tensor | None = None) -> torch.Tensor:
         """Per-row K (B,): |M_t| (alpha_s - alpha_t) / (1 - alpha_t) = |M_t| / (T - step) for the linear schedule.
 
-        Rounded (or Binomial), at least 1, and everything left on the row's last step.
+        Rounded (or Binomial), at least 1, and everything left on the row's last step. ``n_masked`` defaults to
+        the count the loop's plan gives (the row's masks, or its block's); under ``block_steps = "even"`` K is
+        ceil(n / steps left), LLaDA's even split.
         """
-        remaining = (x.steps - x.step).clamp(min=1)  # (B,)
+        if x.n_masked is not None:
+            n_masked = x.n_masked
+        elif n_masked is None or (x.window is None and int(getattr(self.options, "block_size", 0) or 0) > 0):
+            n_masked = self.window(x.masked, x.given, x.step, x.steps).n_masked
+        remaining = self.steps_left(x)  # (B,)
         n = n_masked.to(torch.float64)
         if self.options.k_rule == "binomial":
             p = (1.0 / remaining.to(torch.float64)).to(x.generator.device)
             k = torch.binomial(n.to(x.generator.device), p, generator=x.generator).to(n.device)
+        elif getattr(self.options, "block_steps", "shared") == "even":
+            k = torch.ceil(n / remaining)
         else:
             k = torch.floor(n / remaining + 0.5)
         k = k.clamp(min=1).to(torch.int64)
         k = torch.where(remaining <= 1, n_masked, k)
         return torch.minimum(k, n_masked)
 
-    def candidates(self, x: StepInput) -> torch.Tensor:
-        """(B, L) bool: masked positions eligible this step (restricted to the current block if blocks are on)."""
-        cand = x.masked & ~x.given
+    def window(self, masked: torch.Tensor, given: torch.Tensor, step: torch.Tensor, steps: int) -> Window:
+        """This step's plan from the decoding state alone (no logits): the candidates (masked positions of the
+        current block when blocks are on), the count the schedule spreads and its steps left. The decode loop
+        calls it before the engine, so an engine that can computes logits at the candidates only."""
+        cand = masked & ~given  # (B, L)
+        left = (steps - step).clamp(min=1)  # (B,)
         bs = int(getattr(self.options, "block_size", 0) or 0)
         if bs <= 0:
-            return cand
+            return Window(cand, cand.sum(dim=1), left)
+        free = ~given
+        block_of = (free.cumsum(dim=1) - 1) // bs  # (B, L) block of each free position (in free-position order)
         L = cand.shape[1]
-        block_of = torch.arange(L, device=cand.device) // bs  # (L,)
-        big = torch.full_like(x.step, L // bs + 1)
-        first = torch.where(cand, block_of.expand_as(cand), big[:, None]).amin(dim=1)  # (B,)
-        in_block = cand & (block_of[None, :] == first[:, None])
-        last = (x.steps - x.step) <= 1
-        return torch.where(last[:, None], cand, in_block)
+        first = torch.where(cand, block_of, torch.full_like(block_of, L + 1)).amin(dim=1)  # (B,)
+        in_block = cand & (block_of == first[:, None])
+        if getattr(self.options, "block_steps", "shared") == "even":
+            n_blocks = (free.sum(dim=1) + bs - 1) // bs  # (B,)
+            nb = n_blocks.clamp(min=1)
+            end = torch.div((first + 1).clamp(max=nb) * steps, nb, rounding_mode="floor")  # (B,)
+            left_b = (end - step).clamp(min=1)
+            last = (steps - step) <= 1
+            in_block = torch.where(last[:, None], cand, in_block)
+            return Window(in_block, in_block.sum(dim=1), torch.where(last, left, left_b), end)
+        last = left <= 1
+        return Window(torch.where(last[:, None], cand, in_block), cand.sum(dim=1), left)
+
+    def candidates(self, x: StepInput) -> torch.Tensor:
+        """(B, L) bool: masked positions eligible this step (restricted to the current block if blocks are on)."""
+        if x.window is not None:
+            return x.window & x.masked & ~x.given
+        if int(getattr(self.options, "block_size", 0) or 0) <= 0:
+            return x.masked & ~x.given
+        return self.window(x.masked, x.given, x.step, x.steps).cand
 
     def noise_scale(self, x: StepInput) -> torch.Tensor | float:
         scale = float(self.options.noise_scale)
@@ -209,8 +274,8 @@ class Strategy:
         ``at_least = "schedule"``), never more than the candidates, and everything left on the row's last step."""
         n_cand = cand.sum(dim=1)  # (B,)
         if getattr(self.options, "at_least", "one") == "schedule":
-            k = torch.maximum(k, self.quota(x, x.masked.sum(dim=1)))
-        k = torch.where((x.steps - x.step) <= 1, n_cand, torch.minimum(k.clamp(min=1), n_cand))
+            k = torch.maximum(k, self.quota(x))
+        k = torch.where(self.steps_left(x) <= 1, n_cand, torch.minimum(k.clamp(min=1), n_cand))
         return StepOutput(commit=self.top_k(score, cand, k), values=self.choose_values(x, probs))
 
 
@@ -225,7 +290,7 @@ class ScoreStrategy(Strategy):
         probs = torch.softmax(x.logits.float(), dim=-1)  # (B, L, V)
         scores = self.add_noise(x, self.score(probs, x))  # (B, L)
         cand = self.candidates(x)
-        k = torch.minimum(self.quota(x, x.masked.sum(dim=1)), cand.sum(dim=1))
+        k = torch.minimum(self.quota(x), cand.sum(dim=1))
         commit = self.top_k(scores, cand, k)
         return StepOutput(commit=commit, values=self.choose_values(x, probs))
 
@@ -245,6 +310,7 @@ __all__ = [
     "StrategyOptions",
     "StepInput",
     "StepOutput",
+    "Window",
     "Strategy",
     "ScoreStrategy",
     "top_two",

@@ -26,12 +26,14 @@ never advances ends with a one-line :class:`PluginError` naming it instead of lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from unmask.core.engine import ENGINE_INPUTS
 from unmask.core.errors import DeviceError, InputError, PluginError, UnmaskError
-from unmask.core.strategy import StepInput, StepOutput, Strategy
+from unmask.core.strategy import StepInput, StepOutput, Strategy, Window
 
 MAX_STEPS = 1_000_000  # the largest step count a strategy may ask for (as ``StrategyOptions.steps``)
 
@@ -95,14 +97,18 @@ def engine_vocab(engine: object, vocab_size: int | None) -> int | None:
     return vocab_size
 
 
-def engine_logits(engine: object, tokens: torch.Tensor, mask_id: int, vocab_size: int | None = None) -> torch.Tensor:
-    """``engine(tokens)`` checked for shape (and vocabulary size, when known), as float32 on the tokens' device with
-    the mask token's logit at -inf: (B, L, V). Host-side checks only (no sync)."""
-    logits = engine(tokens)  # type: ignore[operator]
+def engine_logits(engine: object, tokens: torch.Tensor, mask_id: int, vocab_size: int | None = None, *,
+                  extra: dict[str, torch.Tensor] | None = None, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``engine(tokens, **extra)`` checked for shape (and vocabulary size, when known), as float32 on the tokens'
+    device with the mask token's logit at -inf: (B, L, V), or (B, K, V) for an ``index`` (B, K) in ``extra``
+    (``shape`` = (B, K)). Host-side checks only (no sync)."""
+    logits = engine(tokens, **extra) if extra else engine(tokens)  # type: ignore[operator]
     if not isinstance(logits, torch.Tensor):
         raise PluginError(f"engine {type(engine).__name__} returned a {type(logits).__name__}, not a tensor of logits")
-    if logits.ndim != 3 or logits.shape[:2] != tokens.shape:
-        raise PluginError(f"engine returned logits of shape {tuple(logits.shape)} for tokens {tuple(tokens.shape)}")
+    want = tuple(tokens.shape) if shape is None else shape
+    if logits.ndim != 3 or tuple(logits.shape[:2]) != want:
+        raise PluginError(f"engine returned logits of shape {tuple(logits.shape)} for tokens {tuple(tokens.shape)}"
+                          + ("" if shape is None else f" and an index of shape {shape}"))
     if vocab_size is not None and logits.shape[2] != vocab_size:
         raise PluginError(
             f"engine returned logits over {logits.shape[2]} tokens but the model's vocabulary has {vocab_size}; "
@@ -158,6 +164,52 @@ def _rows_text(flags: torch.Tensor, row_ids: torch.Tensor | None) -> str:
     return f"row{'s' if len(ids) > 1 else ''} {shown}"
 
 
+def engine_inputs(engine: object) -> tuple[str, ...]:
+    """The optional inputs ``engine`` takes besides the tokens (``Engine.inputs``): ``"lengths"``, ``"index"``,
+    ``"given"``; () for an engine that says nothing."""
+    names = getattr(engine, "inputs", ())
+    return tuple(n for n in names if n in ENGINE_INPUTS) if isinstance(names, (tuple, list)) else ()
+
+
+def check_lengths(engine: object, lengths: torch.Tensor | None, inputs: torch.Tensor) -> torch.Tensor | None:
+    """``lengths`` (B,) checked against ``inputs`` (B, L); None when every row fills the whole width."""
+    if lengths is None:
+        return None
+    if lengths.shape != inputs.shape[:1] or lengths.dtype != torch.int64:
+        raise InputError(f"lengths must be an int64 tensor of shape ({inputs.shape[0]},), got {lengths.dtype} "
+                         f"{tuple(lengths.shape)}")
+    L = inputs.shape[1]
+    if bool(((lengths < 1) | (lengths > L)).any()):
+        raise InputError(f"lengths must lie in 1..{L} (the width of the inputs)")
+    if bool((lengths == L).all()):
+        return None
+    if "lengths" not in engine_inputs(engine):
+        raise InputError(f"engine {type(engine).__name__} takes no padding (no 'lengths' input), so rows of "
+                         "different lengths cannot share a batch; decode them one at a time or in equal-length groups")
+    return lengths.to(inputs.device)
+
+
+def _compact(window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The columns of ``window`` (B, L) gathered per row: (index (B, K) int64, valid (B, K) bool), K = the most
+    any row has (at least 1); padding columns point at position 0 and are not valid."""
+    counts = window.sum(dim=1)  # (B,)
+    K = max(1, int(counts.max()))  # a sync; the loop syncs every step anyway
+    L = window.shape[1]
+    pos = torch.arange(L, device=window.device).expand_as(window)
+    key = torch.where(window, pos, pos + L)  # window columns first, in position order
+    index = key.topk(K, dim=1, largest=False, sorted=True).values  # (B, K)
+    valid = index < L
+    return torch.where(valid, index, torch.zeros_like(index)), valid
+
+
+def _scatter(values: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, L: int) -> torch.Tensor:
+    """(B, K) column values back to (B, L) at ``index`` (invalid columns dropped; elsewhere zero/False)."""
+    B = values.shape[0]
+    out = torch.zeros((B, L + 1), dtype=values.dtype, device=values.device)
+    out.scatter_(1, torch.where(valid, index, torch.full_like(index, L)), values)
+    return out[:, :L]
+
+
 def run_step(
     engine: object,
     strategy: Strategy,
@@ -174,22 +226,71 @@ def run_step(
     vocab_size: int | None = None,
     validate: bool = True,
     row_ids: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One engine call and one strategy step on the live rows (B, L): new (tokens, masked, step, nfe, order, left).
 
     ``left`` (B,) marks rows that still have masks. Nothing is modified in place. ``row_ids`` (B,) are the ids
-    errors name (the caller's row or request numbers; default: the position in this batch).
+    errors name (the caller's row or request numbers; default: the position in this batch). ``lengths`` (B,): each
+    row's real length (right padding beyond it, given), for engines that take it.
+
+    The strategy's :meth:`~unmask.core.strategy.Strategy.window` plans the step before the engine runs; an engine
+    that takes an ``index`` computes logits at the planned candidates only, (B, K, V), and the strategy sees
+    those K columns (``StepInput.positions``); its decisions are scattered back to the sequence.
     """
     name = strategy_name(strategy)
     B, L = tokens.shape
-    logits = engine_logits(engine, tokens, mask_id, vocab_size)  # (B, L, V)
+    plan: Window | None = None
+    planner = getattr(strategy, "window", None)
+    if callable(planner):
+        try:
+            plan = planner(masked, given, step, steps)
+        except UnmaskError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug, one line naming it
+            raise PluginError(f"strategy {_origin(strategy)} failed to plan a step: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(plan, Window) or plan.cand.shape != (B, L) or plan.cand.dtype != torch.bool:
+            raise PluginError(f"strategy '{name}' window() must return a Window with a (B, L) bool cand; got "
+                              f"{type(plan).__name__}")
+    takes = engine_inputs(engine)
+    index = valid = None
+    if plan is not None and "index" in takes:
+        index, valid = _compact(plan.cand & masked & ~given)  # (B, K) each
+        width = int(lengths.max()) if lengths is not None else L
+        extra: dict[str, torch.Tensor] = {"index": index}
+        if "lengths" in takes:
+            extra["lengths"] = lengths if lengths is not None else torch.full((B,), L, dtype=torch.int64,
+                                                                              device=tokens.device)
+        if "given" in takes:
+            extra["given"] = given[:, :width]
+        logits = engine_logits(engine, tokens[:, :width], mask_id, vocab_size, extra=extra,
+                               shape=tuple(index.shape))  # (B, K, V)
+        x = StepInput(logits, tokens.gather(1, index), masked.gather(1, index) & valid,
+                      given.gather(1, index) | ~valid, step, steps, generator, mask_id, window=valid,
+                      n_masked=plan.n_masked, left=plan.left, positions=index)
+    else:
+        extra = {"lengths": lengths} if lengths is not None else {}
+        if "given" in takes:
+            extra["given"] = given
+        logits = engine_logits(engine, tokens, mask_id, vocab_size, extra=extra)  # (B, L, V)
+        x = StepInput(logits, tokens, masked, given, step, steps, generator, mask_id,
+                      window=None if plan is None else plan.cand, n_masked=None if plan is None else plan.n_masked,
+                      left=None if plan is None else plan.left)
     try:
-        out = strategy.step(StepInput(logits, tokens, masked, given, step, steps, generator, mask_id))
+        out = strategy.step(x)
     except UnmaskError:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's bug is reported as one line naming it (free: no sync)
         raise PluginError(f"strategy {_origin(strategy)} failed: {type(exc).__name__}: {exc}") from exc
-    out = _check_output(out, B, L, tokens.device, name)
+    out = _check_output(out, B, x.tokens.shape[1], tokens.device, name)
+    if index is not None:
+        assert valid is not None
+        out = StepOutput(
+            commit=_scatter(out.commit & valid, index, valid, L),
+            values=_scatter(out.values, index, valid, L),
+            remask=None if out.remask is None else _scatter(out.remask & valid, index, valid, L),
+            advance=out.advance,
+        )
     commit = out.commit
     new_tokens = torch.where(commit, out.values, tokens)
     new_masked = masked & ~commit
@@ -203,14 +304,18 @@ def run_step(
         if order is not None:
             order = order.masked_fill(remask, 0)
     new_step = step + (out.advance if out.advance is not None else 1)
+    if plan is not None and plan.block_end is not None:  # an even block finished early hands on its steps
+        block_done = ~(new_masked & plan.cand).any(dim=1)
+        new_step = torch.where(block_done, torch.maximum(new_step, plan.block_end), new_step)
     left = new_masked.any(dim=1)  # (B,)
     if validate:
         V = logits.shape[2]
         values = out.values
         bad_value = commit & ((values < 0) | (values >= V) | (values == mask_id))
+        finite = torch.isfinite(logits.amax(dim=2))  # amax propagates NaN; all -inf stays
         flags = torch.stack(
             [
-                (masked & ~torch.isfinite(logits.amax(dim=2))).any(dim=1),  # amax propagates NaN; all -inf stays
+                (x.masked & ~finite).any(dim=1),
                 (commit & ~masked).any(dim=1),
                 ~commit.any(dim=1),
                 bad_value.any(dim=1),
@@ -250,16 +355,23 @@ def decode(
     trace: bool = False,
     vocab_size: int | None = None,
     validate: bool = True,
+    lengths: torch.Tensor | None = None,
+    on_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> DecodeResult:
     """Decode every masked position of ``inputs`` (B, L) with ``engine`` and ``strategy``.
 
     ``given`` (B, L) marks prompt positions that never change. Randomness comes only from ``generator``.
     ``vocab_size``: the size the logits must have (default: ``engine.vocab_size`` when the engine has one).
     ``validate=False`` skips the per-step device checks (see the module docstring for what they cost).
+    ``lengths`` (B,): each row's real length when rows are right-padded to L (the padding is given and masked out
+    of attention by engines that take ``lengths``); a row decodes as it would alone.
+    ``on_step(tokens, masked, nfe)`` is called after every pass with the whole state (B, L), (B, L), (B,) (a live
+    view); it must not modify them.
     """
     steps = check_strategy(strategy)
     _check_inputs(inputs, given, mask_id)
     vocab_size = engine_vocab(engine, vocab_size)
+    lengths = check_lengths(engine, lengths, inputs)
     tokens = inputs.clone()
     masked = (tokens == mask_id) & ~given  # (B, L)
     B = tokens.shape[0]
@@ -277,6 +389,7 @@ def decode(
             engine, strategy, tokens[active], masked[active], given[active], step[active], nfe[active],
             None if order is None else order[active], steps=steps, mask_id=mask_id, generator=generator,
             vocab_size=vocab_size, validate=validate, row_ids=active,
+            lengths=None if lengths is None else lengths[active],
         )
         tokens[active] = tok_a
         masked[active] = masked_a
@@ -286,6 +399,8 @@ def decode(
             assert order_a is not None  # run_step traces when given an order
             order[active] = order_a
         active = active[left]
+        if on_step is not None:
+            on_step(tokens, masked, nfe)
     return DecodeResult(tokens, nfe, order)
 
 

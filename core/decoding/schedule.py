@@ -28,6 +28,7 @@ import torch
 from unmask.core.decoding.loop import (
     DecodeResult,
     _check_inputs,
+    check_lengths,
     check_strategy,
     engine_vocab,
     pass_cap_error,
@@ -73,6 +74,8 @@ class SlotTable:
         self.stp = torch.zeros(B, dtype=torch.int64, device=dev)
         self.nfe = torch.zeros(B, dtype=torch.int64, device=dev)
         self.req = torch.empty(B, dtype=torch.int64, device=dev)  # request id held by each slot
+        self.len = torch.full((B,), L, dtype=torch.int64, device=dev)  # real length of each row (right padding)
+        self.padded = False  # whether any row admitted so far is shorter than L
         self.order = torch.zeros((B, L), dtype=torch.int64, device=dev) if trace else None
         self.n = 0  # live rows occupy [:n]
 
@@ -84,8 +87,10 @@ class SlotTable:
         """Request ids of the live rows (n,)."""
         return self.req[: self.n]
 
-    def admit(self, tokens: torch.Tensor, masked: torch.Tensor, given: torch.Tensor, ids: torch.Tensor) -> None:
-        """Load rows (k, L) with request ids (k,) behind the live ones; every row must have a masked position."""
+    def admit(self, tokens: torch.Tensor, masked: torch.Tensor, given: torch.Tensor, ids: torch.Tensor,
+              lengths: torch.Tensor | None = None) -> None:
+        """Load rows (k, L) with request ids (k,) behind the live ones; every row must have a masked position.
+        ``lengths`` (k,): their real lengths when they are right-padded (the engine must take ``lengths``)."""
         count = int(tokens.shape[0])
         if count <= 0:
             return
@@ -97,6 +102,12 @@ class SlotTable:
         self.stp[sl] = 0
         self.nfe[sl] = 0
         self.req[sl] = ids
+        L = self.tok.shape[1]
+        if lengths is None:
+            self.len[sl] = L
+        else:
+            self.len[sl] = lengths
+            self.padded = self.padded or bool((lengths < L).any())
         if self.order is not None:
             self.order[sl] = 0
         self.n += count
@@ -105,6 +116,7 @@ class SlotTable:
               nfe2: torch.Tensor, req: torch.Tensor, o2: torch.Tensor | None) -> None:
         """Compact the rows ``keep`` of the given state into [:k] (right-hand sides are gathered copies)."""
         k = int(keep.numel())
+        self.len[:k] = self.len[: self.n][keep]
         self.tok[:k] = t2[keep]
         self.msk[:k] = m2[keep]
         self.giv[:k] = g[keep]
@@ -149,7 +161,7 @@ class SlotTable:
         t2, m2, s2, nfe2, o2, left = run_step(
             engine, strategy, t, self.msk[:n], g, self.stp[:n], self.nfe[:n], None if order is None else order[:n],
             steps=steps, mask_id=mask_id, generator=generator, vocab_size=vocab_size, validate=validate,
-            row_ids=req,
+            row_ids=req, lengths=self.len[:n] if self.padded else None,
         )
         k = int(left.sum())
         if k == n:  # nobody finished: update in place
@@ -181,6 +193,7 @@ def decode_many(
     desc: str = "decode",
     vocab_size: int | None = None,
     validate: bool = True,
+    lengths: torch.Tensor | None = None,
 ) -> DecodeResult:
     """Decode the N requests ``inputs`` (N, L) with a slot table of ``batch_size`` rows (continuous batching).
 
@@ -188,13 +201,15 @@ def decode_many(
     NFE per request (N,), and with ``trace`` the NFE index at which each position was committed (0 = given).
     ``batch_size`` is capped by the engine's ``max_batch`` (a TensorRT profile's largest batch), if it has one.
     State lives on the engine's device (``engine.device``, when it is a torch device), results on the inputs'.
-    ``vocab_size`` and ``validate`` are as in :func:`unmask.core.decoding.loop.decode` (errors name request ids).
+    ``vocab_size``, ``validate`` and ``lengths`` (right-padded rows) are as in
+    :func:`unmask.core.decoding.loop.decode` (errors name request ids).
     """
     from tqdm.auto import tqdm
 
     steps = check_strategy(strategy)
     _check_inputs(inputs, given, mask_id)
     vocab_size = engine_vocab(engine, vocab_size)
+    lengths = check_lengths(engine, lengths, inputs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     max_batch = getattr(engine, "max_batch", None)
@@ -206,6 +221,7 @@ def decode_many(
     src_tok = inputs.to(dev)
     src_given = given.to(dev)
     src_masked = (src_tok == mask_id) & ~src_given  # (N, L)
+    src_len = None if lengths is None else lengths.to(dev)
     res_tok = src_tok.clone()  # rows with nothing to decode are already final
     res_nfe = torch.zeros(N, dtype=torch.int64, device=dev)
     res_order = torch.zeros_like(src_tok) if trace else None
@@ -221,7 +237,8 @@ def decode_many(
         if count <= 0:
             return
         ids = queue[head : head + count]
-        table.admit(src_tok[ids], src_masked[ids], src_given[ids], ids)
+        table.admit(src_tok[ids], src_masked[ids], src_given[ids], ids,
+                    None if src_len is None else src_len[ids])
         head += count
 
     load(min(B, Q))

@@ -24,6 +24,9 @@ class TorchOptions(Section):
     """CPU threads for torch (0 = torch's default)."""
     compile: bool = False
     """torch.compile the forward (dynamic batch); compiled when the engine opens (seconds to tens of seconds)."""
+    model: list[str] = msgspec.field(default_factory=list)
+    """``section.key=value`` settings of a Hugging Face model directory's config before it is built, e.g.
+    ``backbone.trust_remote_code=true``, ``backbone.shift=1``, ``task.mask_id=126336``, ``task.chat=true``."""
     micro_batch: Annotated[int, msgspec.Meta(ge=0)] | None = None
     """Rows per forward call: a bigger batch runs in slices of this many (0 = whole batch; default: 32 on a CPU,
     where slices stay in cache, the whole batch on CUDA). Same logits either way; see bench/decode.py's profile."""
@@ -44,9 +47,11 @@ class TorchRuntime:
             require_cuda("--runtime torch --device cuda")
         if options.threads:
             torch.set_num_threads(options.threads)
-        task, module, config = load_model(path)
+        task, module, config = load_model(path, overrides=options.model or None)
+        sized = getattr(module, "spec", None) is None  # a Hugging Face backbone: its task knows the sizes
         engine = TorchEngine(module, config, device=options.device, bf16=options.bf16, compile=options.compile,
-                             micro_batch=options.micro_batch)
+                             micro_batch=options.micro_batch, vocab_size=task.vocab_size if sized else None,
+                             seq_len=task.seq_len if sized else None)
         if options.compile:
             warm_up(engine, path)
         return engine

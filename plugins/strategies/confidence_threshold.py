@@ -41,11 +41,11 @@ class ConfidenceThreshold(Strategy):
         conf = self.add_noise(x, raw)  # (B, L)
         cand = self.candidates(x)  # (B, L)
         if self.options.at_least == "schedule":
-            floor = torch.minimum(self.quota(x, x.masked.sum(dim=1)), cand.sum(dim=1))
+            floor = torch.minimum(self.quota(x), cand.sum(dim=1))
         else:
             floor = torch.ones_like(x.step)
         best = self.top_k(conf, cand, floor)  # (B, L)
-        last = ((x.steps - x.step) <= 1)[:, None]  # (B, 1)
+        last = (self.steps_left(x) <= 1)[:, None]  # (B, 1): the row's (or its block's) last step
         commit = cand & ((conf >= self.options.tau) | best | last)
         return StepOutput(commit=commit, values=self.choose_values(x, probs))
 

@@ -52,7 +52,7 @@ class Remask(ScoreStrategy):
         probs = torch.softmax(x.logits.float(), dim=-1)  # (B, L, V)
         scores = self.add_noise(x, self.score(probs, x))  # (B, L)
         cand = self.candidates(x)
-        k = torch.minimum(self.quota(x, x.masked.sum(dim=1)), cand.sum(dim=1))  # (B,)
+        k = torch.minimum(self.quota(x), cand.sum(dim=1))  # (B,)
         commit = self.top_k(scores, cand, k)
         # Re-prediction of decoded positions: confidence in the token they hold now.
         safe = x.tokens.clamp(0, probs.shape[-1] - 1)
@@ -60,7 +60,7 @@ class Remask(ScoreStrategy):
         eligible = ~x.masked & ~x.given & (conf < float(self.options.below))
         o = self.options
         decay = (1.0 - x.step.to(torch.float64) / (float(o.stop) * x.steps)).clamp(min=0.0)  # (B,)
-        decay = torch.where((x.steps - x.step) <= 1, torch.zeros_like(decay), decay)
+        decay = torch.where(self.steps_left(x) <= 1, torch.zeros_like(decay), decay)
         n_remask = torch.floor(float(o.eta) * decay * k.to(torch.float64) + 1e-9).to(torch.int64)
         remask = self.top_k(-conf, eligible, n_remask)
         return StepOutput(commit=commit, values=self.choose_values(x, probs), remask=remask)

@@ -43,12 +43,15 @@ class Vanilla(Strategy):
         cand = self.candidates(x)
         n = cand.sum(dim=1)  # (B,)
         nf = n.to(torch.float64)
-        r = (x.steps - x.step).to(torch.float64).clamp(min=1.0)  # remaining steps (B,)
+        r = self.steps_left(x).to(torch.float64).clamp(min=1.0)  # remaining steps (B,) (of the block: even blocks)
         B, L = cand.shape
         u = self.rand(x, (B, 3 + L)).to(torch.float64)
         # Skip m steps with no reveal: P(no reveal in the next m steps) = ((r - m) / r)^n.
         m = torch.floor(r * (1.0 - u[:, 0].clamp(min=1e-300) ** (1.0 / nf.clamp(min=1.0))))
         m = torch.minimum(m, r - 1.0).clamp(min=0.0)
+        if x.positions is not None and x.n_masked is not None:  # only this step's window in view (blocks) and
+            # masks outside it: never skip onto the row's last step, which would have to commit them too
+            m = torch.where(x.n_masked > n, torch.minimum(m, r - 2.0), m).clamp(min=0.0)
         r2 = r - m  # remaining steps at the step that reveals
         p = 1.0 / r2
         # K ~ Binomial(n, p) | K >= 1: the first success index I has P(I <= i) = (1-(1-p)^i) / (1-(1-p)^n); then
@@ -61,7 +64,7 @@ class Vanilla(Strategy):
         rest = (nf - first).clamp(min=0.0)
         extra = torch.binomial(rest.to(x.generator.device), p.to(x.generator.device), generator=x.generator)
         k = (1.0 + extra.to(rest.device)).to(torch.int64)
-        last = r2 <= 1.0  # the row's last step: everything left is committed (all blocks)
+        last = r2 <= 1.0  # the row's (or its block's) last step: everything left is committed
         cand = torch.where(last[:, None], x.masked & ~x.given, cand)
         k = torch.where(last, cand.sum(dim=1), torch.minimum(k, n))
         # A uniformly random subset of size k: rank positions by uniform noise.

@@ -1,0 +1,273 @@
+"""Text: a prompt and a generation length, or an infill (prefix + masks + suffix), over a Hugging Face tokenizer.
+
+Layout of a row (right-padded to the longest row of its batch; ``meta["length"]`` is each row's real length, and the
+padding is given and masked out of attention by the engine):
+
+* completion: ``[prompt tokens][gen_length masks]`` (the prompt after the tokenizer's chat template with ``chat``);
+* infilling: ``[prefix tokens][n masks][suffix tokens]``, n = the answer's token count (``infill_length =
+  "oracle"``, when the data has an answer) or ``gen_length`` (``"budget"``: the model ends the fill with
+  end-of-text tokens).
+
+End of text: a text MDM learns to fill what follows its answer with end-of-text tokens (LLaDA's SFT pads every
+answer with |EOS|); the answer is the generated span cut at its first end-of-text token (any of ``stop_ids``).
+
+Data (``read_file``): JSON Lines, one object per line: ``{"prompt": ...}`` or ``{"prefix": ..., "suffix": ...}``,
+with an optional ``"answer"`` (scored by exact match after stripping surrounding white space) and an optional
+``"gen_length"`` of the row's own.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+from unmask.core.config import Section
+from unmask.core.errors import ConfigError, InputError
+from unmask.core.files import read_text
+from unmask.core.registry import tasks
+from unmask.core.task import Dataset, Task
+
+# names of end-of-text tokens in the tokenizers of the models unmask decodes (LLaDA: <|eot_id|> ends a chat turn,
+# <|endoftext|> pads; Dream / Qwen: <|im_end|>, <|endoftext|>)
+STOP_NAMES = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "</s>", "[SEP]", "<eos>")
+MAX_GEN = 65536
+
+
+class TextOptions(Section):
+    tokenizer: str = ""
+    """Directory holding the tokenizer (tokenizer.json / tokenizer_config.json), normally the model directory."""
+    gen_length: Annotated[int, msgspec.Meta(ge=1, le=MAX_GEN)] = 128
+    """Masked positions to generate after a prompt (and the fill budget of ``infill_length = "budget"``)."""
+    chat: bool = False
+    """Wrap each prompt in the tokenizer's chat template (one user turn, generation prompt added)."""
+    infill_length: Literal["oracle", "budget"] = "oracle"
+    """Masks of an infill: the answer's token count (needs an answer) or ``gen_length``."""
+    mask_id: Annotated[int, msgspec.Meta(ge=-1)] = -1
+    """The mask token's id; -1: the model config's ``mask_token_id``, else the tokenizer's mask token."""
+    stop_ids: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
+    """End-of-text ids that end an answer; empty: the tokenizer's EOS plus the usual end-of-turn tokens it has."""
+    vocab_size: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Size of the model's output layer; 0: the model config's ``vocab_size``, else the tokenizer's length."""
+    context: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Longest row the model takes; 0: the model config's ``max_position_embeddings`` (else 4096)."""
+
+
+@tasks.register("text")
+class Text(Task):
+    """Text completion and infilling with a Hugging Face tokenizer; scored by exact match of the answer."""
+
+    Options = TextOptions
+    options: TextOptions
+    name = "text"
+
+    # -- tokenizer and model facts -----------------------------------------------------------------------------
+    @cached_property
+    def tokenizer(self) -> Any:
+        path = self.options.tokenizer
+        if not path:
+            raise ConfigError("task.tokenizer is empty; give the directory that holds the tokenizer (the model's)")
+        p = Path(path)
+        if not p.is_dir():
+            raise InputError(f"tokenizer directory '{p}' does not exist")
+        if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+            raise InputError(f"'{p}' holds no tokenizer (tokenizer.json or tokenizer_config.json)")
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise InputError("text models need the transformers package: pip install 'unmask[text]'") from None
+        try:
+            return AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"cannot load the tokenizer in '{p}': {' '.join(str(exc).split())[:200]}") from None
+
+    @cached_property
+    def model_config(self) -> dict[str, Any]:
+        cfg = Path(self.options.tokenizer) / "config.json"
+        try:
+            data = json.loads(cfg.read_text(encoding="utf-8")) if cfg.is_file() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = {}
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def vocab_size(self) -> int:
+        if self.options.vocab_size:
+            return int(self.options.vocab_size)
+        v = self.model_config.get("vocab_size")
+        return int(v) if isinstance(v, int) and v > 0 else len(self.tokenizer)
+
+    @property
+    def seq_len(self) -> int:
+        if self.options.context:
+            return int(self.options.context)
+        for key in ("max_position_embeddings", "max_sequence_length", "n_positions"):
+            v = self.model_config.get(key)
+            if isinstance(v, int) and v > 0:
+                return v
+        return 4096
+
+    @cached_property
+    def mask_id(self) -> int:
+        if self.options.mask_id >= 0:
+            mid = int(self.options.mask_id)
+        else:
+            tok = self.tokenizer.mask_token_id
+            cfg = self.model_config.get("mask_token_id")
+            if isinstance(cfg, int) and not isinstance(cfg, bool):  # what the model was trained with
+                mid = cfg
+            elif tok is not None:
+                mid = int(tok)
+            else:
+                raise InputError(f"the tokenizer in '{self.options.tokenizer}' has no mask token and the model config "
+                                 "no mask_token_id; give the mask id (--mask-id N, or task.mask_id)")
+        if not 0 <= mid < self.vocab_size:
+            raise InputError(f"mask id {mid} is outside the model's vocabulary 0..{self.vocab_size - 1}")
+        return mid
+
+    @cached_property
+    def stop_ids(self) -> tuple[int, ...]:
+        if self.options.stop_ids:
+            return tuple(int(i) for i in self.options.stop_ids)
+        tok = self.tokenizer
+        ids = {int(tok.eos_token_id)} if tok.eos_token_id is not None else set()
+        vocab = tok.get_vocab()
+        ids.update(int(vocab[name]) for name in STOP_NAMES if name in vocab)
+        ids.discard(self.mask_id)
+        return tuple(sorted(ids))
+
+    @cached_property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, *self.stop_ids):
+            if cand is not None and int(cand) != self.mask_id:
+                return int(cand)
+        return 0 if self.mask_id != 0 else 1
+
+    # -- encoding ------------------------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> list[int]:
+        tok = self.tokenizer
+        if self.options.chat:
+            if not getattr(tok, "chat_template", None):
+                raise InputError(f"the tokenizer in '{self.options.tokenizer}' has no chat template; drop --chat")
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                           tokenize=False)
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+        return list(tok(prompt)["input_ids"])
+
+    def encode_plain(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def rows(self, examples: list[dict[str, Any]], where: str = "input") -> Dataset:
+        """A batch from examples (``{"prompt"}`` or ``{"prefix", "suffix"}``, optional ``answer``, ``gen_length``):
+        right-padded rows, ``meta["length"]`` real lengths, ``meta["answer"]`` the answers ("" when none)."""
+        if not examples:
+            raise InputError(f"{where}: no examples")
+        seqs: list[tuple[list[int], int, list[int]]] = []
+        answers: list[str] = []
+        for i, ex in enumerate(examples):
+            at = f"{where}: example {i + 1}"
+            gen = ex.get("gen_length", self.options.gen_length)
+            if isinstance(gen, bool) or not isinstance(gen, int) or not 1 <= gen <= MAX_GEN:
+                raise InputError(f"{at}: gen_length must be an integer in 1..{MAX_GEN}, got {gen!r}")
+            answer = ex.get("answer", "")
+            if not isinstance(answer, str):
+                raise InputError(f"{at}: 'answer' must be a string")
+            if "prompt" in ex:
+                if not isinstance(ex["prompt"], str):
+                    raise InputError(f"{at}: 'prompt' must be a string")
+                seqs.append((self.encode_prompt(ex["prompt"]), gen, []))
+            elif "prefix" in ex or "suffix" in ex:
+                pre, suf = ex.get("prefix", ""), ex.get("suffix", "")
+                if not isinstance(pre, str) or not isinstance(suf, str):
+                    raise InputError(f"{at}: 'prefix' and 'suffix' must be strings")
+                if self.options.infill_length == "oracle" and "gen_length" not in ex:
+                    if not answer:
+                        raise InputError(f"{at}: an infill needs its 'answer' for infill_length = \"oracle\" (the "
+                                         "true token count); give one, or use infill_length = \"budget\"")
+                    gen = max(1, len(self.encode_plain(answer)))
+                seqs.append((self.encode_plain(pre), gen, self.encode_plain(suf)))
+            else:
+                raise InputError(f"{at}: needs 'prompt', or 'prefix' and 'suffix'")
+            answers.append(answer)
+        lengths = np.array([len(a) + g + len(b) for a, g, b in seqs], dtype=np.int64)
+        ctx = self.seq_len
+        worst = int(lengths.argmax())
+        if int(lengths[worst]) > ctx:
+            a, g, b = seqs[worst]
+            raise InputError(f"{where}: example {worst + 1} needs {int(lengths[worst])} positions ({len(a) + len(b)} "
+                             f"of prompt + {g} to generate) but the model's context is {ctx}; shorten the prompt or "
+                             "the generation length")
+        L = int(lengths.max())
+        inputs = np.full((len(seqs), L), self.pad_id, dtype=np.int64)
+        given = np.ones((len(seqs), L), dtype=bool)
+        for r, (a, g, b) in enumerate(seqs):
+            inputs[r, : len(a)] = a
+            inputs[r, len(a) : len(a) + g] = self.mask_id
+            given[r, len(a) : len(a) + g] = False
+            inputs[r, len(a) + g : len(a) + g + len(b)] = b
+        meta = {"length": lengths, "answer": np.array(answers, dtype=object)}
+        return Dataset(inputs, given, None, meta)
+
+    # -- the task contract ---------------------------------------------------------------------------------------
+    def generate(self, split: str, n: int, seed: int, *, progress: bool = False) -> Dataset:
+        raise InputError("the text task has no generator; give data as JSON Lines (--data FILE.jsonl)")
+
+    def parse(self, text: str) -> Dataset:
+        return self.rows([{"prompt": text}], "prompt")
+
+    def read_file(self, path: str) -> Dataset:
+        raw = read_text(path, "--data")
+        examples: list[dict[str, Any]] = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{n}: not JSON ({exc.msg}); each line must be one JSON object") from None
+            if not isinstance(ex, dict):
+                raise InputError(f"{path}:{n}: each line must be a JSON object, got {type(ex).__name__}")
+            examples.append(ex)
+        if not examples:
+            raise InputError(f"'{path}' holds no examples; write one JSON object per line")
+        return self.rows(examples, path)
+
+    def answer_ids(self, tokens: np.ndarray, given: np.ndarray) -> list[int]:
+        """The generated span of one row (its non-given positions), cut at the first end-of-text token."""
+        span = np.asarray(tokens)[~np.asarray(given, dtype=bool)]
+        stops = np.isin(span, np.array(self.stop_ids, dtype=np.int64))
+        cut = int(stops.argmax()) if stops.any() else len(span)
+        return [int(t) for t in span[:cut]]
+
+    def answer(self, tokens: np.ndarray, given: np.ndarray) -> str:
+        """The decoded answer text of one row."""
+        return str(self.tokenizer.decode(self.answer_ids(tokens, given), skip_special_tokens=False))
+
+    def format(self, tokens: np.ndarray) -> str:
+        return str(self.tokenizer.decode([int(t) for t in np.asarray(tokens)], skip_special_tokens=False))
+
+    def score(self, predictions: np.ndarray, data: Dataset) -> dict[str, np.ndarray]:
+        pred = np.asarray(predictions)
+        answers = data.meta.get("answer")
+        solved = np.zeros(len(pred), dtype=bool)
+        tok_acc = np.zeros(len(pred), dtype=np.float64)
+        for i in range(len(pred)):
+            got = self.answer(pred[i], data.given[i])
+            want = "" if answers is None else str(answers[i])
+            solved[i] = bool(want) and got.strip() == want.strip()
+            ref = self.encode_plain(want)
+            mine = self.answer_ids(pred[i], data.given[i])
+            tok_acc[i] = (sum(a == b for a, b in zip(ref, mine, strict=False)) / max(len(ref), len(mine), 1)
+                          if ref else float(solved[i]))
+        return {"solved": solved, "cell_accuracy": tok_acc}
+
+    def groups(self, data: Dataset) -> dict[str, np.ndarray]:
+        return {}
+
+
+__all__ = ["Text", "TextOptions"]
