@@ -34,7 +34,7 @@ lint: $(STAMP)
 
 # The docs site (mkdocs.yml): warnings are errors (broken links, anchors, API reference); the site goes to site/.
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test: lint docs
 	$(BIN)/python -m pytest -q tests
