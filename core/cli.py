@@ -10,7 +10,7 @@ import errno
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from unmask.core.errors import InputError, UnmaskError
 
@@ -48,6 +48,33 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _LazyParser(_Parser):
+    """A subcommand parser that adds the rest of its arguments (``more``) only when the subcommand is used:
+    ``unmask serve``'s options live in ``unmask.core.serve``, which imports torch, and ``unmask --help`` (or any
+    other command) must not pay for that."""
+
+    more: Any = None
+
+    def _complete(self) -> None:
+        more, self.more = self.more, None
+        if more is not None:
+            more(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+
+def _serve_arguments(s: argparse.ArgumentParser) -> None:
+    from unmask.core.serve import add_arguments
+
+    add_arguments(s)
+
+
 def _positive(text: str) -> int:
     """An argparse type: an integer >= 1."""
     try:
@@ -68,6 +95,67 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
+
+
+SEED_MAX = 2**63 - 1
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed, an integer in 0 .. 2**63 - 1 (what numpy's and torch's generators take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a seed in 0..{SEED_MAX} (2**63 - 1), got {text!r}")
+    return value
+
+
+def _path(text: str) -> str:
+    """An argparse type: a path, never empty (an empty --json or --model is a mistake, not 'no file')."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return text
+
+
+def _image(text: str) -> str:
+    """An argparse type: a path whose suffix is an image type the plots can be written as (.png, .pdf, .svg...)."""
+    from unmask.core.files import IMAGE_SUFFIXES
+
+    _path(text)
+    suffix = Path(text).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        what = f"'{suffix}' is not an image type" if suffix else "the name has no image type"
+        raise argparse.ArgumentTypeError(f"{what}; end it in .png (or {', '.join(IMAGE_SUFFIXES[1:])}), got {text!r}")
+    return text
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars: unless --no-progress, and only on a terminal (redirected output gets no bar lines)."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def _model_input(model: str | None) -> str:
+    """The path ``--model`` reads (the packaged default model without it), for the output checks; '' if unknown."""
+    if model:
+        return model
+    from unmask.core.resources import default_model
+
+    try:
+        return str(default_model())
+    except UnmaskError:
+        return ""  # opening the model says what is missing
+
+
+def _model_inputs(model: str | None) -> list[tuple[str, str]]:
+    """``("--model", path)`` and, for a file (a TensorRT plan), its JSON sidecar ``X.json`` beside it."""
+    path = _model_input(model)
+    if not path:
+        return []
+    out = [("--model", path)]
+    if Path(path).is_file():
+        out.append(("--model (its sidecar)", f"{path}.json"))
+    return out
 
 
 # -- list -----------------------------------------------------------------------------------------------------------
@@ -128,7 +216,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if latest is not None:
             step = int(latest.name.rsplit("-", 1)[-1]) if latest.name.rsplit("-", 1)[-1].isdigit() else "?"
             print(f"resuming from step {step} ({latest})")
-    final = train(args.config, args.set, resume=args.resume, progress=not args.no_progress)
+    final = train(args.config, args.set, resume=args.resume, progress=_progress(args))
     if is_main():  # under torchrun only rank 0 reports
         print(f"model written to {final}")
     return 0
@@ -155,9 +243,12 @@ def _labelled_runs(specs: list[str]) -> dict[str, str]:
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
-    from unmask.core.report import curves_table, training_curves
+    from unmask.core.files import check_outputs, check_writable
+    from unmask.core.report import curves_table, metrics_file, training_curves
 
     runs = _labelled_runs(args.runs)
+    check_writable(args.out, "--out")
+    check_outputs([("--out", args.out)], [(f"run '{label}'", metrics_file(path)) for label, path in runs.items()])
     if len(runs) == 1:
         runs = {"": next(iter(runs.values()))}
     print(curves_table(runs))
@@ -172,6 +263,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
 # -- eval -----------------------------------------------------------------------------------------------------------
 def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from unmask.core.decoding.runtime import open_engine, runtime_for_path
+    from unmask.core.errors import CheckpointError
     from unmask.core.registry import runtimes
     from unmask.core.task import build_task
 
@@ -196,7 +288,11 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
         opts[key] = value
     if "threads" in fields and "threads" not in opts:
         opts["threads"] = default_threads(getattr(args, "command", ""))
-    engine = open_engine(args.model, runtime, **opts)
+    try:
+        engine = open_engine(args.model, runtime, **opts)
+    except RecursionError:  # a JSON config or metadata nested thousands deep (json raises this, not a JSONDecodeError)
+        raise CheckpointError(f"model '{args.model}': its config nests tables or arrays too deeply to read; the "
+                              "model is damaged: copy or export it again") from None
     section = dict(engine.config["task"])
     from unmask.core.resources import home, models_dir, source_checkout
 
@@ -300,12 +396,19 @@ def serve_strategy(engine: Any, task: Any, names: str, steps: int | None, opts: 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from unmask.core import distributed
-    from unmask.core.files import check_writable
+    from unmask.core.files import check_outputs, check_writable
 
     if args.json:  # before any work, so a typo costs no evaluation (the bar chart and heat maps go beside it)
         check_writable(args.json, "--json")
     elif args.trace:
         check_writable(Path("order.png"), "--trace (heat maps go to the current directory without --json)")
+    outputs: list[tuple[str, str | Path]] = []
+    if args.json:
+        outputs += [("--json", args.json), ("--json (its bar chart)", _report_png(args.json))]
+    if args.trace:
+        outputs += [(f"--trace (the heat map of {name})", _heat_map(args.json, name))
+                    for name in dict.fromkeys(name for name, _ in strategy_specs(args.strategies))]
+    check_outputs(outputs, [*_model_inputs(args.model), *([("--data", args.data)] if args.data else [])])
     distributed.setup(args.device)  # under torchrun: each rank decodes a shard, rank 0 reports
     code = _eval_ranks(args, distributed)
     # Every rank leaves the group together, after rank 0 has written its report: a rank that exits with the group
@@ -314,6 +417,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # and torchrun stops the others when one fails.
     distributed.cleanup()
     return code
+
+
+def _heat_map(json_path: str | None, strategy: str) -> Path:
+    """Where ``unmask eval --trace`` draws the commit order of ``strategy``: beside --json, else here."""
+    if json_path:
+        return Path(json_path).with_name(f"{Path(json_path).stem}-order-{strategy}.png")
+    return Path(f"order-{strategy}.png")
+
+
+def _report_png(json_path: str | Path) -> Path:
+    """The bar chart ``unmask eval --json X`` writes beside X (``report.write_report``'s name for it)."""
+    return Path(json_path).with_suffix(".png")
 
 
 def _eval_ranks(args: argparse.Namespace, distributed: Any) -> int:
@@ -329,14 +444,14 @@ def _eval_ranks(args: argparse.Namespace, distributed: Any) -> int:
         from unmask.core.memory import check_fits
 
         check_fits(32.0 * args.generate * task.seq_len, f"--generate {args.generate:,}", "generate fewer examples")
-        data = task.generate(args.split, args.generate, args.seed, progress=main)
+        data = task.generate(args.split, args.generate, args.seed, progress=main and _progress(args))
         source = f"generated {args.split} split, seed {args.seed}"
     if main:
         print(f"{task.name}: {len(data)} examples ({source}); model {args.model}; runtime {runtime}")
     results = []
     for s in strategies:
         r = distributed.sharded_evaluate(engine, task, data, s, batch_size=args.batch_size, seed=args.seed,
-                                         device=engine.device, trace=args.trace, progress=main,
+                                         device=engine.device, trace=args.trace, progress=main and _progress(args),
                                          scheduler=args.scheduler)
         if r is None:  # not rank 0
             continue
@@ -346,8 +461,7 @@ def _eval_ranks(args: argparse.Namespace, distributed: Any) -> int:
     traced = [r for r in results if args.trace and r.order is not None and task.board_shape()]
     vmax = max((float(r.order.max()) for r in traced), default=None)  # one colour scale for every strategy
     for r in traced:
-        png = Path(args.json).with_name(f"{Path(args.json).stem}-order-{r.strategy}.png") if args.json \
-            else Path(f"order-{r.strategy}.png")
+        png = _heat_map(args.json, r.strategy)
         order_heatmap(png, r.order, data.given, task.board_shape(), f"{task.name}, {r.strategy}: mean commit step",
                       vmax=vmax)
         print(f"commit-order heat map: {png}")
@@ -371,10 +485,11 @@ def cmd_solve(args: argparse.Namespace) -> int:
     import numpy as np
 
     from unmask.core.evaluate import evaluate_with
-    from unmask.core.files import check_writable
+    from unmask.core.files import check_outputs, check_writable
 
     if args.order_png:
         check_writable(args.order_png, "--order-png")
+        check_outputs([("--order-png", args.order_png)], _model_inputs(args.model))
     text = sys.stdin.read() if args.puzzle == "-" else args.puzzle
     engine, task, runtime = _engine_and_task(args)
     data = task.parse(text)
@@ -453,7 +568,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     command = "unmask experiment " + shlex.join(words + (["--no-progress"] if args.no_progress else []))
     run_experiment(args.file, scale=args.scale, runs_dir=args.runs, results_dir=args.results, n_eval=args.n,
                    seed=args.seed, device=args.device, batch_size=args.batch_size, steps=args.steps,
-                   overrides=args.set, models=args.models, progress=not args.no_progress, command=command)
+                   overrides=args.set, models=args.models, progress=_progress(args), command=command)
     return 0
 
 
@@ -477,27 +592,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("train", help="train a model from a TOML config")
-    s.add_argument("--config", required=True, help="TOML file, or the name of a packaged config (a file "
+    s.add_argument("--config", required=True, type=_path, help="TOML file, or the name of a packaged config (a file "
                    "of the installed configs/ without .toml; its run and cache then go under $UNMASK_HOME or "
                    "~/.cache/unmask)")
-    s.add_argument("--out", metavar="DIR", help="run directory (overrides the config's out)")
+    s.add_argument("--out", metavar="DIR", type=_path, help="run directory (overrides the config's out)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
     s.add_argument("--resume", action="store_true", help="continue from the run directory's newest checkpoint")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (there is none when stderr is not a "
+                   "terminal)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("curves", help="plot the training curves of one run or several overlaid")
     s.add_argument("runs", nargs="+", metavar="RUN", help="run or model directory or metrics.jsonl, as PATH or "
                    "LABEL=PATH")
-    s.add_argument("--out", required=True, metavar="PNG", help="where to write the plot")
+    s.add_argument("--out", required=True, metavar="PNG", type=_image,
+                   help="where to write the plot (.png, or .pdf, .svg, ...)")
     s.add_argument("--x", choices=("samples", "step", "seconds"), default="samples",
                    help="x axis: samples seen (default), optimizer step or training seconds")
     s.add_argument("--title", help="plot title")
     s.set_defaults(fn=cmd_curves)
 
     def model_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--model", help="model directory, run directory, .onnx or .plan (default: the packaged "
-                       "default model that models/DEFAULT names)")
+        s.add_argument("--model", type=_path, help="model directory, run directory, .onnx or .plan (default: the "
+                       "packaged default model that models/DEFAULT names)")
         s.add_argument("--runtime", help="torch, onnxruntime, tensorrt, ... (default: from the model path)")
         s.add_argument("--device", help="cpu, cuda (or tensorrt for onnxruntime)")
         s.add_argument("--bf16", action="store_true", help="bf16 autocast (torch runtime)")
@@ -511,13 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--opt", action="append", metavar="KEY=VALUE",
                        help="strategy option for every strategy, e.g. noise=gumbel, noise_scale=0.5, value=sample "
                        "(per strategy: --strategies NAME:KEY=VALUE)")
-        s.add_argument("--seed", type=int, default=0, help="seed of the decoding randomness and of --generate")
+        s.add_argument("--seed", type=_seed, default=0, help="seed of the decoding randomness and of --generate")
 
     s = sub.add_parser("eval", help="evaluate strategies on generated or given data")
     model_args(s)
     s.add_argument("--task", help="task name (checked against the model's)")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="data file of the task's format")
+    src.add_argument("--data", type=_path, help="data file of the task's format")
     src.add_argument("--generate", type=_positive, metavar="N", help="generate N examples")
     s.add_argument("--split", default="test", help="split to generate: test or hard (default test)")
     s.add_argument("--strategies", default="vanilla,top_prob,margin", metavar="NAME[:KEY=VALUE...],...",
@@ -526,8 +643,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive, default=256, help="rows decoded at once")
     s.add_argument("--scheduler", choices=("static", "continuous"), default="static",
                    help="static batches, or a slot table refilled as rows finish")
-    s.add_argument("--json", help="write results as JSON (and a bar chart PNG beside it)")
+    s.add_argument("--json", type=_path, help="write results as JSON (and a bar chart PNG beside it)")
     s.add_argument("--trace", action="store_true", help="record the commit order and plot it")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is not "
+                   "a terminal)")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("solve", help="solve one puzzle given as text (or - for stdin)")
@@ -535,27 +654,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strategy", default="margin", metavar="NAME[:KEY=VALUE...]",
                    help="decoding strategy, optionally with options, e.g. confidence_threshold:tau=0.99")
     s.add_argument("--show-order", action="store_true", help="print the order in which cells were committed")
-    s.add_argument("--order-png", metavar="PNG", help="save the commit order as a PNG heat map")
+    s.add_argument("--order-png", metavar="PNG", type=_image, help="save the commit order as a PNG heat map")
     s.add_argument("puzzle", help="81 characters (0 or . for blanks), 9 lines of 9, or - to read stdin")
     s.set_defaults(fn=cmd_solve)
 
+    parser_class, sub._parser_class = sub._parser_class, _LazyParser  # argparse takes no parser_class per command
     s = sub.add_parser("serve", help="serve a model over HTTP, batching concurrent requests continuously")
+    sub._parser_class = parser_class
     model_args(s)
-    from unmask.core.serve import add_arguments as serve_arguments
-
-    serve_arguments(s)
     s.set_defaults(fn=cmd_serve)
+    cast(_LazyParser, s).more = _serve_arguments
 
     s = sub.add_parser("experiment", help="run an experiment file: train what is missing, evaluate, write the table")
     s.add_argument("file", metavar="FILE", help="experiment TOML file, or the name of a packaged one (e.g. table2; "
                    "see configs/experiments/)")
     s.add_argument("--scale", help="one of the file's [scales], e.g. smoke (default: the file's default_scale)")
-    s.add_argument("--runs", metavar="DIR", help="root of the run directories (default: the scale's runs, else each "
-                   "config's out)")
-    s.add_argument("--results", metavar="DIR", help="where <name>.md, .json and the plots go (default: the scale's "
-                   "results, else results/)")
+    s.add_argument("--runs", metavar="DIR", type=_path, help="root of the run directories (default: the scale's "
+                   "runs, else each config's out)")
+    s.add_argument("--results", metavar="DIR", type=_path, help="where <name>.md, .json and the plots go (default: "
+                   "the scale's results, else results/)")
     s.add_argument("--n", type=_positive, help="evaluation examples of every dataset (default: the file's)")
-    s.add_argument("--seed", type=int, help="data and decoding seed of every dataset (default: the file's, else 2025)")
+    s.add_argument("--seed", type=_seed, help="data and decoding seed of every dataset (default: the file's, else "
+                   "2025)")
     s.add_argument("--device", default="auto", help="evaluation device: auto, cpu or cuda (training follows each "
                    "config's train.device)")
     s.add_argument("--batch-size", type=_positive, default=256, help="evaluation batch size")
@@ -563,7 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every model, e.g. train.threads=2")
     s.add_argument("--models", type=_keys, metavar="KEY,...", help="only these models of the file (and their rows)")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is not "
+                   "a terminal)")
     s.set_defaults(fn=cmd_experiment)
 
     _plugin_commands(sub)
@@ -579,7 +700,7 @@ def _plugin_commands(sub: Any) -> None:
     that fails to load, or whose name is taken, is a warning naming it; the other commands keep working."""
     from importlib.metadata import entry_points
 
-    from unmask.core.registry import PluginWarning
+    from unmask.core.registry import PluginWarning, load_failure
 
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         if ep.name in sub.choices:
@@ -591,10 +712,10 @@ def _plugin_commands(sub: Any) -> None:
             help_text, add, run = str(module.HELP), module.add_arguments, module.run
             s = sub.add_parser(ep.name, help=help_text)
             add(s)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not take the CLI down
             sub.choices.pop(ep.name, None)
             warnings.warn(f"command '{ep.name}' (entry point {ep.value} in {COMMANDS_GROUP}) failed to load: "
-                          f"{type(exc).__name__}: {exc}", PluginWarning, stacklevel=2)
+                          f"{load_failure(exc)}", PluginWarning, stacklevel=2)
             continue
         s.set_defaults(fn=run)
 
@@ -608,6 +729,10 @@ def main(argv: list[str] | None = None) -> int:
     except UnmaskError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except RecursionError:  # a file nested thousands deep, read where no reader names it (see _engine_and_task)
+        print("error: an input file nests tables or arrays too deeply to read; it is damaged or not what this command "
+              "reads: check the files named on the command line", file=sys.stderr)
+        return 2
     except MemoryError:
         print("error: out of memory; use smaller sizes (--batch-size, train.batch_size, backbone.d_model)",
               file=sys.stderr)
@@ -630,22 +755,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plugin_culprit(exc: BaseException) -> str | None:
-    """``"<kind> '<name>' (package '<pkg>')"`` of the innermost traceback frame in a third-party plugin's code."""
+    """``"<kind> '<name>' (package '<pkg>')"`` of the third-party plugin whose code raised ``exc``: of every frame of
+    the traceback in a plugin's code, the surest match (the plugin object's own code, then its module, then its
+    package; the innermost frame among equals), so that a strategy's ``__init__`` is blamed on the strategy even
+    when one package provides a runtime too."""
     from unmask.core.registry import registries
 
-    modules: dict[str, tuple[str, str]] = {}
+    plugins = []
     for reg in registries.values():
         try:
-            modules.update(reg.third_party_modules())
+            plugins += reg.third_party_plugins()
         except Exception:  # noqa: BLE001 - never let the error report itself fail
             continue
-    found = None
+    best, found = 0.0, None
     tb = exc.__traceback__
     while tb is not None:
-        top = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
-        if top in modules:
-            what, pkg = modules[top]
-            found = f"{what} (package '{pkg}')"
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        qualname = getattr(tb.tb_frame.f_code, "co_qualname", tb.tb_frame.f_code.co_name)
+        for p in plugins:
+            score = p.match(module, qualname)
+            if score and score >= best:
+                best, found = score, f"{p.what} (package '{p.package}')"
         tb = tb.tb_next
     return found
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from unmask.core.errors import ConfigError, PluginError
-from unmask.core.files import read_text
+from unmask.core.files import read_text, remove_stale_temps, temp_path
 from unmask.core.registry import Registry
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -119,6 +119,9 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         return tomllib.loads(read_text(p, "config file", ConfigError))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file '{p}' is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"config file '{p}' nests arrays or tables too deeply to read; a config is a few levels "
+                          "deep, so the file is damaged or not a config") from None
 
 
 def parse_value(text: str) -> Any:
@@ -127,6 +130,8 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(f"override value '{text[:40]}...' nests arrays or tables too deeply") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
@@ -182,10 +187,12 @@ def plugin_section(name: str, options: msgspec.Struct) -> dict[str, Any]:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+    """Write JSON atomically (temp file + rename); temporary files that killed writers left beside it are removed
+    first (:func:`unmask.core.files.remove_stale_temps`)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    remove_stale_temps(p.parent, p.name)
+    tmp = temp_path(p)
     try:
         tmp.write_text(json.dumps(to_builtins(data), indent=2, sort_keys=False) + "\n")
         os.replace(tmp, p)

@@ -105,7 +105,7 @@ class DataEntry(Section):
     split: str = "test"
     n: Positive | dict[str, Positive] = 1000
     """How many: one number, or one per scale (``{ smoke = 4, cpu = 500 }``)."""
-    seed: int | None = None
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
     """Seed of the generated examples and of the decoding (default: the runner's ``--seed``, 2025)."""
 
 
@@ -305,6 +305,10 @@ def _check(spec: Experiment, file: Path) -> None:
 
     scales = set(spec.scales)
     model_keys = ", ".join(spec.models)
+    for where, value in [("name", spec.name), *((f"plots '{p.name}': name", p.name) for p in spec.plots)]:
+        if value and not _plain_name(value):
+            raise bad(f"{where} = {value!r} must be a plain file name (letters, digits, '-', '_', '.'; no folders): "
+                      "the files it names go under --results")
     if not spec.models:
         raise bad("[models] is empty; add a model, e.g. [models.mdm] config = \"my-config.toml\"")
     if not spec.rows:
@@ -380,6 +384,13 @@ def _check(spec: Experiment, file: Path) -> None:
         for s in n.scales if isinstance(n, Note) else []:
             if s not in scales:
                 raise bad(f"notes[{i}] names scale '{s}', which is not a scale of the file")
+
+
+def _plain_name(name: str) -> bool:
+    """A name that stays one file inside its folder: no separator, no parent reference, not hidden."""
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*", name)) and ".." not in name
 
 
 def _check_column(c: Column, where: str, labels: set[str], bad: Callable[[str], ConfigError]) -> None:
@@ -598,6 +609,41 @@ def check_decoders(prep: Prepared, rows: list[PlannedRow], steps: int, file: Pat
             except UnmaskError as exc:
                 kind = ConfigError if isinstance(exc, PluginError) else type(exc)
                 raise kind(f"experiment file '{file}': model '{r.model}': {exc}") from None
+
+
+def check_datasets(prep: Prepared, plan: Plan) -> None:
+    """The datasets the model's rows decode exist for its task (the split) and fit in memory (before any training,
+    so a misspelt split or an absurd ``n`` costs nothing)."""
+    from unmask.core.errors import UnmaskError
+    from unmask.core.memory import check_fits
+
+    task = prep.resolved.task
+    for key in dict.fromkeys(r.data for r in plan.rows if r.model == prep.plan.key):
+        d = plan.data[key]
+        try:
+            task.check_split(d.split)
+            check_fits(32.0 * d.n * task.seq_len, f"datasets.{key}: n = {d.n:,} examples", "lower n (or --n)")
+        except UnmaskError as exc:
+            raise ConfigError(f"experiment file '{plan.file}': model '{prep.plan.key}': datasets.{key}: {exc}") \
+                from None
+
+
+def _device(device: str) -> str:
+    """The evaluation device: ``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu`` or ``cuda`` (checked
+    now, before any training)."""
+    from unmask.core.errors import DeviceError
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"--device {device!r} is not a device; use auto, cpu or cuda")
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        from unmask.core.decoding.runtime import require_cuda
+
+        require_cuda("--device cuda")
+    return device
 
 
 def _same(cfg: dict[str, Any], kind: str, want: dict[str, Any]) -> bool:
@@ -1056,21 +1102,20 @@ def run_experiment(path: str | os.PathLike, *, scale: str | None = None, runs_di
     choice of models, ``steps`` is the decoding steps T of decoders that take them."""
     from unmask.core.config import write_json
     from unmask.core.distributed import is_main, setup
-    from unmask.core.files import check_writable, temp_path
+    from unmask.core.files import check_outputs, check_writable, remove_stale_temps, temp_path
 
     t0 = time.perf_counter()
     spec, file = load_experiment(path)
     plan = build_plan(spec, file, scale, n=n_eval, seed=seed, models=models)
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device(device)
     setup(device)
     main = is_main()
     say = log or (print if main else (lambda s: None))
     out = results_path(plan, results_dir)
     for p in _outputs(plan, out):  # before any training: a typo in --results costs nothing
         check_writable(p, "--results")
+    check_outputs([("--results", p) for p in _outputs(plan, out)],
+                  [("the experiment file", file), *((f"models.{m.key}.config", m.config) for m in plan.models)])
     sc = spec.scales.get(plan.scale)
     root = Path(runs_dir) if runs_dir else (Path(sc.runs) if sc is not None and sc.runs else None)
     if not runs_dir and root is not None and not root.is_absolute() and _packaged(file):
@@ -1080,6 +1125,7 @@ def run_experiment(path: str | os.PathLike, *, scale: str | None = None, runs_di
     prepared = [prepare_model(pm, runs_root=root, overrides=overrides) for pm in plan.models]
     for prep in prepared:
         check_decoders(prep, plan.rows, steps, file)
+        check_datasets(prep, plan)
     say(f"{plan.name}: {len(plan.models)} model(s), {len(plan.rows)} row(s)"
         + (f", scale {plan.scale}" if plan.scale else "") + f"; results go to {out}")
     infos: dict[str, ModelInfo] = {}
@@ -1093,6 +1139,7 @@ def run_experiment(path: str | os.PathLike, *, scale: str | None = None, runs_di
     cmd = command or f"unmask experiment {shlex.quote(_rel(file))}" + (f" --scale {plan.scale}" if plan.scale else "")
     text = render(plan, infos, cells, eval_cmds, steps=steps, command=cmd, wall=time.perf_counter() - t0)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent, out.name)
     tmp = temp_path(out)
     try:
         tmp.write_text(text)

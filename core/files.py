@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from unmask.core.errors import InputError, UnmaskError
@@ -62,11 +63,11 @@ def check_writable(path: str | os.PathLike, flag: str, *, directory: bool = Fals
 
 # -- temporary files ------------------------------------------------------------------------------------------------
 # unmask writes every artifact to a temporary entry beside its target, then renames it into place. The temporary
-# names carry the writer's pid: ``.<name>.tmp<pid>[.<ext>]`` (JSON, PNG, ONNX files) and ``.<name>.tmp-<pid>-<rand>``
-# / ``.<name>.old-<pid>`` (checkpoint directories). A SIGKILL leaves them behind; ``remove_stale_temps`` deletes
-# those whose writer is gone (never another live process's), plus checkpoint temp directories of the older,
-# pid-less naming (``.<name>.tmp-<rand>``) once they are an hour old.
-_TEMP_RE = re.compile(r"^\.(?P<base>.+?)\.(?:tmp-?|old-)(?P<pid>\d+)(?:-[A-Za-z0-9_]+|\.[A-Za-z0-9]+)?$")
+# names carry the writer's pid: ``.<name>.tmp<pid>[.<ext>...]`` (JSON, PNG, ONNX files, a plan and its .plan.json)
+# and ``.<name>.tmp-<pid>-<rand>`` / ``.<name>.old-<pid>`` (checkpoint directories). A SIGKILL leaves them behind;
+# ``remove_stale_temps`` deletes those whose writer is gone (never another live process's), plus checkpoint temp
+# directories of the older, pid-less naming (``.<name>.tmp-<rand>``) once they are an hour old.
+_TEMP_RE = re.compile(r"^\.(?P<base>.+?)\.(?:tmp-?|old-)(?P<pid>\d+)(?:-[A-Za-z0-9_]+|(?:\.[A-Za-z0-9]+)+)?$")
 _OLD_TEMP_RE = re.compile(r"^\.(?P<base>.+?)\.tmp-[A-Za-z0-9_]{6,}$")
 OLD_TEMP_AGE_S = 3600.0
 
@@ -129,4 +130,96 @@ def remove_stale_temps(directory: str | os.PathLike, base: str | None = None) ->
     return removed
 
 
-__all__ = ["read_text", "check_writable", "temp_path", "remove_stale_temps"]
+# -- outputs against inputs -----------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".eps", ".ps")
+"""File types the plots can be written as (matplotlib picks the format from the suffix; these need no extra
+package)."""
+
+
+def check_image_path(path: str | os.PathLike, flag: str) -> Path:
+    """``path`` ends in an image suffix matplotlib writes (checked before the work whose plot it is)."""
+    p = Path(path)
+    if p.suffix.lower() not in IMAGE_SUFFIXES:
+        what = f"its type '{p.suffix}'" if p.suffix else "it has no file type"
+        raise InputError(f"{flag} '{p}': {what} is not an image type unmask writes; end the name in .png (or "
+                         f"{', '.join(s for s in IMAGE_SUFFIXES if s != '.png')})")
+    return p
+
+
+def _key(p: Path) -> Path:
+    return Path(os.path.realpath(p))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return _key(a) == _key(b)
+
+
+def check_outputs(outputs: Sequence[tuple[str, str | os.PathLike]], inputs: Sequence[tuple[str, str | os.PathLike]]
+                  ) -> None:
+    """Refuse, before any work, an output that would overwrite one of the command's inputs, and two outputs on one
+    path (the second would silently replace the first).
+
+    ``outputs`` and ``inputs`` are (what the user typed, path) pairs, e.g. ``("--json", "r.json")`` or
+    ``("--model", "runs/x")``. An input directory (a model or run directory) stands for every file in it: an output
+    onto an existing file below it is refused; a new file beside a model's files is not. Paths are compared after
+    resolving symbolic links (and as the same file when hard-linked)."""
+    seen: list[tuple[str, Path]] = []
+    for flag, out in outputs:
+        o = Path(out)
+        for other_flag, other in seen:
+            if _key(o) == _key(other):
+                raise InputError(f"{flag} would be written to '{o}', where {other_flag} goes: one would overwrite "
+                                 f"the other; change the path of {flag.split(' (')[0]}")
+        seen.append((flag, o))
+        for in_flag, src in inputs:
+            i = Path(src)
+            if not i.exists():
+                continue
+            if i.is_dir():
+                inside = _key(o).is_relative_to(_key(i))
+                if _key(o) == _key(i) or (inside and o.exists() and not o.is_dir()):
+                    raise InputError(f"{flag} '{o}' would overwrite {'' if _key(o) == _key(i) else 'a file of '}"
+                                     f"{in_flag} '{i}' (an input of this command); write it somewhere else")
+            elif (o.exists() and _same_file(o, i)) or _key(o) == _key(i):
+                raise InputError(f"{flag} '{o}' is {in_flag} '{i}', an input of this command, and would be "
+                                 "overwritten; write it somewhere else")
+
+
+# -- permissions ----------------------------------------------------------------------------------------------------
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or a directory and everything below it) the permissions a plain ``open`` /
+    ``mkdir`` would have given under the user's umask (0644 files and 0755 directories under the usual 022).
+
+    Temporary files and directories (``tempfile.mkstemp`` / ``mkdtemp``, safetensors' writer) are created 0600 /
+    0700 whatever the umask says; an artifact renamed into place from one would be unreadable to another account
+    or container that serves it. Symbolic links are left alone."""
+    mask = current_umask()
+    p = Path(path)
+    todo = [p]
+    while todo:
+        q = todo.pop()
+        if q.is_symlink():
+            continue
+        try:
+            if q.is_dir():
+                os.chmod(q, 0o777 & ~mask)
+                todo.extend(q.iterdir())
+            else:
+                mode = q.stat().st_mode & 0o111  # keep an executable bit (none of unmask's files has one)
+                os.chmod(q, (0o666 | mode) & ~mask)
+        except OSError:
+            continue
+
+
+__all__ = ["read_text", "check_writable", "temp_path", "remove_stale_temps", "check_image_path", "check_outputs",
+           "apply_umask", "IMAGE_SUFFIXES"]

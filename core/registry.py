@@ -134,10 +134,10 @@ class Registry:
         pkg = _dist_name(ep)
         try:
             obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any failure in third-party code must not break the others
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - third-party code must not break the others
             msg = (
                 f"{self.singular} plugin '{name}' (entry point {ep.value} in group {self.group}, package '{pkg}') "
-                f"failed to load: {type(exc).__name__}: {exc}"
+                f"failed to load: {load_failure(exc)}"
             )
             self._failed[name] = " ".join(msg.split())
             warnings.warn(self._failed[name], PluginWarning, stacklevel=3)
@@ -193,12 +193,14 @@ class Registry:
             out.append(PluginInfo(name, _first_line(getattr(obj, "__doc__", None)), self._packages.get(name, "?")))
         return out
 
-    def third_party_modules(self) -> dict[str, tuple[str, str]]:
-        """Top-level module of each third-party plugin -> (``"<kind> '<name>'"``, its package): for errors that must
-        name the plugin a failure came from."""
-        out: dict[str, tuple[str, str]] = {}
+    def third_party_plugins(self) -> list[ThirdParty]:
+        """Where each third-party plugin's code lives (module and attribute of its entry point), for errors that
+        must name the plugin a failure came from."""
+        out = []
         for name, ep in self._scan_entry_points().items():
-            out.setdefault(ep.value.split(":")[0].split(".")[0], (f"{self.singular} '{name}'", _dist_name(ep)))
+            module, _, attr = ep.value.partition(":")
+            out.append(ThirdParty(module.strip(), attr.strip().split(".")[0], f"{self.singular} '{name}'",
+                                  _dist_name(ep)))
         return out
 
     def package(self, name: str) -> str | None:
@@ -211,6 +213,32 @@ class Registry:
 
     def failures(self) -> list[str]:
         return list(self._failed.values())
+
+
+@dataclass(frozen=True)
+class ThirdParty:
+    """A third-party plugin's code: its entry point's module and top-level attribute, what it is, its package."""
+
+    module: str
+    attr: str
+    what: str  # "strategy 'boom'"
+    package: str
+
+    def match(self, module: str, qualname: str) -> float:
+        """How surely code of ``module`` (function ``qualname``) is this plugin's: 3 its object's own code (e.g. its
+        class's ``__init__``), 2 its module, 1 a submodule, 0.5 another module of its top-level package, 0 none."""
+        if module == self.module:
+            return 3 if self.attr and qualname.split(".")[0] == self.attr else 2
+        if module.startswith(self.module + "."):
+            return 1
+        return 0.5 if module.split(".")[0] == self.module.split(".")[0] else 0
+
+
+def load_failure(exc: BaseException) -> str:
+    """What went wrong importing third-party code, in words: ``sys.exit(7)`` is no exception class a user knows."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) while being imported"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _dist_name(ep: EntryPoint) -> str:

@@ -230,6 +230,7 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[di
                              "delete that line to read the rest") from None
         if not isinstance(rec, dict) or "step" not in rec:
             continue  # run events ("start") carry no step
+        _check_record(rec, f"{f}:{i}")
         if "loss" in rec:
             train[int(rec["step"])] = rec
         if any(k.startswith("val_") for k in rec):
@@ -242,6 +243,25 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[di
             r.setdefault("train_seconds", float(np.interp(r["step"], [t["step"] for t in timed],
                                                           [t["train_seconds"] for t in timed])))
     return tr, va
+
+
+def _check_record(rec: dict[str, Any], where: str) -> None:
+    """A metrics record's numbers are numbers (a hand-edited or damaged file may hold anything)."""
+    import math
+
+    def bad(key: str, want: str) -> InputError:
+        return InputError(f"{where}: '{key}' is {json.dumps(rec[key])[:40]}, not {want}; the metrics file is damaged, "
+                          "fix or delete that line to read the rest")
+
+    step = rec["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise bad("step", "a step number (an integer >= 0)")
+    for key, value in rec.items():
+        if key in ("loss", "samples", "train_seconds", "lr") or key.startswith("val_"):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                if key == "loss" and isinstance(value, float):
+                    continue  # a diverged run logs a nan/inf loss; the plot leaves the point out
+                raise bad(key, "a finite number")
 
 
 def _xkey(x: str) -> str:

@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     """Carry out ``unmask export``; returns the exit status (errors are raised as UnmaskError)."""
     from unmask.core.config import write_json
 
+    for flag, path in (("--model", args.model), ("--from-onnx", args.from_onnx), ("--onnx", args.onnx),
+                       ("--trt", args.trt), ("--report", args.report)):
+        if path is not None and not str(path).strip():
+            raise ConfigError(f"{flag} is empty; give a path")
     if not args.onnx and not args.trt:
         raise ConfigError("say what to write: --onnx OUT.onnx and/or --trt OUT.plan")
     if args.from_onnx and not args.trt:
@@ -63,11 +67,25 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--model CKPT is required (or --from-onnx IN.onnx with --trt)")
     if args.trt and args.quantize:
         raise ConfigError("--quantize int8 is for onnxruntime on the CPU; TensorRT plans take --precision fp16|bf16")
-    from unmask.core.files import check_writable
+    from pathlib import Path
 
-    for flag, path in (("--onnx", args.onnx), ("--trt", args.trt), ("--report", args.report)):
-        if path:  # before the export work starts
-            check_writable(path, flag)
+    from unmask.core.files import check_outputs, check_writable, remove_stale_temps
+    from unmask.export.metadata import sidecar_path
+
+    outputs = [(flag, path) for flag, path in (("--onnx", args.onnx), ("--trt", args.trt),
+                                                ("--trt (its sidecar)", args.trt and sidecar_path(args.trt)),
+                                                ("--report", args.report)) if path]
+    for flag, path in outputs:  # before the export work starts
+        check_writable(path, flag)
+    check_outputs(outputs, [(flag, path) for flag, path in (("--model", args.model), ("--from-onnx", args.from_onnx))
+                            if path])
+    if args.accuracy < 0:
+        raise ConfigError(f"--accuracy {args.accuracy}: give a number of puzzles >= 0")
+    if args.accuracy and args.model:
+        _check_accuracy_fits(args.model, args.accuracy)
+    for path in (args.onnx, args.trt):  # temporary files of exports that were killed (never a live process's)
+        if path:
+            remove_stale_temps(Path(path).parent, Path(path).name)
     report: dict = {}
     if args.trt:
         from unmask.export.tensorrt import build_tensorrt, require_tensorrt
@@ -90,6 +108,17 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.report, _jsonable(report))
         print(f"report written to {args.report}")
     return 0
+
+
+def _check_accuracy_fits(model: str, n: int) -> None:
+    """``--accuracy N`` generates N test examples of the model's task: refused before the export when they cannot
+    fit in memory (the estimate ``unmask eval --generate`` uses)."""
+    from unmask.core.memory import check_fits
+    from unmask.core.task import build_task
+    from unmask.core.training.checkpoint import read_config, resolve_model_dir
+
+    task = build_task(read_config(resolve_model_dir(model))["task"], "model task")
+    check_fits(32.0 * n * task.seq_len, f"--accuracy {n:,}", "decode fewer puzzles")
 
 
 def _jsonable(x):  # noqa: ANN001, ANN202

@@ -138,7 +138,7 @@ def info_from_props(props: dict[str, str], path: Path, *, what: str = "ONNX file
             input_name=str(props.get(K_INPUT, INPUT_NAME)),
             output_name=str(props.get(K_OUTPUT, OUTPUT_NAME)),
         )
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise CheckpointError(
             f"{what} '{path}' has broken unmask metadata ({type(exc).__name__}: {exc}); re-export it"
         ) from None
@@ -237,7 +237,7 @@ def read_plan_info(plan: str | os.PathLike) -> ArtifactInfo:
         )
     try:
         data = json.loads(read_text(side, "sidecar", CheckpointError))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"sidecar '{side}' is not valid JSON ({exc}); rebuild the plan") from None
     if not isinstance(data, dict) or data.get(K_FORMAT) != PLAN_FORMAT:
         raise CheckpointError(f"'{side}' is not an unmask TensorRT sidecar ({K_FORMAT} = {PLAN_FORMAT!r} expected)")

@@ -25,6 +25,7 @@ import torch
 
 from unmask.core.config import Section, apply_overrides, convert, load_toml, to_builtins
 from unmask.core.errors import CheckpointError, ConfigError, InputError
+from unmask.core.files import apply_umask
 from unmask.core.models import (
     autocast_context,
     build_model,
@@ -71,7 +72,8 @@ class TrainOptions(Section):
     masks that follow confidence-ordered decoding; options in ``[train.progressive]``). See
     unmask.core.training.masking."""
     progressive: ProgressiveOptions = msgspec.field(default_factory=ProgressiveOptions)
-    seed: int = 0
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
+    """Seed of the training data, the initial weights and the batches (0 .. 2**63 - 1, what numpy and torch take)."""
     data_size: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     """Training examples generated once (and cached); batches draw from them with random augmentation."""
     augment: bool = True
@@ -141,7 +143,17 @@ def resolve_config(path: str | os.PathLike | None, overrides: list[str] | None =
     from unmask.core.memory import check_training_fits
 
     check_training_fits(objective.model_task(), cfg.backbone, cfg.train.batch_size, causal=objective.causal)
+    from unmask.core.memory import check_fits
+
+    for key in ("data_size", "val_size"):  # generated before training starts: an absurd size is refused now
+        n = int(getattr(cfg.train, key))
+        check_fits(32.0 * n * task.seq_len, f"train.{key} = {n:,} examples", f"reduce train.{key}")
     return Resolved(data, task, cfg.train, Path(cfg.out), objective)
+
+
+def _torch_seed(n: int) -> int:
+    """A derived seed torch's generators take (they hold 64 bits; any seed up to 2**63 - 1 times 1000 does not)."""
+    return n % 2**63
 
 
 def val_decoders(objective: Objective, o: TrainOptions) -> list[Any]:
@@ -268,7 +280,7 @@ class Trainer:
         self.step = 0
         self.samples = 0
         self.train_seconds = 0.0
-        self.gen = torch.Generator().manual_seed(self.o.seed * 1000 + self.rank)
+        self.gen = torch.Generator().manual_seed(_torch_seed(self.o.seed * 1000 + self.rank))
         self.np_rng = np.random.default_rng([self.o.seed, self.rank])
         self.ema: dict[str, torch.Tensor] | None = None  # parameter name -> averaged value (train.ema)
         self.ema_steps = 0
@@ -323,7 +335,7 @@ class Trainer:
             self.np_rng.bit_generator.state = rng["numpy"]
             torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(rng["torch_global"])), dtype=torch.uint8))
         else:  # only rank 0 saves its streams: other ranks get fresh ones of their own (never rank 0's batches)
-            self.gen.manual_seed(self.o.seed * 1000 + self.rank + 7919 * self.step)
+            self.gen.manual_seed(_torch_seed(self.o.seed * 1000 + self.rank + 7919 * self.step))
             self.np_rng = np.random.default_rng([self.o.seed, self.rank, self.step])
         ema_file = latest / EMA_FILE
         if self.o.ema and ema_file.is_file():
@@ -386,6 +398,7 @@ class Trainer:
                             state={"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
                                    "rng": rng, "ema_steps": self.ema_steps},
                             extra_tensors=self._extra_tensors())
+        apply_umask(path)  # written from a 0700 temporary directory with 0600 safetensors files
         ckpt.mark_latest(self.out, path)
         kept = {ckpt.checkpoint_name(k) for k in self.o.keep_steps}
         done = sorted(d for d in (self.out / "checkpoints").iterdir()
@@ -545,6 +558,7 @@ class Trainer:
                 files[name] = p.read_text()
         cfg = {**self.config, "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds}
         ckpt.save_model_dir(final, self._averaged_state(), cfg, extra_files=files)
+        apply_umask(final)  # another account or container may serve the model: the user's umask, not 0600 / 0700
         plot_metrics(self.out / "metrics.jsonl", final / "curves.png")
 
 
