@@ -68,6 +68,10 @@ class _LazyParser(_Parser):
         self._complete()
         return super().format_help()
 
+    def format_usage(self) -> str:  # the docs' CLI reference starts each command with it, then lists the options
+        self._complete()
+        return super().format_usage()
+
 
 def _serve_arguments(s: argparse.ArgumentParser) -> None:
     from unmask.core.serve import add_arguments
@@ -243,11 +247,10 @@ def _labelled_runs(specs: list[str]) -> dict[str, str]:
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
-    from unmask.core.files import check_outputs, check_writable
+    from unmask.core.files import check_outputs
     from unmask.core.report import curves_table, metrics_file, training_curves
 
     runs = _labelled_runs(args.runs)
-    check_writable(args.out, "--out")
     check_outputs([("--out", args.out)], [(f"run '{label}'", metrics_file(path)) for label, path in runs.items()])
     if len(runs) == 1:
         runs = {"": next(iter(runs.values()))}
