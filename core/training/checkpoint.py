@@ -9,9 +9,12 @@ place, so a crash (even SIGKILL) never leaves a half-written checkpoint behind.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -67,7 +70,7 @@ def save_model_dir(
     *,
     optimizer: dict[str, Any] | None = None,
     state: dict[str, Any] | None = None,
-    extra_files: dict[str, str] | None = None,
+    extra_files: dict[str, str | bytes] | None = None,
     extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a model directory (and optionally the training state) atomically; returns its path."""
@@ -78,9 +81,6 @@ def save_model_dir(
     try:
         tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
-        digest, covers = model_checksum(config, (tmp / MODEL_FILE).read_bytes())
-        _write_json(tmp / CONFIG_FILE,
-                    {"format": FORMAT, **config, CHECKSUM_KEY: {"sha256": digest, "covers": covers}})
         if optimizer is not None:
             opt_tensors, opt_meta = _flatten_optimizer(optimizer)
             save_file(opt_tensors, str(tmp / OPTIM_FILE), metadata={"format": FORMAT})
@@ -90,8 +90,12 @@ def save_model_dir(
         for name, group in (extra_tensors or {}).items():  # more safetensors files (e.g. a training pool)
             save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / name),
                       metadata={"format": FORMAT})
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+        for name, text in (extra_files or {}).items():  # str: UTF-8; bytes: copied as they are (e.g. a damaged log)
+            (tmp / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+        digest, covers = model_checksum(config, (tmp / MODEL_FILE).read_bytes())
+        files = {f.name: _file_sha256(f) for f in sorted(tmp.iterdir()) if f.name not in (MODEL_FILE, CONFIG_FILE)}
+        _write_json(tmp / CONFIG_FILE, {"format": FORMAT, **config,
+                                        CHECKSUM_KEY: {"sha256": digest, "covers": covers, "files": files}})
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -179,19 +183,41 @@ def checkpoint_at(run_dir: str | os.PathLike, step: int) -> Path | None:
     return cand if (cand / MODEL_FILE).exists() and (cand / CONFIG_FILE).exists() else None
 
 
+_STEP_RE = re.compile(r"step-[0-9]+")
+
+
+def checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints of a run (``checkpoints/step-NNNNNNN`` with a config), oldest first."""
+    ckdir = Path(run_dir) / "checkpoints"
+    if not ckdir.is_dir():
+        return []
+    return sorted(d for d in ckdir.iterdir()
+                  if _STEP_RE.fullmatch(d.name) and d.is_dir() and (d / CONFIG_FILE).exists())
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint ``LATEST`` names (the newest complete one where LATEST is missing or names none that exists).
+
+    LATEST holds one checkpoint name (``step-0000100``) of this run's ``checkpoints/``; anything else (not UTF-8,
+    a path such as ``../../other/model``) is refused, so a damaged pointer never loads another model."""
     run = Path(run_dir)
     ptr = run / LATEST
+    done = checkpoints(run)
     if ptr.is_file():
-        cand = run / "checkpoints" / ptr.read_text().strip()
+        try:
+            name = ptr.read_bytes().decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
+            name = None
+        else:
+            why = f"names {name[:80]!r}, which is not a checkpoint of this run"
+        if name is None or not _STEP_RE.fullmatch(name):
+            fix = (f"write {done[-1].name} (the newest) into it or delete it" if done
+                   else "delete it (the run has no checkpoint)")
+            raise CheckpointError(f"'{ptr}' {why}; it holds the name of one of '{run / 'checkpoints'}': {fix}")
+        cand = run / "checkpoints" / name
         if (cand / MODEL_FILE).exists() and (cand / CONFIG_FILE).exists():
             return cand
-    ckdir = run / "checkpoints"
-    if not ckdir.is_dir():
-        return None
-    done = sorted(
-        d for d in ckdir.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / CONFIG_FILE).exists()
-    )
     return done[-1] if done else None
 
 
@@ -304,16 +330,114 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_files(ckpt: Path) -> None:
+    """Compare every file listed in the checksum entry of ``ckpt``'s config.json (training state, optimizer,
+    masking pool, EMA weights, logs; the weights are checked by :func:`load_tensors`) with its SHA-256; a
+    checkpoint written before per-file checksums existed passes unchecked."""
+    cfg = read_config(ckpt)
+    files = (cfg.get(CHECKSUM_KEY) or {}).get("files") if isinstance(cfg.get(CHECKSUM_KEY), dict) else None
+    if files is None:
+        return
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise CheckpointError(f"'{ckpt / CONFIG_FILE}' has a malformed '{CHECKSUM_KEY}.files' entry")
+    for name, digest in sorted(files.items()):
+        f = ckpt / name
+        if Path(name).name != name or not f.is_file():
+            raise CheckpointError(f"'{f}' is missing; the checkpoint is incomplete")
+        try:
+            ok = _file_sha256(f) == digest
+        except OSError as exc:
+            raise CheckpointError(f"'{f}' cannot be read ({exc.strerror or exc})") from None
+        if not ok:
+            raise CheckpointError(f"'{f}' does not match the checksum written with it; it was changed or damaged")
+
+
+def _bad_state(sp: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"'{sp}' is not a training state written by unmask ({what}); the checkpoint is corrupt")
+
+
 def load_training_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(state.json contents, optimizer state dict or None)."""
+    """(state.json contents, optimizer state dict or None): every file checked against its checksum first, and the
+    state's shape checked (a step, the RNG streams as base64 strings, the optimizer's tensors all present), so a
+    damaged checkpoint is one :class:`CheckpointError`, never a KeyError or a silent resume."""
     sp = ckpt / STATE_FILE
     if not sp.is_file():
         raise CheckpointError(f"'{ckpt}' has no {STATE_FILE}; it is a model, not a resumable checkpoint")
+    check_files(ckpt)
     try:
         state = json.loads(_read_text(sp, "training state"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"'{sp}' is not valid JSON ({exc}); the checkpoint is corrupt") from None
+    if not isinstance(state, dict):
+        raise _bad_state(sp, f"a JSON {type(state).__name__}, not an object")
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise _bad_state(sp, f"'step' is {step!r}, not a count of steps")
+    for key in ("samples", "train_seconds", "ema_steps"):
+        v = state.get(key, 0)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise _bad_state(sp, f"'{key}' is {v!r}, not a number >= 0")
+    rng = state.get("rng", {})
+    if not isinstance(rng, dict):
+        raise _bad_state(sp, "'rng' is not an object")
+    for rank, streams in rng.items():
+        if not (isinstance(streams, dict) and isinstance(streams.get("numpy"), dict)
+                and all(isinstance(streams.get(k), str) for k in ("torch", "torch_global"))):
+            raise _bad_state(sp, f"'rng.{rank}' lacks its torch, torch_global and numpy streams")
+        for k in ("torch", "torch_global"):
+            try:
+                base64.b64decode(streams[k], validate=True)
+            except ValueError:
+                raise _bad_state(sp, f"'rng.{rank}.{k}' is not base64") from None
     opt = None
     if "optimizer" in state:
-        opt = _unflatten_optimizer(load_tensors(ckpt / OPTIM_FILE), state.pop("optimizer"))
+        meta = state.pop("optimizer")
+        tensors = load_tensors(ckpt / OPTIM_FILE)
+        try:
+            opt = _unflatten_optimizer(tensors, meta)
+            if not (isinstance(opt["param_groups"], list) and all(isinstance(g, dict) and isinstance(
+                    g.get("params"), list) for g in opt["param_groups"])):
+                raise ValueError("param_groups")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _bad_state(sp, f"its optimizer entry does not fit {OPTIM_FILE}: {type(exc).__name__} {exc}") from None
     return state, opt
+
+
+def damage(ckpt: Path) -> str | None:
+    """Why checkpoint ``ckpt`` cannot be resumed from (one line), or None when its files are intact."""
+    try:
+        read_config(ckpt)
+        load_tensors(ckpt / MODEL_FILE)
+        load_training_state(ckpt)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def previous_good(ckpt: Path) -> Path | None:
+    """The newest checkpoint of ``ckpt``'s run older than ``ckpt`` whose files are intact."""
+    for c in reversed(checkpoints(ckpt.parent.parent)):
+        if c.name < ckpt.name and damage(c) is None:
+            return c
+    return None
+
+
+def damaged_message(ckpt: Path, why: str) -> str:
+    """One line: checkpoint ``ckpt`` is damaged (``why``), and how ``--resume`` gets to the previous good one."""
+    run = ckpt.parent.parent
+    prev = previous_good(ckpt)
+    if prev is None:
+        fix = ("no earlier checkpoint of the run is intact: restore the files, or train afresh in another out "
+               "directory")
+    else:
+        fix = (f"the previous good one is '{prev}': move the damaged one out of the way (mv {ckpt} "
+               f"{run / (ckpt.name + '.damaged')}) and --resume continues from {prev.name}")
+    return f"checkpoint '{ckpt}' is damaged ({why}); {fix}"

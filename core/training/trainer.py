@@ -309,7 +309,10 @@ class Trainer:
         latest = ckpt.latest_checkpoint(self.out)
         if latest is None:
             raise CheckpointError(f"--resume: no checkpoint in '{self.out}/checkpoints'; start without --resume")
-        cfg = ckpt.read_config(latest)
+        try:
+            cfg = ckpt.read_config(latest)
+        except CheckpointError as exc:
+            raise CheckpointError(f"--resume: {ckpt.damaged_message(latest, str(exc))}") from None
         resolve = {"task": resolved_task, "backbone": resolved_backbone}
         for key in ("task", "backbone"):
             try:
@@ -321,22 +324,17 @@ class Trainer:
                     f"--resume: the {key} in checkpoint '{latest}' differs from the config "
                     f"({_differences(_settings(have), _settings(self.config[key]))}); resume with the config the run "
                     "was started with")
-        state = ckpt.load_tensors(latest / ckpt.MODEL_FILE)
-        self.model.load_state_dict(state)
-        st, opt = ckpt.load_training_state(latest)
-        if opt is not None:
-            self.opt.load_state_dict(opt)
-        self.step = int(st["step"])
-        self.samples = int(st.get("samples", 0))
-        self.train_seconds = float(st.get("train_seconds", 0.0))
-        rng = st.get("rng", {}).get(str(self.rank))
-        if rng:
-            _set_torch_state(self.gen, rng["torch"])
-            self.np_rng.bit_generator.state = rng["numpy"]
-            torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(rng["torch_global"])), dtype=torch.uint8))
-        else:  # only rank 0 saves its streams: other ranks get fresh ones of their own (never rank 0's batches)
-            self.gen.manual_seed(_torch_seed(self.o.seed * 1000 + self.rank + 7919 * self.step))
-            self.np_rng = np.random.default_rng([self.o.seed, self.rank, self.step])
+        # every file is checked against its checksum and the state's shape before anything is taken from it; what
+        # still does not fit (a checkpoint written before checksums) is the same one line naming the previous good one
+        try:
+            state = ckpt.load_tensors(latest / ckpt.MODEL_FILE)
+            st, opt = ckpt.load_training_state(latest)
+            self._load_state(state, st, opt)
+        except CheckpointError as exc:
+            raise CheckpointError(f"--resume: {ckpt.damaged_message(latest, str(exc))}") from None
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            why = f"its training state does not fit this model: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            raise CheckpointError(f"--resume: {ckpt.damaged_message(latest, why)}") from None
         ema_file = latest / EMA_FILE
         if self.o.ema and ema_file.is_file():
             self.ema = {k: v.to(self.device) for k, v in ckpt.load_tensors(ema_file).items()}
@@ -357,6 +355,29 @@ class Trainer:
             self.config["init_from"] = cfg["init_from"]
         self.resumed_from = latest
         self._log({"event": "resume", "step": self.step, "checkpoint": latest.name})
+
+    def _load_state(self, weights: dict[str, torch.Tensor], st: dict[str, Any], opt: dict[str, Any] | None) -> None:
+        """Weights, optimizer, counters and RNG streams of a checkpoint (raises on anything that does not fit)."""
+        self.model.load_state_dict(weights)
+        if opt is not None:
+            self.opt.load_state_dict(opt)
+            for group in self.opt.param_groups:  # load_state_dict checks counts, not shapes (which fail mid-step)
+                for p in group["params"]:
+                    for k, v in self.opt.state.get(p, {}).items():
+                        if isinstance(v, torch.Tensor) and v.ndim and v.shape != p.shape:
+                            raise ValueError(f"optimizer state '{k}' has shape {tuple(v.shape)}, its parameter "
+                                             f"{tuple(p.shape)}")
+        self.step = int(st["step"])
+        self.samples = int(st.get("samples", 0))
+        self.train_seconds = float(st.get("train_seconds", 0.0))
+        rng = st.get("rng", {}).get(str(self.rank))
+        if rng:
+            _set_torch_state(self.gen, rng["torch"])
+            self.np_rng.bit_generator.state = rng["numpy"]
+            torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(rng["torch_global"])), dtype=torch.uint8))
+        else:  # only rank 0 saves its streams: other ranks get fresh ones of their own (never rank 0's batches)
+            self.gen.manual_seed(_torch_seed(self.o.seed * 1000 + self.rank + 7919 * self.step))
+            self.np_rng = np.random.default_rng([self.o.seed, self.rank, self.step])
 
     def _warm_start(self, path: str) -> None:
         try:
@@ -551,11 +572,11 @@ class Trainer:
         return final
 
     def export_final(self, final: Path) -> None:
-        files = {}
+        files: dict[str, str | bytes] = {}
         for name in ("metrics.jsonl",):
             p = self.out / name
             if p.exists():
-                files[name] = p.read_text()
+                files[name] = p.read_bytes()  # as it is: a damaged log must not stop the export
         cfg = {**self.config, "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds}
         ckpt.save_model_dir(final, self._averaged_state(), cfg, extra_files=files)
         apply_umask(final)  # another account or container may serve the model: the user's umask, not 0600 / 0700

@@ -307,3 +307,135 @@ def test_init_from_accepts_a_backbone_that_differs_only_in_options_without_param
     with pytest.raises(CheckpointError, match=r"differs from the config \(n_layers: \d+ vs 3\) in its parameters"):
         train(CONFIG, tiny(tmp_path / "c", tmp_path / "cache", steps=1, **{
             "train.init_from": f'"{src}"', "backbone.n_layers": "3"}), progress=False)
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """A run stopped at step 10 with checkpoints at steps 5 and 10 (and its data cache)."""
+    from unmask.core.training.trainer import Trainer, resolve_config
+
+    tmp = tmp_path_factory.mktemp("two")
+    Trainer(resolve_config(CONFIG, tiny(tmp / "run", tmp / "cache", steps=20)), progress=False, max_steps=10).run()
+    assert [c.name for c in ckpt.checkpoints(tmp / "run")] == ["step-0000005", "step-0000010"]
+    return tmp / "run", tmp / "cache"
+
+
+def _resume_error(run: Path, cache: Path) -> str:
+    from unmask.core.training.trainer import train
+
+    with pytest.raises(CheckpointError) as info:
+        train(CONFIG, tiny(run, cache, steps=20), resume=True, progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def _state_edits(st: dict) -> list:
+    """Valid JSON that is not the training state unmask wrote."""
+    import copy
+
+    def edit(fn):
+        s = copy.deepcopy(st)
+        out = fn(s)
+        return s if out is None else out
+
+    first = next(iter(st["optimizer"]["state"]))
+    return [
+        edit(lambda s: s.pop("step") and None),
+        edit(lambda s: s.update(step="ten")),
+        edit(lambda s: s["rng"]["0"].update(torch="***not base64***")),
+        edit(lambda s: s["rng"]["0"].update(torch="AAAA")),  # base64, but not a generator state
+        edit(lambda s: s["rng"]["0"].update(numpy={"bit_generator": "nope"})),
+        edit(lambda s: s["optimizer"]["state"][first].update(exp_avg={"tensor": "missing"})),
+        edit(lambda s: s["optimizer"].update(param_groups=[])),
+        edit(lambda s: s["optimizer"]["state"].update({"x": {}})),
+        [1, 2, 3],
+    ]
+
+
+def test_damaged_checkpoint_is_refused_naming_the_previous_good_one(tmp_path, two_checkpoints):
+    """Every checkpoint file carries a checksum: a flipped byte in optimizer.safetensors, or state.json edited into
+    other valid JSON, is one line naming the damaged checkpoint and the previous good one; moving the damaged one
+    aside as told resumes from it."""
+    import shutil
+
+    src, cache = two_checkpoints
+    files = ckpt.read_config(src / "checkpoints" / "step-0000010")["checksum"]["files"]
+    assert {"optimizer.safetensors", "state.json"} <= set(files)
+    st = json.loads((src / "checkpoints" / "step-0000010" / "state.json").read_text())
+    cases: list = [("optimizer.safetensors", None)] + [("state.json", e) for e in _state_edits(st)]
+    for i, (name, content) in enumerate(cases):
+        for checked in (True, False):  # with the checksums, and as a checkpoint written before them
+            run = tmp_path / f"r{i}{checked}"
+            shutil.copytree(src, run)
+            bad = run / "checkpoints" / "step-0000010"
+            if content is None:
+                data = bytearray((bad / name).read_bytes())
+                data[len(data) // 2] ^= 0x01
+                (bad / name).write_bytes(bytes(data))
+            else:
+                (bad / name).write_text(json.dumps(content))
+            if not checked:
+                for c in ckpt.checkpoints(run):
+                    cfg = json.loads((c / "config.json").read_text())
+                    del cfg["checksum"]["files"]
+                    (c / "config.json").write_text(json.dumps(cfg))
+            if content is None and not checked:
+                continue  # a flipped byte inside a tensor is what only the checksum can see
+            msg = _resume_error(run, cache)
+            assert f"checkpoint '{bad}' is damaged" in msg, (i, checked, msg)
+            assert f"the previous good one is '{run / 'checkpoints' / 'step-0000005'}'" in msg, (i, msg)
+    # the fix the message gives works: the damaged checkpoint moved aside, --resume continues from step 5
+    from unmask.core.training.trainer import train
+
+    run = tmp_path / "r0True"
+    shutil.move(run / "checkpoints" / "step-0000010", run / "step-0000010.damaged")
+    final = train(CONFIG, tiny(run, cache, steps=12), resume=True, progress=False)
+    assert ckpt.read_config(final)["step"] == 12
+    # with no intact checkpoint left, it says so
+    run = tmp_path / "r0True"
+    for c in ckpt.checkpoints(run):
+        (c / "state.json").write_text("{}")
+    assert "no earlier checkpoint of the run is intact" in _resume_error(run, cache)
+
+
+def test_latest_pointer_stays_inside_its_run(tmp_path, two_checkpoints):
+    """LATEST that is not UTF-8, or names a path out of the run (``../../other/model``), is one line, in --resume
+    and in ``eval --model <run dir>``, never a traceback or another run's model."""
+    import shutil
+
+    src, cache = two_checkpoints
+    other = tmp_path / "other" / "checkpoints" / "m"
+    shutil.copytree(src / "checkpoints" / "step-0000005", other)
+    for content in (b"\xff\xfe\x00step", b"../../other/checkpoints/m\n", b"step-0000005/../../../../other/checkpoints/m"):
+        run = tmp_path / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(src, run)
+        (run / "LATEST").write_bytes(content)
+        with pytest.raises(CheckpointError, match=r"LATEST' .*write step-0000010 \(the newest\) into it") as info:
+            ckpt.resolve_model_dir(run)
+        assert "\n" not in str(info.value)
+        assert "LATEST" in _resume_error(run, cache)
+    proc = subprocess.run([sys.executable, "-m", "unmask.core.cli", "eval", "--model", str(run), "--generate", "2",
+                           "--no-progress"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    (run / "LATEST").write_text("step-0000005\n")
+    assert ckpt.latest_checkpoint(run).name == "step-0000005"
+
+
+def test_non_utf8_training_log_does_not_stop_the_export(tmp_path, two_checkpoints):
+    """A metrics.jsonl damaged into non-UTF-8 bytes: the resumed run still finishes and exports its model (the log
+    copied as it is)."""
+    import shutil
+
+    from unmask.core.training.trainer import train
+
+    src, cache = two_checkpoints
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    with open(run / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": 1, "loss": \xff\xfe}\n')
+    with pytest.warns(UserWarning, match="training curves not drawn"):
+        final = train(CONFIG, tiny(run, cache, steps=11), resume=True, progress=False)
+    assert ckpt.read_config(final)["step"] == 11
+    assert b"\xff\xfe" in (final / "metrics.jsonl").read_bytes()
