@@ -10,7 +10,8 @@ Text models need two optional inputs, which an engine lists in ``inputs`` (absen
   attention, so a row gives the same logits alone and in any batch;
 - ``index`` (B, K) int64: the positions to return logits at, ``logits = engine(tokens, index=...)`` (B, K, V): the
   decode loop asks for the positions a strategy can commit this step only (with a 126k vocabulary, (B, L, V) for a
-  whole canvas does not fit), and a backbone applies its output layer there only.
+  whole canvas does not fit), and a backbone applies its output layer there only. Such logits are a fresh tensor
+  the loop may write into (it sets the mask token's logit to -inf in place, with no copy of (B, K, V)).
 
 Both are plain tensors, so an exported engine (ONNX, TensorRT) meets the same contract.
 """
@@ -148,8 +149,8 @@ class TorchEngine:
         n = self.micro_batch
         with autocast_context(self.device, self.bf16):
             if 0 < n < tokens.shape[0]:
-                return torch.cat([self._forward(tokens[i : i + n], **{k: v[i : i + n] for k, v in extra.items()}).float()
-                                  for i in range(0, tokens.shape[0], n)])
+                return torch.cat([self._forward(tokens[i : i + n], **{k: v[i : i + n] for k, v in extra.items()})
+                                  .float() for i in range(0, tokens.shape[0], n)])
             logits = self._forward(tokens, **extra)
         return logits.float()
 

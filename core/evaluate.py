@@ -83,6 +83,7 @@ def evaluate(
     preds, nfes, orders = [], [], []
     t0 = time.perf_counter()
     name = strategy.name or type(strategy).__name__
+    lengths = data.meta.get("length")  # (N,) real lengths of right-padded rows (text), else None
     if scheduler == "continuous":
         from unmask.core.decoding.schedule import decode_many
 
@@ -90,6 +91,7 @@ def evaluate(
             engine, torch.from_numpy(data.inputs), torch.from_numpy(data.given), strategy,
             mask_id=task.mask_id, generator=gen, batch_size=batch_size, trace=trace, progress=progress,
             desc=f"eval {name}", vocab_size=task.vocab_size,
+            lengths=None if lengths is None else torch.from_numpy(np.asarray(lengths, dtype=np.int64)),
         )
         preds, nfes = [res.tokens.cpu().numpy()], [res.nfe.cpu().numpy()]
         if trace and res.order is not None:
@@ -100,8 +102,9 @@ def evaluate(
                 sl = slice(start, start + batch_size)
                 inputs = torch.from_numpy(data.inputs[sl]).to(device)
                 given = torch.from_numpy(data.given[sl]).to(device)
+                lens = None if lengths is None else torch.from_numpy(np.asarray(lengths[sl], dtype=np.int64))
                 res = decode(engine, inputs, given, strategy, mask_id=task.mask_id, generator=gen, trace=trace,
-                             vocab_size=task.vocab_size)
+                             vocab_size=task.vocab_size, lengths=None if lens is None else lens.to(device))
                 preds.append(res.tokens.cpu().numpy())
                 nfes.append(res.nfe.cpu().numpy())
                 if trace and res.order is not None:

@@ -154,11 +154,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from unmask.core.cli import default_threads
+    from unmask.core.config import write_json
     from unmask.core.decoding.loop import decode
     from unmask.core.decoding.runtime import open_engine
     from unmask.core.decoding.schedule import decode_many
     from unmask.core.engine import GuidanceEngine
-    from unmask.core.config import write_json
     from unmask.core.files import check_outputs, check_writable
     from unmask.core.task import build_task
 

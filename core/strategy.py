@@ -244,7 +244,10 @@ class Strategy:
         """(B, L) committed values: argmax, or sampled from softmax(logits / temperature) with the generator."""
         if self.options.value == "argmax":
             return x.logits.argmax(dim=-1)
-        logits = x.logits.float() / float(self.options.temperature)
+        # shifted by the max before dividing, NaN (-inf / tiny, inf - inf) dropped: any finite temperature samples
+        logits = x.logits.float()
+        logits = ((logits - logits.amax(dim=-1, keepdim=True)) / float(self.options.temperature)).nan_to_num(
+            nan=float("-inf"))
         probs_t = torch.softmax(logits, dim=-1)
         B, L, V = probs_t.shape
         u = self.rand(x, (B, L, 1)).clamp_(min=1e-12)
@@ -286,19 +289,40 @@ class ScoreStrategy(Strategy):
         """(B, L) scores from probabilities (B, L, V); higher = commit first."""
         raise NotImplementedError
 
+    def score_logits(self, x: StepInput) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Optional fast path: (scores (B, L), argmax values (B, L)) straight from the logits, without the (B, L, V)
+        softmax :meth:`score` needs (with a 126k vocabulary that tensor is most of a step's host work); None: use
+        :meth:`score`. Used only with ``value = "argmax"``."""
+        return None
+
     def step(self, x: StepInput) -> StepOutput:
-        probs = torch.softmax(x.logits.float(), dim=-1)  # (B, L, V)
-        scores = self.add_noise(x, self.score(probs, x))  # (B, L)
+        fast = self.score_logits(x) if self.options.value == "argmax" else None
+        if fast is not None:
+            raw, values = fast
+            probs = None
+        else:
+            probs = torch.softmax(x.logits.float(), dim=-1)  # (B, L, V)
+            raw = self.score(probs, x)
+        scores = self.add_noise(x, raw)  # (B, L)
         cand = self.candidates(x)
         k = torch.minimum(self.quota(x), cand.sum(dim=1))
         commit = self.top_k(scores, cand, k)
-        return StepOutput(commit=commit, values=self.choose_values(x, probs))
+        return StepOutput(commit=commit, values=values if fast is not None else self.choose_values(x, probs))
 
 
 def top_two(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The largest and second-largest probability of each position: (B, L) each."""
     top = probs.topk(2, dim=-1).values
     return top[..., 0], top[..., 1]
+
+
+def top_two_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(p1, p2, argmax) per position (B, L) from logits (B, L, V), without materialising the softmax: the two
+    largest logits minus the log-partition function."""
+    top = logits.topk(2, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, L)
+    p = torch.exp(top.values - lse[..., None])
+    return p[..., 0], p[..., 1], top.indices[..., 0]
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -314,6 +338,7 @@ __all__ = [
     "Strategy",
     "ScoreStrategy",
     "top_two",
+    "top_two_logits",
     "entropy",
 ]
 

@@ -118,6 +118,12 @@ def engine_logits(engine: object, tokens: torch.Tensor, mask_id: int, vocab_size
         raise PluginError(f"engine returned {logits.dtype} logits; logits must be floating point")
     if logits.device != tokens.device:
         logits = logits.to(tokens.device)
+    if shape is not None and logits.dtype == torch.float32 and 0 <= mask_id < logits.shape[2]:
+        # an index engine's logits are its own fresh tensor (Engine contract): no (B, K, V) copy (inference mode
+        # lets a tensor made under it, as TorchEngine's are, be written)
+        with torch.inference_mode(logits.is_inference()):
+            logits[..., mask_id] = float("-inf")
+        return logits
     return logits.float().masked_fill(_mask_column(logits, mask_id), float("-inf"))  # (B, L, V)
 
 
@@ -248,7 +254,8 @@ def run_step(
         except UnmaskError:
             raise
         except Exception as exc:  # noqa: BLE001 - a plugin's bug, one line naming it
-            raise PluginError(f"strategy {_origin(strategy)} failed to plan a step: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(f"strategy {_origin(strategy)} failed to plan a step: {type(exc).__name__}: "
+                              f"{exc}") from exc
         if not isinstance(plan, Window) or plan.cand.shape != (B, L) or plan.cand.dtype != torch.bool:
             raise PluginError(f"strategy '{name}' window() must return a Window with a (B, L) bool cand; got "
                               f"{type(plan).__name__}")

@@ -156,7 +156,8 @@ class HFBackbone(nn.Module):
         self.vocab_size = int(vocab_size)
         self.seq_len = int(seq_len)
         self._take: torch.Tensor | None = None  # (B, K) hidden-state positions for the pre-hook, during a forward
-        out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        getter: Any = getattr(model, "get_output_embeddings", None)
+        out = getter() if callable(getter) else None
         self._gathers = isinstance(out, nn.Module)
         if self._gathers:
             assert isinstance(out, nn.Module)

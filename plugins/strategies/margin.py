@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from unmask.core.registry import strategies
-from unmask.core.strategy import ScoreStrategy, StepInput, top_two
+from unmask.core.strategy import ScoreStrategy, StepInput, top_two, top_two_logits
 
 
 @strategies.register("margin")
@@ -17,3 +17,7 @@ class Margin(ScoreStrategy):
     def score(self, probs: torch.Tensor, x: StepInput) -> torch.Tensor:
         p1, p2 = top_two(probs)
         return p1 - p2  # (B, L)
+
+    def score_logits(self, x: StepInput) -> tuple[torch.Tensor, torch.Tensor]:
+        p1, p2, values = top_two_logits(x.logits.float())
+        return p1 - p2, values

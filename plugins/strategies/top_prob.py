@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from unmask.core.registry import strategies
-from unmask.core.strategy import ScoreStrategy, StepInput
+from unmask.core.strategy import ScoreStrategy, StepInput, top_two_logits
 
 
 @strategies.register("top_prob")
@@ -16,3 +16,7 @@ class TopProb(ScoreStrategy):
 
     def score(self, probs: torch.Tensor, x: StepInput) -> torch.Tensor:
         return probs.amax(dim=-1)  # (B, L)
+
+    def score_logits(self, x: StepInput) -> tuple[torch.Tensor, torch.Tensor]:
+        p1, _p2, values = top_two_logits(x.logits.float())
+        return p1, values
