@@ -129,7 +129,8 @@ class TorchEngine:
         if micro_batch is None:
             micro_batch = CPU_MICRO_BATCH if self.device.type == "cpu" else 0
         self.micro_batch = int(micro_batch)
-        spec: Any = getattr(module, "spec", None)  # the backbone's ModelSpec, if it keeps one
+        # sizes: given, else the backbone's ModelSpec, else the module's own (a Hugging Face backbone's)
+        spec: Any = getattr(module, "spec", None) or module
         self.vocab_size = int(vocab_size if vocab_size is not None else spec.vocab_size)
         self.seq_len = int(seq_len if seq_len is not None else spec.seq_len)
         self.max_batch: int | None = None
@@ -146,6 +147,12 @@ class TorchEngine:
             raise InputError(f"this model takes no '{unknown[0]}' input (it takes: tokens"
                              f"{''.join(', ' + n for n in self.inputs)})")
         extra = {k: v.to(self.device, non_blocking=True) for k, v in extra.items()}
+        if tokens.ndim != 2 or (tokens.shape[1] != self.seq_len and "lengths" not in self.inputs) or \
+                tokens.shape[1] > self.seq_len:
+            from unmask.core.errors import InputError
+
+            raise InputError(f"this model takes rows of {self.seq_len} tokens"
+                             f"{' or fewer' if 'lengths' in self.inputs else ''}, got {tuple(tokens.shape)}")
         n = self.micro_batch
         with autocast_context(self.device, self.bf16):
             if 0 < n < tokens.shape[0]:

@@ -107,6 +107,7 @@ def load_model(path: str | os.PathLike, *, task: Task | None = None,
         ck_task = build_task(config["task"], "checkpoint task")
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint '{model_dir}' has an unusable task section: {exc}") from None
+    ck_task.bind_model_dir(model_dir)
     if task is not None:
         check_task_matches(task, config, str(model_dir))
     from unmask.core.objective import model_objective

@@ -173,7 +173,19 @@ class Task:
         Named values in [0, 1]; none by default."""
         return {}
 
-    def check_split(self, split: str) -> None:
+    def model_files(self) -> dict[str, bytes]:
+        """Files this task needs stored beside a model's weights (a text task: its tokenizer), written into every
+        checkpoint and model directory; default none."""
+        return {}
+
+    def bind_model_dir(self, path: Any) -> None:
+        """Called when the task is rebuilt from the model directory ``path``, where its :meth:`model_files` lie;
+        default: nothing to do."""
+
+    def check_split(self, split: str, n: int | None = None) -> None:
+        """``split`` must be one of SPLITS and ``n`` (when given) a positive count: one-line errors."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise InputError(f"the number of examples to generate must be a positive integer, got {n!r}")
         if split not in SPLITS:
             raise InputError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
 
@@ -183,11 +195,21 @@ class Task:
         return plugin_section(self.name, self.options)
 
 
-def build_task(name_or_section: Any, path: str = "task") -> Task:
-    """A task from its name or config section (``{"name": ..., **options}``)."""
+def build_task(name_or_section: Any, path: str = "task", *, model: Any = None) -> Task:
+    """A task from its name or config section (``{"name": ..., **options}``); ``model``: the model directory (or
+    run directory) it comes from, where the task's :meth:`Task.model_files` lie (a text model's tokenizer)."""
+    from pathlib import Path
+
     from unmask.core.config import resolve_plugin
     from unmask.core.registry import tasks
 
     name, cls, options = resolve_plugin(tasks, name_or_section, path)
     task = cls(options)
+    if model is not None and Path(model).is_dir():
+        from unmask.core.training.checkpoint import latest_checkpoint
+
+        p = Path(model)
+        if not (p / "config.json").is_file():
+            p = latest_checkpoint(p) or p
+        task.bind_model_dir(p)
     return task

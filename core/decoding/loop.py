@@ -46,13 +46,23 @@ class DecodeResult:
     order: torch.Tensor | None = None
 
 
-def _check_inputs(inputs: torch.Tensor, given: torch.Tensor, mask_id: int) -> None:
-    if inputs.ndim != 2 or inputs.dtype != torch.int64:
-        raise InputError(f"decode inputs must be an int64 (B, L) tensor, got {inputs.dtype} {tuple(inputs.shape)}")
-    if given.shape != inputs.shape or given.dtype != torch.bool:
+def _check_inputs(inputs: torch.Tensor, given: torch.Tensor, mask_id: int, vocab_size: int | None = None) -> None:
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim != 2 or inputs.dtype != torch.int64:
+        raise InputError(f"decode inputs must be an int64 (B, L) tensor, got {getattr(inputs, 'dtype', inputs)!r} "
+                         f"{tuple(getattr(inputs, 'shape', ()))}")
+    if not isinstance(given, torch.Tensor) or given.shape != inputs.shape or given.dtype != torch.bool:
         raise InputError(
-            f"'given' must be a bool tensor of shape {tuple(inputs.shape)}, got {given.dtype} {tuple(given.shape)}"
+            f"'given' must be a bool tensor of shape {tuple(inputs.shape)}, got {getattr(given, 'dtype', given)!r} "
+            f"{tuple(getattr(given, 'shape', ()))}"
         )
+    if isinstance(mask_id, bool) or not isinstance(mask_id, int):
+        raise InputError(f"mask_id must be an integer, got {mask_id!r}")
+    if vocab_size is not None:
+        if not 0 <= mask_id < vocab_size:
+            raise InputError(f"mask_id {mask_id} is outside the model's vocabulary 0..{vocab_size - 1}")
+        if inputs.numel() and bool(((inputs < 0) | (inputs >= vocab_size)).any()):
+            bad = int(inputs[(inputs < 0) | (inputs >= vocab_size)][0])
+            raise InputError(f"decode inputs hold token {bad}, outside the model's vocabulary 0..{vocab_size - 1}")
     if bool((given & (inputs == mask_id)).any()):
         raise InputError("a given position holds the mask token; given positions must hold real tokens")
 
@@ -102,7 +112,14 @@ def engine_logits(engine: object, tokens: torch.Tensor, mask_id: int, vocab_size
     """``engine(tokens, **extra)`` checked for shape (and vocabulary size, when known), as float32 on the tokens'
     device with the mask token's logit at -inf: (B, L, V), or (B, K, V) for an ``index`` (B, K) in ``extra``
     (``shape`` = (B, K)). Host-side checks only (no sync)."""
-    logits = engine(tokens, **extra) if extra else engine(tokens)  # type: ignore[operator]
+    try:  # the engine gets copies: one that writes into its inputs cannot change the loop's state (givens)
+        mine = tokens.clone()
+        logits = engine(mine, **{k: v.clone() for k, v in extra.items()}) if extra else engine(mine)  # type: ignore[operator]
+    except UnmaskError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken engine or model is one line naming it
+        raise PluginError(f"engine {type(engine).__name__} failed: {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:300]}") from exc
     if not isinstance(logits, torch.Tensor):
         raise PluginError(f"engine {type(engine).__name__} returned a {type(logits).__name__}, not a tensor of logits")
     want = tuple(tokens.shape) if shape is None else shape
@@ -283,6 +300,7 @@ def run_step(
         x = StepInput(logits, tokens, masked, given, step, steps, generator, mask_id,
                       window=None if plan is None else plan.cand, n_masked=None if plan is None else plan.n_masked,
                       left=None if plan is None else plan.left)
+    x.tokens, x.masked, x.given = x.tokens.clone(), x.masked.clone(), x.given.clone()  # the strategy's own copies
     try:
         out = strategy.step(x)
     except UnmaskError:
@@ -376,8 +394,8 @@ def decode(
     view); it must not modify them.
     """
     steps = check_strategy(strategy)
-    _check_inputs(inputs, given, mask_id)
     vocab_size = engine_vocab(engine, vocab_size)
+    _check_inputs(inputs, given, mask_id, vocab_size)
     lengths = check_lengths(engine, lengths, inputs)
     tokens = inputs.clone()
     masked = (tokens == mask_id) & ~given  # (B, L)

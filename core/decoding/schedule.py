@@ -207,8 +207,8 @@ def decode_many(
     from tqdm.auto import tqdm
 
     steps = check_strategy(strategy)
-    _check_inputs(inputs, given, mask_id)
     vocab_size = engine_vocab(engine, vocab_size)
+    _check_inputs(inputs, given, mask_id, vocab_size)
     lengths = check_lengths(engine, lengths, inputs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")

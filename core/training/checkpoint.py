@@ -63,6 +63,18 @@ def _write_json(path: Path, data: Any) -> None:
         os.fsync(f.fileno())
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tied weights (an embedding shared with the output layer) as separate copies: safetensors stores no shared
+    memory; loading assigns each copy to the one parameter again."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
 def save_model_dir(
     out: str | os.PathLike,
     state_dict: dict[str, torch.Tensor],
@@ -79,7 +91,7 @@ def save_model_dir(
     remove_stale_temps(out.parent)  # what SIGKILLed writers left (never a live process's)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        tensors = _unshared({k: v.detach().contiguous().cpu() for k, v in state_dict.items()})
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
         if optimizer is not None:
             opt_tensors, opt_meta = _flatten_optimizer(optimizer)

@@ -418,7 +418,7 @@ class Trainer:
         ckpt.save_model_dir(path, self.model.state_dict(), cfg, optimizer=self.opt.state_dict(),
                             state={"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
                                    "rng": rng, "ema_steps": self.ema_steps},
-                            extra_tensors=self._extra_tensors())
+                            extra_tensors=self._extra_tensors(), extra_files=dict(self.task.model_files()))
         apply_umask(path)  # written from a 0700 temporary directory with 0600 safetensors files
         ckpt.mark_latest(self.out, path)
         kept = {ckpt.checkpoint_name(k) for k in self.o.keep_steps}
@@ -572,7 +572,7 @@ class Trainer:
         return final
 
     def export_final(self, final: Path) -> None:
-        files: dict[str, str | bytes] = {}
+        files: dict[str, str | bytes] = dict(self.task.model_files())  # e.g. a text model's tokenizer
         for name in ("metrics.jsonl",):
             p = self.out / name
             if p.exists():

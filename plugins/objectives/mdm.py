@@ -32,8 +32,43 @@ def mdm_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Negative ELBO of the masked diffusion model for one batch under random masking (see the module docstring)."""
     masked, p_mask = random_mask(batch_tokens, given, eps, generator, low_discrepancy)
+    if "index" in _inputs(logits_fn):
+        return sparse_masked_loss(logits_fn, batch_tokens, masked, p_mask, mask_id)
     loss, info, _ = masked_loss(logits_fn, batch_tokens, masked, p_mask, mask_id)
     return loss, info
+
+
+def _inputs(fn: Any) -> tuple[str, ...]:
+    """The optional inputs of a backbone module (through torch.compile's and DDP's wrappers)."""
+    for obj in (fn, getattr(fn, "module", None), getattr(fn, "_orig_mod", None)):
+        names = getattr(obj, "inputs", None)
+        if isinstance(names, tuple):
+            return names
+    return ()
+
+
+def sparse_masked_loss(
+    logits_fn: Any, targets: torch.Tensor, masked: torch.Tensor, p_mask: torch.Tensor, mask_id: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`masked_loss` with the output layer applied at the masked positions only (a backbone that takes an
+    ``index``, e.g. the ``hf`` one): the same loss, without the (B, L, V) logits of the positions that add nothing
+    to it. Rows are padded to the most masked positions of any row; the padding weighs 0."""
+    B, L = targets.shape
+    x = targets.masked_fill(masked, mask_id)
+    counts = masked.sum(dim=1)
+    K = max(1, int(counts.max()))
+    pos = torch.arange(L, device=targets.device).expand(B, L)
+    order = torch.where(masked, pos, pos + L).topk(K, dim=1, largest=False).values  # (B, K) masked first
+    valid = order < L
+    index = torch.where(valid, order, torch.zeros_like(order))
+    logits = logits_fn(x, index=index).float()  # (B, K, V)
+    logits[..., mask_id] = float("-inf")
+    tgt = targets.gather(1, index)
+    ce = F.cross_entropy(logits.reshape(B * K, -1), tgt.reshape(-1), reduction="none").view(B, K)
+    loss = (ce * valid / p_mask[:, None]).sum() / (B * L)
+    with torch.no_grad():
+        acc = ((logits.argmax(-1) == tgt) & valid).sum() / counts.sum().clamp(min=1)
+    return loss, {"masked_acc": float(acc), "masked_frac": float(masked.float().mean())}
 
 
 def masked_loss(

@@ -48,10 +48,8 @@ class TorchRuntime:
         if options.threads:
             torch.set_num_threads(options.threads)
         task, module, config = load_model(path, overrides=options.model or None)
-        sized = getattr(module, "spec", None) is None  # a Hugging Face backbone: its task knows the sizes
         engine = TorchEngine(module, config, device=options.device, bf16=options.bf16, compile=options.compile,
-                             micro_batch=options.micro_batch, vocab_size=task.vocab_size if sized else None,
-                             seq_len=task.seq_len if sized else None)
+                             micro_batch=options.micro_batch)
         if options.compile:
             warm_up(engine, path)
         return engine

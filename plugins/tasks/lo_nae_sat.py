@@ -121,7 +121,7 @@ class LoNaeSat(Task):
     def generate(self, split: str, n: int, seed: int, *, progress: bool = False) -> Dataset:
         """All-mask inputs, nothing given, a sampled sequence as target. Train and test use disjoint seed streams;
         there is no "hard" split."""
-        self.check_split(split)
+        self.check_split(split, n)
         if split not in _STREAM:
             raise InputError(f"task lo_nae_sat has no '{split}' split; use train or test")
         from tqdm.auto import tqdm

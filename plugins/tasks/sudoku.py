@@ -98,7 +98,7 @@ class Sudoku(Task):
 
     def generate(self, split: str, n: int, seed: int, *, progress: bool = False) -> Dataset:
         """``n`` puzzles with unique solutions; train/test are solved by the 7-technique solver, hard are not."""
-        self.check_split(split)
+        self.check_split(split, n)
         path = self._cache_path(split, n, seed)
         if path is not None and path.is_file():
             try:

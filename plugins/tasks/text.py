@@ -55,6 +55,21 @@ class TextOptions(Section):
     """Size of the model's output layer; 0: the model config's ``vocab_size``, else the tokenizer's length."""
     context: Annotated[int, msgspec.Meta(ge=0)] = 0
     """Longest row the model takes; 0: the model config's ``max_position_embeddings`` (else 4096)."""
+    corpus: str = ""
+    """Training data for a text MDM trained by unmask: a directory with ``train.jsonl`` and ``validation.jsonl``
+    (one JSON object per line, its text under ``corpus_key``). ``generate("train")`` cuts windows of ``context``
+    tokens from the texts joined in a seeded order, each ended by an end-of-text token (packed, as LLaDA's
+    pre-training data); ``generate("test")`` masks one random line of a validation text (an infill, scored by
+    exact match)."""
+    corpus_key: str = "text"
+    """The key of each corpus line's text."""
+    execute: bool = False
+    """Score infills that carry a ``test`` and an ``entry_point`` (HumanEval's) by running the completed program
+    (prefix + answer + suffix + test + check(entry_point)) in a sandboxed subprocess: solved = its tests pass
+    (pass@1); exact match is reported beside it. The sandbox (time, memory, process and file limits, no
+    network) is described in ``plugins/tasks/_code_lib.py``."""
+    timeout: Annotated[float, msgspec.Meta(gt=0.0, le=600.0)] = 10.0
+    """Seconds a scored program may run (``execute``)."""
 
 
 @tasks.register("text")
@@ -66,12 +81,32 @@ class Text(Task):
     name = "text"
 
     # -- tokenizer and model facts -----------------------------------------------------------------------------
-    @cached_property
-    def tokenizer(self) -> Any:
+    _bound: Path | None = None  # the model directory holding the tokenizer (``bind_model_dir``)
+
+    def bind_model_dir(self, path: Any) -> None:
+        p = Path(path)
+        if (p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file():
+            self._bound = p
+
+    def model_files(self) -> dict[str, bytes]:
+        """The tokenizer's files, stored with every model and checkpoint of this task (a model directory is then
+        self-contained: the task loads its tokenizer from there)."""
+        p = self._tokenizer_dir()
+        return {f.name: f.read_bytes() for f in sorted(p.iterdir())
+                if f.is_file() and f.name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                              "vocab.txt", "vocab.json", "merges.txt", "chat_template.jinja")}
+
+    def _tokenizer_dir(self) -> Path:
         path = self.options.tokenizer
+        if self._bound is not None and (not path or not Path(path).is_dir()):
+            return self._bound
         if not path:
             raise ConfigError("task.tokenizer is empty; give the directory that holds the tokenizer (the model's)")
-        p = Path(path)
+        return Path(path)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        p = self._tokenizer_dir()
         if not p.is_dir():
             raise InputError(f"tokenizer directory '{p}' does not exist")
         if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
@@ -87,12 +122,15 @@ class Text(Task):
 
     @cached_property
     def model_config(self) -> dict[str, Any]:
-        cfg = Path(self.options.tokenizer) / "config.json"
+        """The Hugging Face config.json beside the tokenizer (an unmask model's own config.json is not one)."""
+        cfg = self._tokenizer_dir() / "config.json"
         try:
             data = json.loads(cfg.read_text(encoding="utf-8")) if cfg.is_file() else {}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             data = {}
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict) or str(data.get("format", "")).startswith("unmask-model"):
+            return {}
+        return data
 
     @property
     def vocab_size(self) -> int:
@@ -169,6 +207,7 @@ class Text(Task):
             raise InputError(f"{where}: no examples")
         seqs: list[tuple[list[int], int, list[int]]] = []
         answers: list[str] = []
+        extra: dict[str, list[str]] = {k: [] for k in ("prefix", "suffix", "test", "entry_point")}
         for i, ex in enumerate(examples):
             at = f"{where}: example {i + 1}"
             gen = ex.get("gen_length", self.options.gen_length)
@@ -194,6 +233,9 @@ class Text(Task):
             else:
                 raise InputError(f"{at}: needs 'prompt', or 'prefix' and 'suffix'")
             answers.append(answer)
+            for k in extra:
+                v = ex.get(k, "")
+                extra[k].append(v if isinstance(v, str) else "")
         lengths = np.array([len(a) + g + len(b) for a, g, b in seqs], dtype=np.int64)
         ctx = self.seq_len
         worst = int(lengths.argmax())
@@ -210,12 +252,76 @@ class Text(Task):
             inputs[r, len(a) : len(a) + g] = self.mask_id
             given[r, len(a) : len(a) + g] = False
             inputs[r, len(a) + g : len(a) + g + len(b)] = b
-        meta = {"length": lengths, "answer": np.array(answers, dtype=object)}
+        meta = {"length": lengths, "answer": np.array(answers, dtype=object),
+                **{k: np.array(v, dtype=object) for k, v in extra.items()}}
         return Dataset(inputs, given, None, meta)
 
     # -- the task contract ---------------------------------------------------------------------------------------
+    def _corpus(self, split: str) -> list[list[int]]:
+        """The token ids of every text of a corpus split (train.jsonl or validation.jsonl), tokenized once."""
+        cache = self.__dict__.setdefault("_corpus_cache", {})
+        if split in cache:
+            return list(cache[split])
+        root = Path(self.options.corpus)
+        path = root / ("train.jsonl" if split == "train" else "validation.jsonl")
+        if not path.is_file():
+            raise InputError(f"task.corpus: '{path}' does not exist; the corpus directory needs train.jsonl and "
+                             "validation.jsonl")
+        texts = []
+        for n, line in enumerate(read_text(path, "task.corpus").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line).get(self.options.corpus_key)
+            except (json.JSONDecodeError, AttributeError):
+                raise InputError(f"{path}:{n}: not a JSON object") from None
+            if not isinstance(text, str):
+                raise InputError(f"{path}:{n}: no string under '{self.options.corpus_key}' (task.corpus_key)")
+            texts.append(text)
+        ids = [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        cache[split] = ids
+        return ids
+
     def generate(self, split: str, n: int, seed: int, *, progress: bool = False) -> Dataset:
-        raise InputError("the text task has no generator; give data as JSON Lines (--data FILE.jsonl)")
+        """From ``task.corpus``: training windows ("train"), or one masked line per validation text ("test")."""
+        self.check_split(split, n)
+        if not self.options.corpus:
+            raise InputError("the text task generates data only from a corpus (task.corpus); give data as JSON "
+                             "Lines (--data FILE.jsonl)")
+        if split == "hard":
+            raise InputError("the text task has no 'hard' split; use train or test")
+        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        texts = [t for t in self._corpus(split) if t]
+        L, eos = self.seq_len, (self.stop_ids[0] if self.stop_ids else self.pad_id)
+        pick = rng.integers(0, len(texts), size=n)
+        out = np.full((n, L), eos, dtype=np.int64)
+        if split == "train":  # the texts in a seeded order, each followed by end of text, cut into windows
+            order = rng.permutation(len(texts))
+            stream = np.fromiter((tok for i in order for tok in (*texts[int(i)], eos)), dtype=np.int64)
+            if len(stream) <= L:
+                stream = np.resize(stream, L + 1)
+            starts = rng.integers(0, len(stream) - L + 1, size=n)
+            out = stream[starts[:, None] + np.arange(L)[None, :]]  # (n, L)
+            return Dataset(out.copy(), np.zeros((n, L), dtype=bool), out, {})
+        given = np.ones((n, L), dtype=bool)
+        answers = []
+        nl = set(self._newline_ids())  # a line ends after a token holding a newline
+        for r, i in enumerate(pick):
+            t = texts[int(i)][:L]
+            out[r, : len(t)] = t
+            cuts = [0] + [j + 1 for j, tok in enumerate(t) if tok in nl] + [len(t)]
+            spans = [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b - a >= 2]
+            a, b = spans[int(rng.integers(0, len(spans)))] if spans else (0, len(t))
+            given[r, a:b] = False
+            answers.append(self.tokenizer.decode(t[a:b]))
+        targets = out.copy()
+        inputs = np.where(given, out, self.mask_id)
+        return Dataset(inputs, given, targets, {"answer": np.array(answers, dtype=object)})
+
+    def _newline_ids(self) -> list[int]:
+        """Ids of the tokens whose text ends a line."""
+        vocab = self.tokenizer.get_vocab()
+        return [i for tok, i in vocab.items() if "\n" in self.tokenizer.convert_tokens_to_string([tok])]
 
     def parse(self, text: str) -> Dataset:
         return self.rows([{"prompt": text}], "prompt")
@@ -264,7 +370,22 @@ class Text(Task):
             mine = self.answer_ids(pred[i], data.given[i])
             tok_acc[i] = (sum(a == b for a, b in zip(ref, mine, strict=False)) / max(len(ref), len(mine), 1)
                           if ref else float(solved[i]))
-        return {"solved": solved, "cell_accuracy": tok_acc}
+        out = {"solved": solved, "cell_accuracy": tok_acc}
+        tests = data.meta.get("test")
+        if self.options.execute and tests is not None and any(bool(t) for t in tests):
+            from unmask.plugins.tasks import _code_lib
+
+            rows = [i for i in range(len(pred)) if tests[i]]
+            items = [{"task_id": str(i), "prefix": str(data.meta["prefix"][i]), "suffix": str(data.meta["suffix"][i]),
+                      "answer": str(answers[i]) if answers is not None else "", "test": str(tests[i]),
+                      "entry_point": str(data.meta["entry_point"][i])} for i in rows]
+            done = _code_lib.pass_at_1(items, [self.answer(pred[i], data.given[i]) for i in rows],
+                                       timeout_s=self.options.timeout)
+            passed = np.zeros(len(pred), dtype=bool)
+            for i, r in zip(rows, done["results"], strict=True):
+                passed[i] = r.status == "passed"
+            out = {"solved": passed, "cell_accuracy": tok_acc, "exact": solved}
+        return out
 
     def groups(self, data: Dataset) -> dict[str, np.ndarray]:
         return {}

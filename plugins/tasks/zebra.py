@@ -231,7 +231,7 @@ class Zebra(Task):
         """``n`` puzzles; train/test are finished by the deductive solver, hard are unique but need a guess."""
         from tqdm.auto import tqdm
 
-        self.check_split(split)
+        self.check_split(split, n)
         path = self._cache_path(split, n, seed)
         arr = None
         if path is not None and path.is_file():

