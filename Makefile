@@ -27,9 +27,10 @@ demo: $(STAMP)
 # Lint and type checks (ruff, mypy; configured in pyproject.toml). mypy needs the folders under their package names:
 # build/typecheck/unmask/{core,export,plugins} link to them (see [tool.mypy]).
 lint: $(STAMP)
-	$(BIN)/ruff check core export plugins tools bench
+	$(BIN)/ruff check core export plugins package tools bench
 	mkdir -p build/typecheck/unmask
 	for d in core export plugins; do ln -sfn ../../../$$d build/typecheck/unmask/$$d; done
+	ln -sfn ../../../package/__init__.py build/typecheck/unmask/__init__.py
 	$(BIN)/mypy
 
 # The docs site (mkdocs.yml): warnings are errors (broken links, anchors, API reference); the site goes to site/.

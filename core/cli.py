@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -140,15 +141,14 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _model_input(model: str | None) -> str:
-    """The path ``--model`` reads (the packaged default model without it), for the output checks; '' if unknown."""
-    if model:
-        return model
-    from unmask.core.resources import default_model
+    """The path ``--model`` reads (a path, a model name, or the packaged default model without it), for the output
+    checks; '' if unknown."""
+    from unmask.core.resources import find_model
 
     try:
-        return str(default_model())
+        return str(find_model(model))
     except UnmaskError:
-        return ""  # opening the model says what is missing
+        return model or ""  # opening the model says what is missing
 
 
 def _model_inputs(model: str | None) -> list[tuple[str, str]]:
@@ -166,9 +166,12 @@ def _model_inputs(model: str | None) -> list[tuple[str, str]]:
 def cmd_list(args: argparse.Namespace) -> int:
     from unmask.core.registry import registries
 
-    kinds = [args.kind] if args.kind else list(KINDS)
+    kinds = [args.kind] if args.kind else [*KINDS, "models"]
     status = 0
     for kind in kinds:
+        if kind == "models":
+            status = max(status, _list_models(len(kinds) > 1))
+            continue
         reg = registries[kind]
         infos = reg.info()
         if len(kinds) > 1:
@@ -180,6 +183,35 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"error: {msg}", file=sys.stderr)
             status = 2
     return status
+
+
+def _list_models(heading: bool) -> int:
+    """``unmask list models``: every model name ``--model`` takes (packaged, and from ``unmask_models`` entry
+    points), with what it is and its package."""
+    import json
+
+    from unmask.core.resources import default_model_name, model_entries
+
+    entries, collisions = model_entries()
+    try:
+        default = default_model_name()
+    except UnmaskError:
+        default = ""
+    if heading:
+        print("models:")
+    width = max([len(n) for n in entries] + [4])
+    for name, e in entries.items():
+        what = e.source
+        if e.path is not None:
+            try:
+                task = json.loads((e.path / "config.json").read_text(encoding="utf-8"))["task"]["name"]
+                what = f"task {task}" + (" (the default model)" if name == default else "")
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):
+                what = "unreadable config.json"
+        print(f"  {name:<{width}}  {what}  [{e.package}]")
+    for msg in collisions:
+        print(f"error: {msg}", file=sys.stderr)
+    return 2 if collisions else 0
 
 
 # -- train ----------------------------------------------------------------------------------------------------------
@@ -232,12 +264,16 @@ def _labelled_runs(specs: list[str]) -> dict[str, str]:
     runs: dict[str, str] = {}
     for spec in specs:
         label, sep, path = spec.partition("=")
-        if not sep:
+        if not sep and _named_model(spec):  # a model name: labelled by it
+            label, path = spec, _named_model(spec)
+        elif not sep:
             p = Path(spec).resolve()
             path = spec
             label = (p.parent if p.name in ("model", "metrics.jsonl") else p).name
             if p.name == "metrics.jsonl" and p.parent.name == "model":
                 label = p.parent.parent.name
+        elif path and _named_model(path):
+            path = _named_model(path)
         if not label or not path:
             raise InputError(f"run {spec!r}: give PATH or LABEL=PATH, e.g. relation=runs/with-relations")
         if label in runs:
@@ -246,15 +282,28 @@ def _labelled_runs(specs: list[str]) -> dict[str, str]:
     return runs
 
 
+def _named_model(spec: str) -> str:
+    """The directory of the model named ``spec`` when ``spec`` is no existing path but a model name; else ''."""
+    from unmask.core.resources import find_model
+
+    if not spec.strip() or Path(spec).exists():
+        return ""
+    try:
+        return str(find_model(spec))
+    except UnmaskError:
+        return ""
+
+
 def cmd_curves(args: argparse.Namespace) -> int:
     from unmask.core.files import check_outputs
     from unmask.core.report import curves_table, metrics_file, training_curves
 
     runs = _labelled_runs(args.runs)
     check_outputs([("--out", args.out)], [(f"run '{label}'", metrics_file(path)) for label, path in runs.items()])
+    named = len(runs) == 1 and bool(_named_model(args.runs[0]))  # one model by name: the table names it so
     if len(runs) == 1:
         runs = {"": next(iter(runs.values()))}
-    print(curves_table(runs))
+    print(curves_table({args.runs[0]: runs[""]} if named else runs))
     try:
         training_curves(Path(args.out), runs, x=args.x, title=args.title or "")
     except OSError as exc:
@@ -268,13 +317,12 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from unmask.core.decoding.runtime import open_engine, runtime_for_path
     from unmask.core.errors import CheckpointError
     from unmask.core.registry import runtimes
+    from unmask.core.resources import find_model, model_label
     from unmask.core.task import build_task
 
-    if not args.model:  # the packaged default model
-        from unmask.core.resources import default_model
-
-        args.model = str(default_model())
-    runtime = args.runtime or runtime_for_path(args.model)
+    path = str(find_model(args.model))  # a path as given, a model name, or the packaged default model
+    args.model = model_label(args.model)  # reports name the model as the user did
+    runtime = args.runtime or runtime_for_path(path)
     fields = set(getattr(getattr(runtimes.get(runtime), "Options", None), "__struct_fields__", ()))
     opts: dict[str, Any] = {}
     typed = {"device": args.device, "bf16": getattr(args, "bf16", False) or None,
@@ -292,7 +340,7 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
     if "threads" in fields and "threads" not in opts:
         opts["threads"] = default_threads(getattr(args, "command", ""))
     try:
-        engine = open_engine(args.model, runtime, **opts)
+        engine = open_engine(path, runtime, **opts)
     except RecursionError:  # a JSON config or metadata nested thousands deep (json raises this, not a JSONDecodeError)
         raise CheckpointError(f"model '{args.model}': its config nests tables or arrays too deeply to read; the "
                               "model is damaged: copy or export it again") from None
@@ -300,10 +348,10 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from unmask.core.resources import home, models_dir, source_checkout
 
     cache = section.get("cache_dir")
-    packaged = not source_checkout() and models_dir() in Path(args.model).resolve().parents
+    packaged = not source_checkout() and models_dir() in Path(path).resolve().parents
     if cache and not Path(str(cache)).is_absolute() and packaged:
         section["cache_dir"] = str(home() / "cache")  # a packaged model: never a cache in the current directory
-    task = build_task(section, "model task")
+    task = build_task(section, "model task", model=path)
     want = getattr(args, "task", None)
     if want and want != task.name:
         raise InputError(f"model '{args.model}' was trained for task '{task.name}', not '{want}'")
@@ -408,9 +456,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     outputs: list[tuple[str, str | Path]] = []
     if args.json:
         outputs += [("--json", args.json), ("--json (its bar chart)", _report_png(args.json))]
-    if args.trace:
-        outputs += [(f"--trace (the heat map of {name})", _heat_map(args.json, name))
-                    for name in dict.fromkeys(name for name, _ in strategy_specs(args.strategies))]
     check_outputs(outputs, [*_model_inputs(args.model), *([("--data", args.data)] if args.data else [])])
     distributed.setup(args.device)  # under torchrun: each rank decodes a shard, rank 0 reports
     code = _eval_ranks(args, distributed)
@@ -422,11 +467,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return code
 
 
-def _heat_map(json_path: str | None, strategy: str) -> Path:
-    """Where ``unmask eval --trace`` draws the commit order of ``strategy``: beside --json, else here."""
+def _heat_map(json_path: str | None, label: str) -> Path:
+    """Where ``unmask eval --trace`` draws the commit order of the strategy labelled ``label``: beside --json, else
+    here (``r-order-confidence_threshold-tau=0.99.png``)."""
+    from unmask.core.evaluate import label_file_part
+
+    part = label_file_part(label)
     if json_path:
-        return Path(json_path).with_name(f"{Path(json_path).stem}-order-{strategy}.png")
-    return Path(f"order-{strategy}.png")
+        return Path(json_path).with_name(f"{Path(json_path).stem}-order-{part}.png")
+    return Path(f"order-{part}.png")
+
+
+def _labels(spec: str, decoders: list[Any]) -> list[str]:
+    """The row label of each decoder of ``--strategies``: its name and the options of its own spec that differ from
+    its defaults (``confidence_threshold:tau=0.99``); options given to all with --steps / --opt are left out."""
+    from unmask.core.evaluate import strategy_label, unique_labels
+
+    own = [[o.partition("=")[0].strip() for o in opts] for _, opts in strategy_specs(spec)]
+    if len(own) != len(decoders):  # an objective that expands a spec into several decoders: label them in full
+        return unique_labels(strategy_label(d) for d in decoders)
+    return unique_labels(strategy_label(d, keys) for d, keys in zip(decoders, own, strict=True))
 
 
 def _report_png(json_path: str | Path) -> Path:
@@ -438,8 +498,17 @@ def _eval_ranks(args: argparse.Namespace, distributed: Any) -> int:
     from unmask.core.report import eval_report, format_table, order_heatmap, write_report
 
     main = distributed.is_main()
+    from unmask.core.files import check_outputs
+
     engine, task, runtime = _engine_and_task(args)
     strategies = _decoders(engine, task, args.strategies, args.steps, args.opt)
+    labels = _labels(args.strategies, strategies)
+    if args.trace:  # the heat maps' names come from the labels: checked before any decoding
+        outputs: list[tuple[str, str | Path]] = []
+        if args.json:
+            outputs += [("--json", args.json), ("--json (its bar chart)", _report_png(args.json))]
+        outputs += [(f"--trace (the heat map of {label})", _heat_map(args.json, label)) for label in labels]
+        check_outputs(outputs, [*_model_inputs(args.model), *([("--data", args.data)] if args.data else [])])
     if args.data:
         data = task.read_file(args.data)
         source = args.data
@@ -452,12 +521,13 @@ def _eval_ranks(args: argparse.Namespace, distributed: Any) -> int:
     if main:
         print(f"{task.name}: {len(data)} examples ({source}); model {args.model}; runtime {runtime}")
     results = []
-    for s in strategies:
+    for s, label in zip(strategies, labels, strict=True):
         r = distributed.sharded_evaluate(engine, task, data, s, batch_size=args.batch_size, seed=args.seed,
                                          device=engine.device, trace=args.trace, progress=main and _progress(args),
                                          scheduler=args.scheduler)
         if r is None:  # not rank 0
             continue
+        r.strategy = label  # tables, JSON, the bar chart and heat-map names tell options apart
         results.append(r)
     if not main:
         return 0
@@ -473,11 +543,17 @@ def _eval_ranks(args: argparse.Namespace, distributed: Any) -> int:
         report = eval_report(task, str(args.model), runtime, data, results,
                              {"source": source, "scheduler": args.scheduler, "batch_size": args.batch_size,
                               "world_size": distributed.rank_world()[1]})
-        if args.data:  # a user's own examples: say how each one went, in file order
+        if args.data:  # a user's own examples: say how each one went and what was decoded, in file order
+            from unmask.core.api import answer_text
+
             for entry, r in zip(report["results"], results, strict=True):
                 solved = r.per_example.get("solved", [])
-                entry["examples"] = [{"solved": bool(float(v) >= 1.0), "nfe": int(n)}
-                                     for v, n in zip(solved, r.per_example.get("nfe", []), strict=False)]
+                pred = r.predictions
+                entry["examples"] = [{"solved": bool(float(v) >= 1.0), "nfe": int(n),
+                                      **({"answer": answer_text(task, pred[i], data.given[i])}
+                                         if pred is not None else {})}
+                                     for i, (v, n) in enumerate(zip(solved, r.per_example.get("nfe", []),
+                                                                    strict=False))]
         png = write_report(args.json, report)
         print(f"results: {args.json}; plot: {png}")
     return 0
@@ -490,13 +566,22 @@ def cmd_solve(args: argparse.Namespace) -> int:
     from unmask.core.evaluate import evaluate_with
     from unmask.core.files import check_outputs, check_writable
 
-    if args.order_png:
-        check_writable(args.order_png, "--order-png")
-        check_outputs([("--order-png", args.order_png)], _model_inputs(args.model))
-    text = sys.stdin.read() if args.puzzle == "-" else args.puzzle
+    source = None if args.puzzle == "-" else Path(args.puzzle) if Path(args.puzzle).is_file() else None
+    outputs = [(flag, path) for flag, path in (("--order-png", args.order_png), ("--out", args.out)) if path]
+    for flag, path in outputs:  # before any work
+        check_writable(path, flag)
+    check_outputs(outputs, [*_model_inputs(args.model), *([("the puzzle file", source)] if source else [])])
+    if source is not None:
+        from unmask.core.files import read_text
+
+        text = read_text(source, "puzzle file")
+    else:
+        text = sys.stdin.read() if args.puzzle == "-" else args.puzzle
     engine, task, runtime = _engine_and_task(args)
-    data = task.parse(text)
+    data = _solve_data(task, text, source, args.puzzle == "-")
     strategy = _decoders(engine, task, args.strategy, args.steps, args.opt)[0]
+    if len(data) > 1 or args.out:
+        return _solve_many(args, task, data, engine, strategy, "stdin" if args.puzzle == "-" else args.puzzle)
     res = evaluate_with(engine, task, data, strategy, batch_size=1, seed=args.seed, device=engine.device, trace=True)
     pred = res.predictions
     assert pred is not None  # evaluate_with keeps the predictions
@@ -507,7 +592,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     solved = np.asarray(scores["solved"])
     ok = bool(solved[0] >= 1.0) if solved.dtype.kind == "f" else bool(solved[0])  # a fraction counts when whole
     status = "solved" if ok else ("valid grid but not the unique solution" if valid else "NOT solved (invalid grid)")
-    print(f"{status}; {int(scores['nfe'][0])} forward passes; strategy {strategy.name}")
+    print(f"{status}; {int(scores['nfe'][0])} forward passes; strategy {_labels(args.strategy, [strategy])[0]}")
     if not ok and not valid:
         for line in task.explain(pred[0], data):
             print(line)
@@ -535,6 +620,90 @@ def cmd_solve(args: argparse.Namespace) -> int:
         else:
             print(" ".join(cells))
     return 0 if ok or (valid and not unique) else 1
+
+
+def _solve_data(task: Any, text: str, source: Path | None, stdin: bool) -> Any:
+    """What ``solve`` decodes: one puzzle (``task.parse``), else - from a file or stdin - a file of puzzles
+    (``task.read_file``, e.g. one per line). Neither: one line saying why for both readings."""
+    import os
+    import tempfile
+
+    try:
+        return task.parse(text)
+    except InputError as exc:
+        one = str(exc)
+        if source is None and not stdin:  # a puzzle on the command line
+            if "\n" not in text.strip() and re.search(r"[/\\]|\.[A-Za-z]{2,5}$", text.strip()):
+                raise InputError(f"'{text.strip()}' is no file, and as a puzzle: {one}") from None
+            raise
+    if source is not None:
+        where, path = str(source), str(source)
+    else:
+        fd, path = tempfile.mkstemp(prefix=".unmask-stdin-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        where = "stdin"
+    try:
+        data = task.read_file(path)
+    except InputError as exc:
+        many = str(exc).replace(path, where)
+        raise InputError(f"{where} is neither one puzzle ({one}) nor a file of puzzles ({many})") from None
+    finally:
+        if source is None:
+            os.unlink(path)
+    if not len(data):
+        raise InputError(f"{where} holds no puzzle")
+    return data
+
+
+def _solve_many(args: argparse.Namespace, task: Any, data: Any, engine: Any, strategy: Any, where: str) -> int:
+    """``solve`` over several puzzles (a file, or stdin): each answer printed, or written to ``--out`` (JSON Lines
+    or CSV: index, puzzle, answer, solved, valid, nfe)."""
+    import numpy as np
+
+    from unmask.core.api import answer_text
+    from unmask.core.evaluate import evaluate_with
+    from unmask.core.report import write_rows
+
+    n = len(data)
+    if n > 1 and (args.show_order or args.order_png):
+        raise InputError(f"--show-order and --order-png draw one puzzle, and {where} holds {n}; solve one at a time "
+                         "for its order, or use 'unmask eval --data FILE --trace' for the mean order")
+    res = evaluate_with(engine, task, data, strategy, batch_size=256, seed=args.seed, device=engine.device,
+                        progress=_progress(args))
+    pred = res.predictions
+    assert pred is not None  # evaluate_with keeps the predictions
+    scores = res.per_example
+    solved = np.asarray(scores["solved"])
+    ok = solved >= 1.0 if solved.dtype.kind == "f" else solved.astype(bool)
+    invalid = np.asarray(scores.get("invalid", np.zeros(n, dtype=bool))).astype(bool)
+    unique = np.asarray(data.meta.get("unique", np.ones(n, dtype=bool))).astype(bool)
+    rows = []
+    for i in range(n):
+        cells = task.format_cells(data.inputs[i])
+        puzzle = {"puzzle": "".join(cells)} if cells is not None and all(len(c) == 1 for c in cells) else {}
+        rows.append({"index": i + 1, **puzzle, "answer": answer_text(task, pred[i], data.given[i]),
+                     "solved": bool(ok[i]), "valid": not bool(invalid[i]), "nfe": int(scores["nfe"][i])})
+        if not args.out:
+            print(f"--- {i + 1}: {'solved' if ok[i] else 'valid, not the solution' if not invalid[i] else 'NOT solved'}"
+                  f"; {int(scores['nfe'][i])} forward passes")
+            print(task.format(pred[i]))
+    if args.out:
+        write_rows(args.out, rows)
+    written = f"; answers written to {args.out}" if args.out else ""
+    print(f"{int(ok.sum())} of {n} solved ({100 * float(ok.mean()):.1f}%); mean {float(np.mean(scores['nfe'])):.1f} "
+          f"forward passes; strategy {_labels(args.strategy, [strategy])[0]}{written}")
+    return 0 if bool((ok | (~invalid & ~unique)).all()) else 1
+
+
+def _rows_file(text: str) -> str:
+    """An argparse type: a path for per-example rows, ending in .jsonl or .csv."""
+    from unmask.core.report import ROW_FORMATS
+
+    _path(text)
+    if Path(text).suffix.lower() not in ROW_FORMATS:
+        raise argparse.ArgumentTypeError(f"end it in .jsonl (JSON Lines) or .csv, got {text!r}")
+    return text
 
 
 # -- serve ----------------------------------------------------------------------------------------------------------
@@ -591,7 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="list registered plugins")
-    s.add_argument("kind", nargs="?", choices=KINDS, help="one kind only (default: all)")
+    s.add_argument("kind", nargs="?", choices=(*KINDS, "models"), help="one kind only (default: all); models: the "
+                   "model names --model takes")
     s.set_defaults(fn=cmd_list)
 
     s = sub.add_parser("train", help="train a model from a TOML config")
@@ -606,8 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("curves", help="plot the training curves of one run or several overlaid")
-    s.add_argument("runs", nargs="+", metavar="RUN", help="run or model directory or metrics.jsonl, as PATH or "
-                   "LABEL=PATH")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="run or model directory, metrics.jsonl or a model name "
+                   "(unmask list models), as PATH or LABEL=PATH")
     s.add_argument("--out", required=True, metavar="PNG", type=_image,
                    help="where to write the plot (.png, or .pdf, .svg, ...)")
     s.add_argument("--x", choices=("samples", "step", "seconds"), default="samples",
@@ -616,8 +786,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_curves)
 
     def model_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--model", type=_path, help="model directory, run directory, .onnx or .plan (default: the "
-                       "packaged default model that models/DEFAULT names)")
+        s.add_argument("--model", type=_path, help="model directory, run directory, .onnx or .plan, or a model name "
+                       "(unmask list models; a path that exists wins) (default: the packaged default model that "
+                       "models/DEFAULT names)")
         s.add_argument("--runtime", help="torch, onnxruntime, tensorrt, ... (default: from the model path)")
         s.add_argument("--device", help="cpu, cuda (or tensorrt for onnxruntime)")
         s.add_argument("--bf16", action="store_true", help="bf16 autocast (torch runtime)")
@@ -652,13 +823,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "a terminal)")
     s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("solve", help="solve one puzzle given as text (or - for stdin)")
+    s = sub.add_parser("solve", help="solve a puzzle given as text, or a file of puzzles (or - for stdin)")
     model_args(s)
     s.add_argument("--strategy", default="margin", metavar="NAME[:KEY=VALUE...]",
                    help="decoding strategy, optionally with options, e.g. confidence_threshold:tau=0.99")
     s.add_argument("--show-order", action="store_true", help="print the order in which cells were committed")
     s.add_argument("--order-png", metavar="PNG", type=_image, help="save the commit order as a PNG heat map")
-    s.add_argument("puzzle", help="81 characters (0 or . for blanks), 9 lines of 9, or - to read stdin")
+    s.add_argument("--out", metavar="FILE", type=_rows_file, help="write every answer (index, puzzle, answer, "
+                   "solved, valid, nfe) to FILE: .jsonl (JSON Lines) or .csv")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar over several puzzles (there is none "
+                   "when stderr is not a terminal)")
+    s.add_argument("puzzle", help="81 characters (0 or . for blanks) or 9 lines of 9; a file of puzzles (one per "
+                   "line); or - to read one or several from stdin")
     s.set_defaults(fn=cmd_solve)
 
     parser_class, sub._parser_class = sub._parser_class, _LazyParser  # argparse takes no parser_class per command

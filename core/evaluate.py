@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,55 @@ class EvalResult:
             "seconds": self.seconds,
             "options": self.options,
         }
+
+
+def _option_text(value: Any) -> str:
+    """An option value as ``--strategies NAME:KEY=VALUE`` takes it (``true``, ``0.999``, ``gumbel``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def strategy_label(decoder: Any, keys: Iterable[str] | None = None) -> str:
+    """How tables, JSON reports, plots and file names call a decoder: its name, then ``:KEY=VALUE`` for each option
+    that differs from the strategy's defaults (``confidence_threshold:tau=0.99``, the form ``--strategies`` takes), in
+    the strategy's own option order. ``keys``: consider only these options, in this order (``unmask eval`` passes
+    each row's own, as typed, leaving out those given to every strategy with ``--steps`` / ``--opt``: they are the
+    same on every row)."""
+    name = str(getattr(decoder, "name", "") or type(decoder).__name__)
+    options = getattr(decoder, "options", None)
+    fields = getattr(type(options), "__struct_fields__", None)
+    if options is None or not fields:
+        return name
+    try:
+        defaults = type(options)()
+    except Exception:  # noqa: BLE001 - an options class with required fields: every value is the user's
+        defaults = None
+    parts = []
+    for key in fields if keys is None else [k for k in dict.fromkeys(keys) if k in fields]:
+        value = getattr(options, key)
+        if defaults is None or value != getattr(defaults, key):
+            parts.append(f"{key}={_option_text(value)}")
+    return ":".join([name, *parts])
+
+
+def unique_labels(labels: Iterable[str]) -> list[str]:
+    """``labels`` with repeats told apart (``margin``, ``margin-2``): two rows never share a name (nor a file)."""
+    out: list[str] = []
+    for label in labels:
+        new, k = label, 2
+        while new in out:
+            new, k = f"{label}-{k}", k + 1
+        out.append(new)
+    return out
+
+
+def label_file_part(label: str) -> str:
+    """A strategy label as part of a file name: ``confidence_threshold:tau=0.99`` ->
+    ``confidence_threshold-tau=0.99`` (no ``:``, path separators or spaces)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "-", label.replace(":", "-")) or "strategy"
 
 
 def evaluate(

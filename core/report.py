@@ -46,11 +46,12 @@ def cpu_model() -> str:
 
 
 def format_table(results: list[EvalResult]) -> str:
-    head = f"{'strategy':<22} {'% solved':>9} {'cell acc':>9} {'mean NFE':>9} {'puzzles/s':>10}"
+    w = max([22, *(len(r.strategy) for r in results)])  # labels carry their options: the column fits them
+    head = f"{'strategy':<{w}} {'% solved':>9} {'cell acc':>9} {'mean NFE':>9} {'puzzles/s':>10}"
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
-            f"{r.strategy:<22} {100 * r.solved:>9.2f} {100 * r.cell_accuracy:>9.2f} {r.nfe_mean:>9.2f} "
+            f"{r.strategy:<{w}} {100 * r.solved:>9.2f} {100 * r.cell_accuracy:>9.2f} {r.nfe_mean:>9.2f} "
             f"{r.puzzles_per_s:>10.1f}"
         )
     return "\n".join(lines)
@@ -90,6 +91,35 @@ def write_report(path: str | os.PathLike, report: dict[str, Any], title: str = "
     return png
 
 
+ROW_FORMATS = (".jsonl", ".csv")
+
+
+def write_rows(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Write one record per example atomically (temp file + rename): JSON Lines for ``.jsonl``, else CSV with a
+    header line (the keys of the first row; booleans as true/false)."""
+    import csv
+    import io
+
+    p = Path(path)
+    if p.suffix.lower() == ".jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in r.items()})
+        text = buf.getvalue()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(p.parent, p.name)
+    tmp = temp_path(p)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _plt() -> Any:
     import matplotlib
 
@@ -119,8 +149,12 @@ def bar_chart(png: Path, report: dict[str, Any], title: str = "") -> None:
     rs = report["results"]
     names = [r["strategy"] for r in rs]
     solved = [100 * r["solved"] for r in rs]
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(names) + 2), 4))
-    bars = ax.bar(names, solved, color="#4C72B0")
+    long = max((len(n) for n in names), default=0) > 12  # labels with options: slanted so they never overlap
+    fig, ax = plt.subplots(figsize=(max(4.5, (1.6 if long else 1.3) * len(names) + 2), 4.6 if long else 4))
+    bars = ax.bar(range(len(names)), solved, color="#4C72B0")  # by position: one bar per row, even for equal names
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=20 if long else 0, ha="right" if long else "center",
+                       fontsize=8 if long else None)
     for b, r in zip(bars, rs, strict=True):
         ax.annotate(f"{100 * r['solved']:.1f}%\nNFE {r['nfe_mean']:.0f}",
                     (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)

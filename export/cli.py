@@ -4,6 +4,8 @@
     unmask export --model models/sudoku-default --onnx m-int8.onnx --quantize int8 --accuracy 200
     unmask export --model models/sudoku-default --trt m.plan --max-batch 512      # GPU + TensorRT only
     unmask export --from-onnx m.onnx --trt m.plan
+    unmask export --model ~/models/LLaDA-8B-Instruct --onnx llada.onnx                # a text model (index, lengths)
+    unmask export --from-onnx llada.onnx --trt llada.plan --max-batch 32 --max-seq 1024 --opt-k 32
 
 ``run`` raises :class:`unmask.core.errors.UnmaskError` for user mistakes and missing devices; the caller prints it as
 one line (``unmask``'s main does, and so does :func:`main` here).
@@ -24,7 +26,8 @@ HELP = "export a model to ONNX or a TensorRT plan"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The export options, added to ``parser`` (a subcommand parser of ``unmask`` or a standalone one)."""
-    parser.add_argument("--model", help="checkpoint: a model directory or a run directory (its newest checkpoint)")
+    parser.add_argument("--model", help="checkpoint: a model directory, a run directory (its newest checkpoint) or a "
+                        "model name (unmask list models)")
     parser.add_argument("--onnx", metavar="OUT.onnx", help="write an ONNX file")
     parser.add_argument("--trt", metavar="OUT.plan",
                         help="build a TensorRT plan (+ OUT.plan.json); needs TensorRT and a GPU")
@@ -42,6 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TensorRT profile: batch tuned for (default min(64, --max-batch))")
     parser.add_argument("--max-batch", type=int, default=256,
                         help="TensorRT profile: largest batch (default 256; bigger batches are split)")
+    parser.add_argument("--opt-seq", type=int, default=None,
+                        help="TensorRT profile of a text model: row length tuned for (default min(512, --max-seq))")
+    parser.add_argument("--max-seq", type=int, default=None,
+                        help="TensorRT profile of a text model: longest row (default min(context, 2048))")
+    parser.add_argument("--opt-k", type=int, default=None, help="TensorRT profile of a text model: positions "
+                        "scored per row tuned for (default 32, a block; at most --max-k)")
+    parser.add_argument("--max-k", type=int, default=None, help="TensorRT profile of a text model: most positions "
+                        "scored per row in one pass (default --max-seq; wider requests run in chunks)")
     parser.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit (GiB)")
     parser.add_argument("--no-parity", action="store_true", help="skip the parity check against the PyTorch model")
     parser.add_argument("--accuracy", type=int, default=0, metavar="N",
@@ -65,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--from-onnx and --onnx both name the ONNX file; pass one")
     if not args.model and not args.from_onnx:
         raise ConfigError("--model CKPT is required (or --from-onnx IN.onnx with --trt)")
+    if args.model:  # a path as given, else a model name (unmask list models)
+        from unmask.core.resources import find_model
+
+        args.model = str(find_model(args.model))
     if args.trt and args.quantize:
         raise ConfigError("--quantize int8 is for onnxruntime on the CPU; TensorRT plans take --precision fp16|bf16")
     from pathlib import Path
@@ -95,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, args.trt, from_onnx=args.from_onnx, onnx_out=args.onnx, precision=args.precision,
             min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
             workspace_gb=args.workspace_gb, opset=args.opset, parity=not args.no_parity,
+            opt_seq=args.opt_seq, max_seq=args.max_seq, opt_k=args.opt_k, max_k=args.max_k,
         )
     else:
         from unmask.export.onnx import export_onnx

@@ -73,6 +73,12 @@ def test_non_editable_install_runs_without_the_repository(tmp_path):
     assert run([unmask, "--version"], cwd, env).stdout.startswith("unmask ")
     solved = run([unmask, "solve", PUZZLE], cwd, env)
     assert "solved;" in solved.stdout
+    assert "sudoku-default" in run([unmask, "list", "models"], cwd, env).stdout
+    curves = run([unmask, "curves", "sudoku-default", "--out", str(tmp_path / "c.png")], cwd, env)  # metrics ship
+    assert curves.stdout.startswith("sudoku-default: ") and (tmp_path / "c.png").is_file()
+    api = run([str(venv / "bin" / "python"), "-c", "import unmask; r = unmask.load('sudoku-default').solve("
+               f"'{PUZZLE}'); print(r.solved, r.nfe)"], cwd, env)
+    assert api.stdout.split() == ["True", "50"]
     trained = run([unmask, "train", "--config", "sudoku-default", "--no-progress", *TINY], cwd, env)
     assert f"model written to {home / 'runs' / 'sudoku-default' / 'model'}" in trained.stdout
     assert (home / "runs" / "sudoku-default" / "model" / "model.safetensors").is_file()

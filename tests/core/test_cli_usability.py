@@ -49,10 +49,10 @@ def test_eval_per_strategy_options_and_per_example_json(capsys, tmp_path):
     assert code == 0, err
     res = {r["strategy"]: r for r in json.loads(out.read_text())["results"]}
     assert res["margin"]["options"]["steps"] == 20 and res["margin"]["options"]["value"] == "sample"
-    ct = res["confidence_threshold"]["options"]
+    ct = res["confidence_threshold:tau=0.99:steps=10"]["options"]  # the label carries the row's own options
     assert ct["tau"] == 0.99 and ct["steps"] == 10 and ct["temperature"] == 0.5  # own option beats --steps
     for r in res.values():  # --data: how each example went, in file order
-        assert len(r["examples"]) == 2 and all(set(e) == {"solved", "nfe"} for e in r["examples"])
+        assert len(r["examples"]) == 2 and all(set(e) == {"solved", "nfe", "answer"} for e in r["examples"])
         assert all(1 <= e["nfe"] <= 20 for e in r["examples"])
 
 
@@ -148,7 +148,7 @@ def test_heat_maps_share_one_scale_and_the_board_shows_digits(capsys, tmp_path, 
     data.write_text(PUZZLE + "\n")
     assert main(["eval", "--model", str(MODEL), "--data", str(data), "--strategies", "margin,top_prob:steps=10",
                  "--steps", "30", "--trace", "--json", str(tmp_path / "r.json")]) == 0
-    assert [c[0] for c in calls] == ["r-order-margin.png", "r-order-top_prob.png"]
+    assert [c[0] for c in calls] == ["r-order-margin.png", "r-order-top_prob-steps=10.png"]  # labels carry options
     assert calls[0][2]["vmax"] == calls[1][2]["vmax"] == max(c[1] for c in calls) == 30.0
     assert all((tmp_path / c[0]).is_file() for c in calls)
     calls.clear()
