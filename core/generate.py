@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from unmask.core.errors import InputError
@@ -21,8 +20,8 @@ MASK_GLYPH = "\u2591"
 
 
 def add_arguments(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--model", required=True, help="model directory: a Hugging Face checkpoint (config, weights, "
-                   "tokenizer) or a text model unmask trained")
+    s.add_argument("--model", required=True, help="model directory (a Hugging Face checkpoint: config, weights, "
+                   "tokenizer; or a text model unmask trained) or a model name (unmask list models)")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", metavar="FILE.jsonl", help='JSON Lines: {"prompt": ...} or {"prefix": ..., '
@@ -68,9 +67,11 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--cfg must be a number in 0..10000, got {args.cfg}")
     if args.json is not None and not str(args.json).strip():
         raise InputError("--json is empty; give a file name")
-    model = Path(args.model)
-    if not str(args.model).strip() or not model.exists():
-        raise InputError(f"model directory '{args.model}' does not exist")
+    if not str(args.model).strip():
+        raise InputError("--model is empty; give a model directory or a model name (unmask list models)")
+    from unmask.core.resources import find_model
+
+    args.model = str(find_model(args.model))  # a path, or a model name (packaged or from an entry point)
 
 
 def model_settings(args: argparse.Namespace) -> list[str]:

@@ -35,7 +35,7 @@ def save_tokenizer(out: Path, *, mask: bool = True) -> Any:
 
 
 def build(kind: str, out: Path, *, seed: int = 0, llada_vocab: bool = False, mask: bool = True,
-          hidden: int = 32, layers: int = 2) -> Path:
+          hidden: int = 32, layers: int = 2, context: int = 256) -> Path:
     """Save a tiny random ``kind`` ("llada", "dream", "modernbert") model directory at ``out``."""
     import torch
     from transformers import (LlamaConfig, LlamaForCausalLM, ModernBertConfig, ModernBertForMaskedLM, Qwen2Config,
@@ -48,7 +48,7 @@ def build(kind: str, out: Path, *, seed: int = 0, llada_vocab: bool = False, mas
     vocab = 126464 if llada_vocab else n + (0 if mask else 1)
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                  num_attention_heads=4, max_position_embeddings=256)
+                  num_attention_heads=4, max_position_embeddings=context)
     if kind == "llada":
         model: Any = LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=4, pad_token_id=None,
                                                   bos_token_id=None, eos_token_id=None))
