@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,11 @@ def verify_onnx_checksum(path: Path, data: bytes, props: dict[str, str]) -> None
 
     stored = props.get(K_CHECKSUM)
     if stored is None:
+        # a file exported before checksums has none; one whose checksum entry a flipped byte turned into another
+        # field (its tag) or another key still holds the entry's bytes: that file is damaged, not old
+        if K_CHECKSUM.encode() in data or re.search(rb"\x12@[0-9a-f]{64}", data):
+            raise CheckpointError(f"ONNX file '{path}' has a damaged {K_CHECKSUM} entry: its bytes changed after "
+                                  "export; re-export it from the checkpoint")
         return
     field_ = _checksum_field(stored)
     if len(stored) != 64 or data.count(field_) != 1:
@@ -216,6 +222,8 @@ def read_onnx_info(path: str | os.PathLike) -> ArtifactInfo:
     if not model.graph.node:
         raise CheckpointError(f"'{p}' holds no ONNX graph (empty or truncated file); re-export it")
     props = {m.key: m.value for m in model.metadata_props}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in props.items()):  # protobuf: bytes if not UTF-8
+        raise CheckpointError(f"ONNX file '{p}' has metadata that is not UTF-8 text: the file is damaged; re-export it")
     info = info_from_props(props, p)
     verify_onnx_checksum(p, data, props)
     return info

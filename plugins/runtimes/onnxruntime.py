@@ -150,7 +150,7 @@ class OnnxRuntimeEngine:
     """tokens (B, L) int64 -> logits (B, L, V) float32 on the engine's device, from an exported ONNX file."""
 
     def __init__(self, path: Path, options: OnnxRuntimeOptions) -> None:
-        from unmask.export.metadata import info_from_props, verify_onnx_checksum
+        from unmask.export.metadata import read_onnx_info
 
         self._torch_stream: torch.cuda.Stream | None = None
         profile = None
@@ -159,18 +159,15 @@ class OnnxRuntimeEngine:
             if missing:
                 raise DeviceError(f"--runtime onnxruntime --device {options.device} needs {' and '.join(missing)}")
             self._torch_stream = torch.cuda.Stream(torch.device("cuda", options.device_id))
-            if options.device == "tensorrt":
-                from unmask.export.metadata import read_onnx_info
-
-                pre = read_onnx_info(path)  # the profile needs the input name and length before the session
-                profile = trt_profile_options(options, pre.input_name, pre.seq_len)
         else:
             require_onnxruntime()
+        # the file's SHA-256 and its unmask metadata are checked before onnxruntime parses it: a damaged file is one
+        # line, never onnxruntime's own failure on it (an undecodable metadata string, a crash in its parser)
+        self.info = read_onnx_info(path)
+        if options.device == "tensorrt":  # the profile needs the input name and length before the session
+            profile = trt_profile_options(options, self.info.input_name, self.info.seq_len)
         stream = self._torch_stream.cuda_stream if self._torch_stream is not None else 0
         self.session = _session(path, options, stream, profile)
-        props = self.session.get_modelmeta().custom_metadata_map
-        self.info = info_from_props(props, path)
-        verify_onnx_checksum(path, Path(path).read_bytes(), props)  # one SHA-256 over the file, at open only
         want = PROVIDERS[options.device]
         got = self.session.get_providers()
         if want not in got:

@@ -111,3 +111,22 @@ def test_onnx_metadata_disagreeing_with_its_config(tiny_onnx, tmp_path):
     with pytest.raises(CheckpointError, match=r"disagrees with itself: metadata unmask.vocab_size = '12' but its "
                                               r"embedded config gives '10'"):
         read_onnx_info(bad)
+
+
+def test_onnx_flipped_metadata_byte_is_one_line(tiny_onnx, tmp_path):
+    """A flipped byte anywhere in the unmask metadata (keys, values, the embedded config) is a CheckpointError from
+    the checksum, checked before onnxruntime parses the file (never a traceback from its session)."""
+    from unmask.core.decoding.runtime import open_engine
+
+    path, _ = tiny_onnx
+    data = path.read_bytes()
+    start = min(data.rindex(k.encode()) for k in ("unmask.format", "unmask.sha256", "unmask_config")) - 4
+    bad = tmp_path / "bad.onnx"
+    for i in range(start, len(data)):  # the metadata entries, at the end of the file
+        for value in (data[i] ^ 0x01, 0xFF):  # 0xff: a metadata string that is no longer UTF-8
+            if value == data[i] or (value != 0xFF and i % 5):
+                continue
+            bad.write_bytes(data[:i] + bytes([value]) + data[i + 1:])
+            with pytest.raises(CheckpointError) as info:
+                open_engine(bad, "onnxruntime")
+            assert "\n" not in str(info.value), (i, value, info.value)
