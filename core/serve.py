@@ -75,6 +75,7 @@ class ServeOptions:
     static_wait_ms: float = 50.0
     seed: int = 0  # the server generator's seed (random strategies)
     retry_after: int = 1  # seconds, on 503
+    read_timeout: float = 30.0  # seconds a client has to send its request headers, and again its body; then closed
 
 
 class QueueFull(Exception):
@@ -308,10 +309,21 @@ class Worker(threading.Thread):
         nfe = fin.nfe.cpu().numpy()
         order = fin.order.cpu().numpy() if fin.order is not None else None
         for j, rid in enumerate(fin.ids.tolist()):
-            entry = self.rows.pop(rid, None)
+            entry = self.rows.get(rid)
             if entry is None:
                 continue
             job, i = entry
+            given = job.data.given[i]
+            changed = int((tok[j][given] != job.data.inputs[i][given]).sum())
+            if changed:  # never answer 200 with a changed prompt: the engine or the strategy wrote into its inputs
+                msg = (f"decoding changed {changed} given cell(s) of a row: the engine "
+                       f"({type(self.engine).__name__}) or the strategy ('{self.strategy.name}') writes into the "
+                       "tokens it is given; fix or replace that plugin")
+                log.error("%s", msg)
+                self.stats["errors"] += 1
+                self._fail(rid, msg)
+                continue
+            self.rows.pop(rid, None)
             job.tokens[i] = tok[j]
             job.nfe[i] = nfe[j]
             if order is not None:
@@ -406,6 +418,19 @@ def answers(task: Task, job: Job, trace: bool) -> list[dict[str, Any]]:
 
 
 # -- the app --------------------------------------------------------------------------------------------------------
+def model_name(model: str) -> str:
+    """The model as /v1/health shows it: its name, never a path of the server's file system (a run's final model
+    ``runs/x/model`` is ``x/model``)."""
+    from pathlib import Path
+
+    if not model:
+        return ""
+    p = Path(model)
+    if not p.is_absolute() and len(p.parts) == 1:
+        return model  # a name as given (e.g. a packaged model's)
+    return f"{p.parent.name}/{p.name}" if p.name == "model" and p.parent.name else p.name
+
+
 class Service:
     """The Starlette app around one worker."""
 
@@ -431,17 +456,39 @@ class Service:
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Any:
         return self._json(status, {"error": " ".join(str(message).split())}, headers)
 
-    async def _body(self, request: Any) -> bytes | None:
+    async def _body(self, request: Any) -> bytes | int:
+        """The request body, or the status that ends the request: 413 (too big), 408 (not received within
+        ``read_timeout``), 499 (the client hung up while sending it)."""
+        from starlette.requests import ClientDisconnect
+
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.opts.max_body:
-            return None
+            return 413
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.opts.max_body:
-                return None
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.opts.read_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.opts.max_body:
+                        return 413
+                    chunks.append(chunk)
+        except TimeoutError:
+            return 408
+        except ClientDisconnect:
+            return 499
         return b"".join(chunks)
+
+    def _cross_origin(self, request: Any) -> str | None:
+        """The ``Origin`` of a browser request from another site (None for the same site or a non-browser client):
+        a page elsewhere must not be able to use the server through its visitors' browsers (a ``text/plain`` POST
+        needs no CORS preflight)."""
+        origin = request.headers.get("origin")
+        if origin is None:
+            return None
+        from urllib.parse import urlsplit
+
+        host = request.headers.get("host", "")
+        return None if origin != "null" and urlsplit(origin).netloc == host else origin
 
     def _parse(self, req: SolveRequest) -> Dataset:
         if (req.input is None) == (req.inputs is None):
@@ -461,9 +508,19 @@ class Service:
         return parts[0] if len(parts) == 1 else Dataset.concat(parts)
 
     async def solve(self, request: Any) -> Any:
+        origin = self._cross_origin(request)
+        if origin is not None:
+            return self.error(403, f"cross-origin request (Origin: {origin[:100]}) refused; call the server from the "
+                                   "same origin or from a non-browser client")
         body = await self._body(request)
-        if body is None:
+        if body == 413:
             return self.error(413, f"request body over {self.opts.max_body} bytes")
+        if body == 408:
+            return self.error(408, f"request body not received within {self.opts.read_timeout:g} s",
+                              {"Connection": "close"})
+        if body == 499:  # nobody is listening; the status is for the metrics only
+            return self.error(499, "client disconnected while sending the request")
+        assert isinstance(body, bytes)
         try:
             req = msgspec.json.decode(body, type=SolveRequest)
         except msgspec.ValidationError as exc:
@@ -494,9 +551,11 @@ class Service:
         try:
             done, _ = await asyncio.wait({job.future, watch}, timeout=self.opts.request_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the server gave up on it (shutdown timeout): free its slots
-            self.worker.cancel(job)
-            raise
+        except asyncio.CancelledError:  # the server gave up on it (past --shutdown-timeout): free its slots, and
+            self.worker.cancel(job)    # say so in JSON (uncaught, the client would get uvicorn's plain-text 500)
+            return self.error(503, "server shut down before the request was answered (shutdown timeout); retry "
+                                   "when it is back",
+                              {"Retry-After": str(self.opts.retry_after), "Connection": "close"})
         finally:
             watch.cancel()
         if job.future not in done:
@@ -514,7 +573,8 @@ class Service:
         w = self.worker
         status = "stopping" if w.stopping else ("ok" if w.is_alive() else "down")
         return self._json(200 if status == "ok" else 503, {
-            "status": status, "task": self.task.name, "model": self.model, "strategy": self.strategy.config_dict(),
+            "status": status, "task": self.task.name, "model": model_name(self.model),
+            "strategy": self.strategy.config_dict(),
             "scheduler": self.opts.scheduler, "max_queue": self.opts.max_queue, **w.snapshot(),
         })
 
@@ -559,7 +619,74 @@ class Service:
 
 
 # -- running it -----------------------------------------------------------------------------------------------------
-def _uvicorn_server(app: Any, host: str, port: int, shutdown_timeout: float, log_level: str = "warning") -> Any:
+def _protocol(read_timeout: float) -> type:
+    """uvicorn's HTTP/1.1 protocol with a header read timeout: a connection that has not sent a whole request head
+    within ``read_timeout`` seconds (of connecting, or of its previous answer) is closed, so slow clients cannot
+    hold connections open (the body has the same limit in :meth:`Service._body`)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def _waiting_for_head(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(read_timeout, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self._waiting_for_head() and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._waiting_for_head():
+                self._arm()
+            super().data_received(data)
+            if not self._waiting_for_head():
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return Protocol
+
+
+def listen_socket(host: str, port: int) -> Any:
+    """A socket bound to ``host``:``port`` (before uvicorn starts: a taken port or an unknown host is one
+    ``error:`` line and exit 2, not uvicorn's log and exit 3)."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise InputError(
+            f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}; check --host") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        hint = "choose another --port (0: any free one)" if exc.errno == 98 else "check --host and --port"
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}") from None
+    return sock
+
+
+def _uvicorn_server(app: Any, host: str, port: int, shutdown_timeout: float, log_level: str = "warning",
+                    read_timeout: float = 30.0) -> Any:
     import contextlib
     import signal
 
@@ -598,7 +725,8 @@ def _uvicorn_server(app: Any, host: str, port: int, shutdown_timeout: float, log
 
     # uvicorn annotates timeout_graceful_shutdown as int but passes it to asyncio.wait_for, which takes seconds as float
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=shutdown_timeout, lifespan="on")  # type: ignore[arg-type]
+                            timeout_graceful_shutdown=shutdown_timeout, lifespan="on",  # type: ignore[arg-type]
+                            http=_protocol(read_timeout))
     return Server(config)
 
 
@@ -619,6 +747,8 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    help="static: wait this long for a full batch (default 50)")
     s.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="on SIGTERM/SIGINT, wait this long for requests in flight (default 30)")
+    s.add_argument("--read-timeout", type=float, default=30.0,
+                   help="seconds a client has to send its request headers, and again its body (default 30)")
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
 
 
@@ -628,11 +758,12 @@ def _check_args(args: argparse.Namespace) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in 0..65535, got {args.port}")
-    for name in ("request_timeout", "shutdown_timeout"):
-        if not getattr(args, name) > 0:
-            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if args.static_wait_ms < 0:
-        raise InputError(f"--static-wait-ms must be >= 0, got {args.static_wait_ms}")
+    for name in ("request_timeout", "shutdown_timeout", "read_timeout"):
+        v = getattr(args, name, 30.0)
+        if not (v > 0 and math.isfinite(v)):
+            raise InputError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {v}")
+    if not (args.static_wait_ms >= 0 and math.isfinite(args.static_wait_ms)):
+        raise InputError(f"--static-wait-ms must be a number of milliseconds >= 0, got {args.static_wait_ms}")
 
 
 def missing_extra() -> str | None:
@@ -649,15 +780,20 @@ def run(args: argparse.Namespace, engine: Any, task: Task, strategy: Strategy) -
     _check_args(args)
     opts = ServeOptions(max_batch=args.max_batch, max_queue=args.max_queue, max_inputs=args.max_inputs,
                         max_body=args.max_body, request_timeout=args.request_timeout, scheduler=args.scheduler,
-                        static_wait_ms=args.static_wait_ms, seed=args.seed)
+                        static_wait_ms=args.static_wait_ms, seed=args.seed, read_timeout=args.read_timeout)
     service = Service(engine, task, strategy, opts, model=str(args.model))
-    server = _uvicorn_server(service.app, args.host, args.port, args.shutdown_timeout, args.log_level)
+    server = _uvicorn_server(service.app, args.host, args.port, args.shutdown_timeout, args.log_level,
+                             args.read_timeout)
+    sock = listen_socket(args.host, args.port)
     print(f"unmask serve: task {task.name}, strategy {strategy.name}, {args.scheduler} scheduler, "
           f"{service.worker.table.capacity} slots", file=sys.stderr, flush=True)
     try:
-        server.run()
-    except OSError as exc:  # e.g. the port is taken
+        server.run(sockets=[sock])
+    except OSError as exc:
         raise InputError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    except SystemExit as exc:  # uvicorn's start-up failure (it logged why)
+        raise InputError(f"the server could not start on {args.host}:{args.port} (uvicorn exit {exc.code}); see "
+                         "the log line above") from None
     if not server.started:
         raise InputError(f"cannot listen on {args.host}:{args.port}; is the port free?")
     print("unmask serve: stopped", file=sys.stderr, flush=True)

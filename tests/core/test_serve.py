@@ -259,9 +259,10 @@ def engine_task():
 
 
 class InProcess:
-    def __init__(self, engine, task, strategy, **opts):
+    def __init__(self, engine, task, strategy, shutdown_timeout: float = 10.0, **opts):
         self.service = Service(engine, task, strategy, ServeOptions(**opts))
-        self.server = _uvicorn_server(self.service.app, "127.0.0.1", 0, 10.0)
+        self.server = _uvicorn_server(self.service.app, "127.0.0.1", 0, shutdown_timeout,
+                                      read_timeout=self.service.opts.read_timeout)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -352,3 +353,150 @@ def test_signal_finishes_requests_in_flight_and_exits_0(sig):
         assert "shutting down" in err and "stopped" in err and "Traceback" not in err
     finally:
         stop(proc)
+
+
+# -- hostile and broken clients, start-up errors ---------------------------------------------------------------------
+def _closed(sock, deadline: float) -> bool:
+    """The server closed ``sock`` (after an optional answer) before ``deadline``."""
+    import socket
+
+    sock.settimeout(max(0.01, deadline - time.monotonic()))
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_slow_clients_are_cut_off_by_the_read_timeout(engine_task):
+    """50 connections that send their request head, or their body, too slowly are closed after --read-timeout;
+    the server keeps answering everyone else."""
+    import socket
+
+    engine, task = engine_task
+    with InProcess(engine, task, build_strategy({"name": "margin", "steps": STEPS}), read_timeout=1.0) as url:
+        port = int(url.rsplit(":", 1)[1])
+        socks = []
+        for i in range(50):
+            s = socket.create_connection(("127.0.0.1", port))
+            if i % 2:
+                s.sendall(b"POST /v1/solve HTTP/1.1\r\nHost: x\r\n")  # the head, never finished
+            else:
+                s.sendall(b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 500\r\n\r\n{\"input\": ")  # the body, never finished
+            socks.append(s)
+        t0 = time.monotonic()
+        assert post(url, {"input": PUZZLE}).status_code == 200
+        deadline = t0 + 6.0
+        assert all(_closed(s, deadline) for s in socks)
+        assert time.monotonic() - t0 < 6.0
+        for s in socks:
+            s.close()
+        assert post(url, {"input": PUZZLE}).status_code == 200
+
+
+def test_client_hanging_up_mid_body_is_no_server_error(engine_task, caplog):
+    """A client that closes its connection half-way through the body is counted as gone (499), not as a 500 with a
+    traceback in the log."""
+    import logging
+    import socket
+
+    engine, task = engine_task
+    caplog.set_level(logging.ERROR)
+    with InProcess(engine, task, build_strategy({"name": "margin", "steps": STEPS})) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"input\": \"53..")
+            time.sleep(0.05)
+            s.close()
+        time.sleep(0.3)
+        m = httpx.get(f"{url}/metrics", timeout=60).text
+        assert 'status="500"' not in m and 'unmask_requests_total{status="499"}' in m
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
+def test_past_the_shutdown_timeout_the_client_gets_json(engine_task):
+    """A request still decoding when --shutdown-timeout runs out gets a JSON 503, not uvicorn's plain-text 500."""
+    engine, task = engine_task
+    eng = Wrapped(engine, delay=0.3)  # 12 steps x 0.3 s: far past the 0.5 s shutdown timeout
+    srv = InProcess(eng, task, build_strategy({"name": "margin", "steps": STEPS}), shutdown_timeout=0.5)
+    with srv as url:
+        with cf.ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(post, url, {"input": PUZZLE})
+            time.sleep(0.5)
+            srv.server.should_exit = True
+            r = fut.result()
+    assert r.status_code == 503 and r.headers["content-type"] == "application/json", r.text
+    assert "shut down" in r.json()["error"]
+
+
+def test_health_names_the_model_without_its_path_and_cross_origin_posts_are_refused(server):
+    h = httpx.get(f"{server}/v1/health", timeout=60).json()
+    assert h["model"] == "sudoku-default" and "/" not in h["model"]
+    body = f'{{"input": "{PUZZLE}"}}'
+    r = httpx.post(f"{server}/v1/solve", content=body, timeout=60,
+                   headers={"Content-Type": "text/plain", "Origin": "http://evil.example"})
+    assert r.status_code == 403 and "cross-origin" in r.json()["error"]
+    r = httpx.post(f"{server}/v1/solve", content=body, timeout=60, headers={"Origin": "null"})
+    assert r.status_code == 403
+    r = httpx.post(f"{server}/v1/solve", content=body, timeout=60, headers={"Origin": server})  # the same origin
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--static-wait-ms", "nan"], r"--static-wait-ms must be a number of milliseconds >= 0, got nan"),
+    (["--request-timeout", "inf"], r"--request-timeout must be a number of seconds > 0"),
+    (["--read-timeout", "0"], r"--read-timeout must be"),
+    (["--host", "no-such-host.invalid"], r"cannot listen on no-such-host.invalid:0: .*; check --host"),
+    (["--host", "256.1.1.1"], r"cannot listen on 256.1.1.1:0"),
+    (["--port", "TAKEN"], r"cannot listen on 127.0.0.1:\d+: .*in use.*; choose another --port"),
+])
+def test_serve_start_up_errors_are_one_line_and_exit_2(capsys, args, pattern):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    args = [str(taken.getsockname()[1]) if a == "TAKEN" else a for a in args]
+    try:
+        code = cli_main(["serve", "--model", str(MODEL), "--threads", "1", "--port", "0", *args])
+    finally:
+        taken.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and re.search(pattern, err[-1]), err
+    assert not any("Traceback" in e or "ERROR" in e for e in err)
+
+
+def test_a_200_answer_never_carries_changed_givens(engine_task):
+    """Rows whose given cells come back changed (an engine or strategy that writes into its inputs) fail with a
+    500 naming both plugins, never a 200."""
+    engine, task = engine_task
+    srv = InProcess(engine, task, build_strategy({"name": "margin", "steps": STEPS}))
+    table = srv.service.worker.table
+    original = table.step
+    corrupt = {"on": True}
+    first = next(i for i, c in enumerate(PUZZLE) if c != ".")
+
+    def step(*a, **kw):
+        fin = original(*a, **kw)
+        if fin is not None and corrupt["on"]:
+            fin.tokens[:, first] = (fin.tokens[:, first] % 9) + 1  # one given cell changed
+        return fin
+
+    table.step = step
+    with srv as url:
+        r = post(url, {"input": PUZZLE})
+        assert r.status_code == 500, r.text
+        err = r.json()["error"]
+        assert "changed 1 given cell" in err and "'margin'" in err and type(engine).__name__ in err
+        corrupt["on"] = False
+        r = post(url, {"input": PUZZLE})
+        assert r.status_code == 200
+        given = task.parse(PUZZLE)
+        tokens = np.asarray(r.json()["tokens"])
+        assert (tokens[given.given[0]] == given.inputs[0][given.given[0]]).all()
