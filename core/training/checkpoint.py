@@ -216,11 +216,11 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     ptr = run / LATEST
     done = checkpoints(run)
     if ptr.is_file():
+        name: str | None = None
         try:
             name = ptr.read_bytes().decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             why = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc})"
-            name = None
         else:
             why = f"names {name[:80]!r}, which is not a checkpoint of this run"
         if name is None or not _STEP_RE.fullmatch(name):

@@ -407,7 +407,8 @@ def test_latest_pointer_stays_inside_its_run(tmp_path, two_checkpoints):
     src, cache = two_checkpoints
     other = tmp_path / "other" / "checkpoints" / "m"
     shutil.copytree(src / "checkpoints" / "step-0000005", other)
-    for content in (b"\xff\xfe\x00step", b"../../other/checkpoints/m\n", b"step-0000005/../../../../other/checkpoints/m"):
+    for content in (b"\xff\xfe\x00step", b"../../other/checkpoints/m\n",
+                    b"step-0000005/../../../../other/checkpoints/m"):
         run = tmp_path / "run"
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(src, run)
