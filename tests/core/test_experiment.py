@@ -325,3 +325,83 @@ def test_experiment_flags_have_help():
             assert action.help, f"unmask experiment {action.option_strings[0]} has no help text"
     text = sp.format_help()
     assert "exit status: 0 done" in text and "(default: 256)" in text and "--models KEY,..." in text
+
+
+def _two_lrs(tmp_path: Path, cache: Path, suffix_b: str = "", reuse_a: str = "") -> Path:
+    """An experiment of two models of one config that differ only in train.lr."""
+    file = tmp_path / "lrs.toml"
+    file.write_text(f'''
+title = "lr"
+[models.a]
+config = "sudoku-default"
+overrides = {json.dumps([*TINY, f'task.cache_dir="{cache}"', "train.lr=1e-5"])}
+reuse = {json.dumps([reuse_a] if reuse_a else [])}
+[models.b]
+config = "sudoku-default"
+overrides = {json.dumps([*TINY, f'task.cache_dir="{cache}"', "train.lr=3e-3"])}
+suffix = "{suffix_b}"
+[datasets.test]
+n = 2
+[[rows]]
+label = "margin"
+model = ["a", "b"]
+strategy = "margin"
+''')
+    return file
+
+
+def test_models_that_train_different_weights_never_share_a_run_directory(tmp_path, monkeypatch, capsys):
+    """Two models of one config with other train.lr are refused (one line naming both and the fix) instead of the
+    second reusing the first one's weights; with a suffix each gets its own run; a run directory that holds a model
+    trained with other settings is refused too, before any training."""
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    args = ["experiment", "", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "out"), "--no-progress"]
+    args[1] = str(_two_lrs(tmp_path, cache))
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: ")
+    assert "models 'a' and 'b' would train in one run directory" in err and "train.lr: 1e-05 vs 0.003" in err
+    assert 'suffix = \\"-b\\" in [models.b]' in err or 'suffix = "-b" in [models.b]' in err
+    assert not (tmp_path / "runs").exists()  # refused before any training
+    args[1] = str(_two_lrs(tmp_path, cache, suffix_b="-b"))
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "[b] reusing" not in out and out.count("training") >= 2
+    data = json.loads((tmp_path / "out" / "lrs.json").read_text())
+    assert data["models"]["a"]["path"] != data["models"]["b"]["path"]
+    # the run directory of 'a' now holds a lr 1e-5 model: a file whose 'a' trains with 3e-3 is refused
+    (tmp_path / "lrs.toml").write_text((tmp_path / "lrs.toml").read_text().replace('"train.lr=1e-5"',
+                                                                                    '"train.lr=3e-3"'))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model 'a' would train in" in err and "which holds another model" in err and "train.lr: 1e-05 vs 0.003" \
+        in err and "\n" not in err
+
+
+def test_a_reuse_candidate_that_does_not_match_says_why(tmp_path, monkeypatch, capsys):
+    from unmask.core.experiment import ensure_model, prepare_model
+
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    file = _two_lrs(tmp_path, cache, suffix_b="-b", reuse_a=str(tmp_path / "nothing-here"))
+    spec, f = load_experiment(file)
+    plan = build_plan(spec, f)
+    logs: list[str] = []
+    prep = prepare_model(plan.models[0], runs_root=tmp_path / "runs")
+    info = ensure_model(prep, progress=False, log=logs.append)
+    assert any("warning: not reusing" in x and "nothing-here" in x and "holds no finished model" in x for x in logs)
+    # a finished model with too few samples: named with the numbers
+    pm = plan.models[1]
+    pm.reuse = [info.path]
+    logs.clear()
+    prep_b = prepare_model(pm, runs_root=tmp_path / "runs")
+    prep_b.resolved.train.steps = 50
+    with monkeypatch.context() as m:
+        import unmask.core.training.trainer as trainer
+
+        m.setattr(trainer, "train", lambda *a, **k: info.path)
+        ensure_model(prep_b, progress=False, log=logs.append)
+    assert any(f"warning: not reusing {info.path.relative_to(tmp_path)}: it was trained on 8 samples, the plan "
+               "needs 200" in x for x in logs), logs
