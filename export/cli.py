@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "scored per row in one pass (default --max-seq; wider requests run in chunks)")
     parser.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit (GiB)")
     parser.add_argument("--no-parity", action="store_true", help="skip the parity check against the PyTorch model")
+    parser.add_argument("--trust-remote-code", action="store_true", help="a Hugging Face directory with its own "
+                        "modeling code (LLaDA, Dream): run it to export it (this EXECUTES THE CHECKPOINT'S PYTHON "
+                        "CODE)")
     parser.add_argument("--accuracy", type=int, default=0, metavar="N",
                         help="also decode N test puzzles (margin) with torch and the export and report solved rates")
     parser.add_argument("--report", metavar="JSON", help="write the export report (parity numbers, sizes) here")
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         if path:
             remove_stale_temps(Path(path).parent, Path(path).name)
     report: dict = {}
+    settings = ["backbone.trust_remote_code=true"] if getattr(args, "trust_remote_code", False) else None
     if args.trt:
         from unmask.export.tensorrt import build_tensorrt, require_tensorrt
 
@@ -111,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
             workspace_gb=args.workspace_gb, opset=args.opset, parity=not args.no_parity,
             opt_seq=args.opt_seq, max_seq=args.max_seq, opt_k=args.opt_k, max_k=args.max_k,
+            model_settings=settings,
         )
     else:
         from unmask.export.onnx import export_onnx
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         report["onnx"] = export_onnx(
             args.model, args.onnx, batch=args.export_batch, precision=args.precision, quantize=args.quantize,
             opset=args.opset, parity=not args.no_parity, dynamic_seq=args.dynamic_seq,
-            accuracy_puzzles=args.accuracy,
+            accuracy_puzzles=args.accuracy, model_settings=settings,
         )
     if args.report:
         write_json(args.report, _jsonable(report))

@@ -11,6 +11,17 @@ onnxruntime script can read without importing unmask::
 
 A TensorRT plan is an opaque, GPU- and version-specific blob, so its description lives in ``<plan>.json`` beside it
 (same keys, plus the optimization profile and the TensorRT version and GPU it was built for).
+
+Text models (a backbone that takes ``lengths`` and ``index``, e.g. the ``hf`` backbone) add two keys:
+
+* ``unmask.inputs``: the graph's optional inputs after ``tokens``, comma-separated (``lengths,index``); the engine
+  lists them in its ``inputs`` (the engine contract, :mod:`unmask.core.engine`);
+* ``unmask.files``: the files the task keeps beside a model's weights (:meth:`Task.model_files`: a text model's
+  tokenizer; from a Hugging Face directory also its ``config.json``, from which transformers picks the tokenizer
+  class), as JSON ``{name: base64}``. They travel inside the artifact (covered by its checksum), so an ``.onnx``
+  file or a plan with its sidecar is all a machine needs. An engine writes them once into a content-addressed
+  folder under :func:`unmask.core.resources.home` (``files/<sha256>/``) and points the task's ``tokenizer`` option
+  there (:func:`bind_model_files`).
 """
 
 from __future__ import annotations
@@ -47,6 +58,9 @@ K_DYN_SEQ = "unmask.dynamic_seq"
 K_INPUT = "unmask.input"
 K_OUTPUT = "unmask.output"
 K_OBJECTIVE = "unmask.objective"
+K_INPUTS = "unmask.inputs"  # optional graph inputs after the tokens: "" or "lengths,index"
+K_FILES = "unmask.files"  # JSON {file name: base64}: the task's model files (a tokenizer)
+OPTIONAL_INPUTS = ("lengths", "index")  # (B,) int64 real lengths; (B, K) int64 positions to return logits at
 K_CHECKSUM = "unmask.sha256"  # SHA-256 of the whole file with this value replaced by CHECKSUM_PLACEHOLDER
 CHECKSUM_PLACEHOLDER = "0" * 64
 _DESCRIBED = (K_TASK, K_VOCAB, K_SEQ, K_MASK, K_BACKBONE, K_OBJECTIVE)  # flat keys derived from the config
@@ -71,6 +85,8 @@ class ArtifactInfo:
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     extra: dict[str, Any] = field(default_factory=dict)  # plan: profile, tensorrt version, GPU
+    inputs: tuple[str, ...] = ()  # optional inputs after the tokens (OPTIONAL_INPUTS), in graph order
+    files: dict[str, str] = field(default_factory=dict)  # the task's model files, base64 (K_FILES)
 
     @property
     def label(self) -> str:
@@ -138,6 +154,8 @@ def info_from_props(props: dict[str, str], path: Path, *, what: str = "ONNX file
             unmask_version=str(props.get(K_VERSION, "?")),
             input_name=str(props.get(K_INPUT, INPUT_NAME)),
             output_name=str(props.get(K_OUTPUT, OUTPUT_NAME)),
+            inputs=_optional_inputs(props.get(K_INPUTS, "")),
+            files=_files(props.get(K_FILES)),
         )
     except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise CheckpointError(
@@ -147,6 +165,83 @@ def info_from_props(props: dict[str, str], path: Path, *, what: str = "ONNX file
         raise CheckpointError(f"{what} '{path}' has impossible metadata (vocab {info.vocab_size}, seq {info.seq_len})")
     _check_consistent(props, info, what)
     return info
+
+
+def _optional_inputs(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    if len(set(names)) != len(names) or any(n not in OPTIONAL_INPUTS for n in names):
+        raise ValueError(f"{K_INPUTS} = {text!r}: optional inputs are {', '.join(OPTIONAL_INPUTS)}, each once")
+    return names
+
+
+def _files(text: str | None) -> dict[str, str]:
+    """The ``K_FILES`` map, checked: plain file names (never a path: they are written into a folder) to base64."""
+    if text is None or text == "":
+        return {}
+    import base64
+    import re
+
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{K_FILES} is not a JSON object")
+    for name, blob in data.items():
+        if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", name)):
+            raise ValueError(f"{K_FILES} names a file {name!r} that is not a plain file name")
+        if not isinstance(blob, str):
+            raise ValueError(f"{K_FILES}[{name!r}] is not a base64 string")
+        base64.b64decode(blob.encode("ascii"), validate=True)  # binascii.Error is a ValueError
+    return dict(data)
+
+
+def encode_files(files: dict[str, bytes]) -> str:
+    """``K_FILES``'s value for the files ``{name: bytes}`` (sorted, so the same files give the same text)."""
+    import base64
+
+    return json.dumps({k: base64.b64encode(files[k]).decode("ascii") for k in sorted(files)}, sort_keys=True)
+
+
+def model_files_dir(info: ArtifactInfo) -> Path | None:
+    """The folder holding the artifact's embedded model files (None when it has none): ``home()/files/<sha256>``,
+    written once (temp folder + rename) and reused by every artifact with the same files."""
+    if not info.files:
+        return None
+    import base64
+    import hashlib
+    import shutil
+    import tempfile
+
+    from unmask.core.resources import home
+
+    files = {k: base64.b64decode(v) for k, v in info.files.items()}
+    digest = hashlib.sha256(encode_files(files).encode()).hexdigest()
+    root = home() / "files"
+    final = root / digest
+    if final.is_dir() and all((final / k).is_file() and (final / k).read_bytes() == v for k, v in files.items()):
+        return final
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.tmp-", dir=root))
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        if final.exists():  # an incomplete or damaged copy: replaced
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process put the same files there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the model files of '{info.path}' into '{root}' ({exc}); set UNMASK_HOME "
+                              "to a writable folder") from None
+    return final
+
+
+def bind_model_files(info: ArtifactInfo) -> Path | None:
+    """Write the embedded model files (:func:`model_files_dir`) and point the config's task at them: the ``text``
+    task reads its tokenizer from the folder its ``tokenizer`` option names. Returns the folder (None: no files)."""
+    folder = model_files_dir(info)
+    if folder is not None and "tokenizer" in info.config.get("task", {}):
+        info.config["task"]["tokenizer"] = str(folder)
+    return folder
 
 
 def _check_consistent(props: dict[str, str], info: ArtifactInfo, what: str) -> None:

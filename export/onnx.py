@@ -8,6 +8,14 @@ default Sudoku backbone); ``dynamic_seq=True`` exports it as a dynamic axis boun
 trained length (learned positions cannot go beyond it). The resolved config travels in ``metadata_props``
 (:mod:`unmask.export.metadata`). Before the file is moved into place it passes ``onnx.checker`` (full check) and a
 parity check against the PyTorch model on real task inputs (:mod:`unmask.export.parity`), run by onnxruntime.
+
+Text models: a backbone that takes the engine contract's optional inputs (``inputs = ("lengths", "index")``: the
+``hf`` backbone, for a Hugging Face directory or one of unmask's own text models) exports as ``tokens`` (B, L),
+``lengths`` (B,), ``index`` (B, K), all int64, to ``logits`` (B, K, V) float32, with B, L (<= the model's context)
+and K (<= L) dynamic: the output layer runs at the K requested positions only, as in PyTorch. The task's resolved
+sizes (vocabulary, context, mask id, end-of-text ids) are written into the embedded config, and its model files
+(the tokenizer) travel inside the file (``unmask.files``, :mod:`unmask.export.metadata`). Parity runs on random
+right-padded rows (:func:`unmask.export.parity.text_parity_inputs`), since a Hugging Face directory holds no data.
 """
 
 from __future__ import annotations
@@ -34,16 +42,25 @@ from unmask.export.metadata import (
     CHECKSUM_PLACEHOLDER,
     INPUT_NAME,
     K_CHECKSUM,
+    K_FILES,
+    K_INPUTS,
     K_PRECISION,
     K_QUANT,
     OUTPUT_NAME,
     PRECISIONS,
     QUANTIZATIONS,
     describe,
+    encode_files,
     read_onnx_info,
     seal_onnx,
 )
-from unmask.export.parity import PARITY_ROWS, check_parity, parity_inputs
+from unmask.export.parity import (
+    PARITY_ROWS,
+    TEXT_PARITY_ROWS,
+    check_parity,
+    parity_inputs,
+    text_parity_inputs,
+)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MIN_OPSET = 18
@@ -58,6 +75,42 @@ class LogitsModule(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.module(tokens).float()  # (B, L, V)
+
+
+class TextLogitsModule(nn.Module):
+    """The exported graph of a text backbone: padding and positions in, logits at those positions out (float32)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.module(tokens, lengths=lengths, index=index).float()  # (B, K, V)
+
+
+def optional_inputs(module: nn.Module) -> tuple[str, ...]:
+    """The engine contract's optional inputs a backbone takes (``()`` for puzzle backbones). A text backbone must take
+    both: the graph has one signature."""
+    from unmask.export.metadata import OPTIONAL_INPUTS
+
+    names = tuple(n for n in getattr(module, "inputs", ()) if n in OPTIONAL_INPUTS)
+    if names and set(names) != set(OPTIONAL_INPUTS):
+        raise CheckpointError(f"backbone {type(module).__name__} takes {', '.join(names)} but not all of "
+                              f"{', '.join(OPTIONAL_INPUTS)}; ONNX export of text backbones needs both")
+    return OPTIONAL_INPUTS if names else ()
+
+
+def resolved_task_config(task: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the task's sizes written out where its options leave them to be read from the model directory
+    (a text task's ``vocab_size = 0``, ``context = 0``, ``mask_id = -1``, ``stop_ids = []``): the artifact has no
+    model directory to read them from."""
+    out = copy.deepcopy(config)
+    section = out["task"]
+    for key, value in (("vocab_size", task.vocab_size), ("context", task.seq_len), ("mask_id", task.mask_id),
+                       ("stop_ids", list(getattr(task, "stop_ids", ()) or ()))):
+        if key in section and value not in (None, []):
+            section[key] = value
+    return out
 
 
 @contextlib.contextmanager
@@ -116,22 +169,32 @@ def _parity_device(precision: str) -> str:
     return "cuda"
 
 
-def _export_graph(module: nn.Module, example: torch.Tensor, *, opset: int, dynamic_seq: bool) -> Any:
-    """The ONNX ModelProto of ``module`` traced on ``example`` (B >= 2, L) with a dynamic batch axis."""
+def _export_graph(module: nn.Module, example: torch.Tensor, *, opset: int, dynamic_seq: bool,
+                  extra: dict[str, torch.Tensor] | None = None, max_seq: int | None = None) -> Any:
+    """The ONNX ModelProto of ``module`` traced on ``example`` (B >= 2, L) with a dynamic batch axis; with ``extra``
+    (a text backbone's ``lengths`` (B,) and ``index`` (B, K)) the sequence axis (<= ``max_seq``) and K are dynamic
+    too."""
     from torch.export import Dim
 
-    axes = {0: Dim("batch", min=1)}
+    batch = Dim("batch", min=1)
+    axes: dict[int, Any] = {0: batch}
     if dynamic_seq:
-        axes[1] = Dim("seq", min=1, max=int(example.shape[1]))
+        axes[1] = Dim("seq", min=1, max=int(max_seq or example.shape[1]))
+    args: tuple[torch.Tensor, ...] = (example,)
+    shapes: tuple[dict[int, Any], ...] = (axes,)
+    if extra:
+        assert dynamic_seq and list(extra) == ["lengths", "index"]
+        args = (example, extra["lengths"], extra["index"])
+        shapes = (axes, {0: batch}, {0: batch, 1: Dim("k", min=1, max=int(max_seq or example.shape[1]))})
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
                 module,
-                (example,),
+                args,
                 dynamo=True,
-                input_names=[INPUT_NAME],
+                input_names=[INPUT_NAME, *(extra or {})],
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=(axes,),
+                dynamic_shapes=shapes,
                 opset_version=opset,
                 optimize=True,
                 verbose=False,
@@ -155,6 +218,14 @@ def _set_metadata(proto: Any, meta: dict[str, str]) -> None:
         entry.key, entry.value = k, v
     proto.producer_name = "unmask"
     proto.producer_version = unmask_version()
+    if meta.get(K_INPUTS):
+        proto.doc_string = (
+            f"unmask {meta.get('unmask.task')} model: tokens (B, L<={meta.get('unmask.seq_len')}) int64 right-padded, "
+            f"lengths (B,) int64, index (B, K) int64 -> logits (B, K, V={meta.get('unmask.vocab_size')}) float32 at "
+            f"index; mask id {meta.get('unmask.mask_id')}; resolved config in metadata 'unmask_config', the "
+            "tokenizer in 'unmask.files'"
+        )
+        return
     proto.doc_string = (
         f"unmask {meta.get('unmask.task')} model: tokens (B, L={meta.get('unmask.seq_len')}) int64 -> logits "
         f"(B, L, V={meta.get('unmask.vocab_size')}) float32; mask id {meta.get('unmask.mask_id')}; "
@@ -198,6 +269,7 @@ def export_onnx(
     parity_rows: int = PARITY_ROWS,
     accuracy_puzzles: int = 0,
     log: Callable[[str], Any] | None = print,
+    model_settings: list[str] | None = None,
 ) -> dict[str, Any]:
     """Export the checkpoint at ``model_path`` to ``out_path`` (.onnx); returns a report (also printed via ``log``).
 
@@ -205,6 +277,8 @@ def export_onnx(
     (onnxruntime dynamic quantization, CPU). ``parity``: compare with the PyTorch model on ``parity_rows`` task inputs
     and refuse to write the file if it disagrees beyond the tolerance of its precision. ``accuracy_puzzles`` > 0 also
     decodes that many test puzzles with margin decoding on both models and reports the solved rates.
+    ``model_settings``: ``section.key=value`` settings of a Hugging Face directory's config before it is built
+    (``backbone.trust_remote_code=true`` for LLaDA and Dream).
     """
     import onnx
 
@@ -217,16 +291,45 @@ def export_onnx(
     device = _parity_device(precision) if parity or accuracy_puzzles > 0 else "cpu"
     say = log or (lambda _m: None)
     t0 = time.perf_counter()
-    task, module, config = load_model(model_path)
+    task, module, config = load_model(model_path, overrides=model_settings or None)
     module = module.float().eval()
+    text = optional_inputs(module)  # a text backbone: lengths, index
+    if text and accuracy_puzzles > 0:
+        raise ConfigError("--accuracy decodes puzzles; for a text model compare decoding with `unmask eval --data` on "
+                          "the model and on the export")
 
-    tokens = parity_inputs(task, parity_rows) if parity else None
-    example = torch.full((batch, task.seq_len), task.mask_id, dtype=torch.int64)
-    if tokens is not None:
-        example = tokens[:batch].clone() if tokens.shape[0] >= batch else example
-    graph = LogitsModule(copy.deepcopy(module).to(DTYPES[precision])).eval()
-    proto = _export_graph(graph, example, opset=opset, dynamic_seq=dynamic_seq)
+    extra: dict[str, torch.Tensor] | None = None
+    if text:
+        dynamic_seq = True  # text rows have any length up to the context
+        config = resolved_task_config(task, config)
+        feeds = text_parity_inputs(task.vocab_size, task.mask_id, task.seq_len, min(parity_rows, TEXT_PARITY_ROWS))
+        tokens = feeds.pop("tokens") if parity else None
+        extra = feeds if parity else None
+        # example shapes: B, L and K distinct and > 1, or the exporter specialises them
+        L0 = max(3, min(11, task.seq_len))
+        example = torch.full((batch, L0), task.mask_id, dtype=torch.int64)
+        ex_extra = {"lengths": torch.full((batch,), L0, dtype=torch.int64),
+                    "index": torch.arange(L0 - 1, dtype=torch.int64).expand(batch, -1).clone()}
+        graph: nn.Module = TextLogitsModule(copy.deepcopy(module).to(DTYPES[precision])).eval()
+        proto = _export_graph(graph, example, opset=opset, dynamic_seq=True, extra=ex_extra, max_seq=task.seq_len)
+    else:
+        tokens = parity_inputs(task, parity_rows) if parity else None
+        example = torch.full((batch, task.seq_len), task.mask_id, dtype=torch.int64)
+        if tokens is not None:
+            example = tokens[:batch].clone() if tokens.shape[0] >= batch else example
+        graph = LogitsModule(copy.deepcopy(module).to(DTYPES[precision])).eval()
+        proto = _export_graph(graph, example, opset=opset, dynamic_seq=dynamic_seq)
     meta = describe(config, precision=precision, quantize=quantize, dynamic_seq=dynamic_seq)
+    if text:
+        meta[K_INPUTS] = ",".join(text)
+        files = dict(task.model_files())
+        source = Path(str(config["backbone"].get("path") or "")) / "config.json"
+        if files and config["backbone"].get("path") and source.is_file():
+            # a Hugging Face directory's config.json: transformers picks the tokenizer class from its model_type
+            # (a Qwen2 config loads Qwen2Tokenizer), so the tokenizer loads as it did beside the weights
+            files["config.json"] = source.read_bytes()
+        if files:
+            meta[K_FILES] = encode_files(files)
     with tempfile.TemporaryDirectory(prefix="unmask-export-") as work:
         if quantize == "int8":
             proto = _quantize_int8(proto, Path(work))
@@ -252,6 +355,7 @@ def export_onnx(
         "quantize": quantize,
         "opset": opset,
         "dynamic_seq": dynamic_seq,
+        "inputs": [INPUT_NAME, *text],
         "task": meta["unmask.task"],
         "seq_len": int(meta["unmask.seq_len"]),
         "vocab_size": int(meta["unmask.vocab_size"]),
@@ -272,10 +376,12 @@ def export_onnx(
             if parity:
                 assert tokens is not None
                 with torch.inference_mode():
-                    reference = torch.cat([module(tokens[s : s + 64]) for s in range(0, tokens.shape[0], 64)])
+                    more = extra or {}
+                    reference = torch.cat([module(tokens[s : s + 64], **{k: v[s : s + 64] for k, v in more.items()})
+                                           for s in range(0, tokens.shape[0], 64)]).float()
                 report["parity"] = check_parity(
                     reference, engine, tokens, mask_id=task.mask_id, label=label,
-                    what=f"onnxruntime {device} {label}", log=say,
+                    what=f"onnxruntime {device} {label}", log=say, extra=extra,
                 )
             if accuracy_puzzles > 0:
                 report["accuracy"] = _accuracy(task, model_path, engine, accuracy_puzzles, say, label)
@@ -283,8 +389,9 @@ def export_onnx(
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+    shape = ", index (B, K) dynamic" if text else ""
     say(f"wrote {out} ({len(data) / 1e6:.2f} MB, {label}, opset {opset}, batch axis dynamic, "
-        f"seq {'dynamic <= ' if dynamic_seq else ''}{report['seq_len']}) in {export_s:.1f}s")
+        f"seq {'dynamic <= ' if dynamic_seq else ''}{report['seq_len']}{shape}) in {export_s:.1f}s")
     return report
 
 

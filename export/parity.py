@@ -54,6 +54,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "int8": Tolerance(atol=5e-1, rtol=2.5e-1, min_argmax=0.90, min_margin=0.80),
 }
 PARITY_ROWS = 64
+TEXT_PARITY_ROWS = 16  # rows of a text model's parity check (each up to 48 positions, most of them masked)
 PARITY_SEED = 20250
 
 
@@ -70,6 +71,30 @@ def parity_inputs(task: Any, n: int = PARITY_ROWS, seed: int = PARITY_SEED) -> t
         mask[rng.integers(x.shape[1])] = True  # at least one masked position per row
         x[i] = np.where(mask, task.mask_id, full[i])
     return torch.from_numpy(x.astype(np.int64))
+
+
+def text_parity_inputs(vocab_size: int, mask_id: int, seq_len: int, n: int = 16, seed: int = PARITY_SEED,
+                       width: int = 48) -> dict[str, torch.Tensor]:
+    """Inputs of a text model's parity check (deterministic from ``seed``): ``tokens`` (n, L) random ids, each row
+    right-padded after its ``lengths`` (n,) real tokens (the padding holds random ids too: the model must ignore it),
+    5-95 % of a row's real positions masked, and ``index`` (n, K): each row's masked positions (a row with fewer
+    than K repeats its first). L = min(``width``, ``seq_len``); task data is not needed (a Hugging Face directory
+    has none)."""
+    g = torch.Generator().manual_seed(seed)
+    L = max(2, min(width, seq_len))
+    tokens = torch.randint(0, vocab_size, (n, L), generator=g)
+    tokens[tokens == mask_id] = (mask_id + 1) % vocab_size
+    lengths = torch.randint(max(1, L // 3), L + 1, (n,), generator=g)
+    lengths[0] = L  # one row fills the whole width
+    real = torch.arange(L)[None, :] < lengths[:, None]  # (n, L)
+    ratio = torch.rand((n, 1), generator=g) * 0.9 + 0.05
+    masked = (torch.rand((n, L), generator=g) < ratio) & real
+    masked[torch.arange(n), torch.randint(0, 1 << 30, (n,), generator=g) % lengths] = True  # >= 1 per row
+    tokens[masked] = mask_id
+    K = int(masked.sum(1).max())
+    order = torch.where(masked, torch.arange(L)[None, :], torch.full((n, L), L)).sort(dim=1).values[:, :K]  # (n, K)
+    index = torch.where(order < L, order, order[:, :1])
+    return {"tokens": tokens, "lengths": lengths, "index": index}
 
 
 def compare_logits(ref: torch.Tensor, got: torch.Tensor, tokens: torch.Tensor, mask_id: int,
@@ -156,12 +181,15 @@ def format_parity(report: dict[str, Any], what: str) -> str:
     )
 
 
-def run_batched(engine: Any, tokens: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """Engine logits for ``tokens`` in chunks of ``batch`` rows, on the CPU as float32."""
+def run_batched(engine: Any, tokens: torch.Tensor, batch: int = 64,
+                extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Engine logits for ``tokens`` (and the optional inputs ``extra``, sliced alike) in chunks of ``batch`` rows, on
+    the CPU as float32."""
     dev = getattr(engine, "device", torch.device("cpu"))
     outs = []
     for s in range(0, tokens.shape[0], batch):
-        outs.append(engine(tokens[s : s + batch].to(dev)).float().cpu())
+        more = {k: v[s : s + batch].to(dev) for k, v in (extra or {}).items()}
+        outs.append(engine(tokens[s : s + batch].to(dev), **more).float().cpu())
     return torch.cat(outs)
 
 
@@ -178,15 +206,19 @@ def strict_fp32() -> Iterator[None]:
 
 
 def check_parity(reference: torch.Tensor, engine: Any, tokens: torch.Tensor, *, mask_id: int, label: str,
-                 what: str, enforce: bool = True, log: Any = print) -> dict[str, Any]:
+                 what: str, enforce: bool = True, log: Any = print,
+                 extra: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Compare ``engine`` with the reference logits; print the result; raise CheckpointError if it fails.
 
-    An fp32 ``label`` runs torch engines with TF32 off (onnxruntime and TensorRT get it off from their own options).
+    ``extra``: a text model's optional inputs (``lengths``, ``index``: :func:`text_parity_inputs`); with an
+    ``index`` the logits are (B, K, V) and compared at those positions. An fp32 ``label`` runs torch engines with
+    TF32 off (onnxruntime and TensorRT get it off from their own options).
     """
     tol = TOLERANCES[label]
     with strict_fp32() if label == "fp32" else contextlib.nullcontext():
-        got = run_batched(engine, tokens)
-    report = compare_logits(reference, got, tokens, mask_id, tol)
+        got = run_batched(engine, tokens, extra=extra)
+    at = tokens if extra is None or "index" not in extra else tokens.gather(1, extra["index"])  # (B, K)
+    report = compare_logits(reference, got, at, mask_id, tol)
     report["passed"] = passed(report)
     report["label"] = label
     if log is not None:

@@ -10,7 +10,14 @@ A plan only runs on the TensorRT version and GPU it was built with, so the sidec
 to the resolved config, the task layout and the profile; the ``tensorrt`` runtime reads it. After the build, the
 plan is opened with that runtime and checked for parity against the PyTorch model; the result goes into the sidecar.
 
-Without TensorRT or without a GPU every entry point fails at once with one line naming what is missing.
+Text models (an ONNX file with ``lengths`` and ``index`` inputs, :mod:`unmask.export.onnx`): the profile spans the
+batch, the row length L (1 .. ``max_seq``, default min(context, 2048)) and the index width K (1 .. ``max_k``, default
+``max_seq``), tuned for (``opt_batch``, ``opt_seq`` = 512, ``opt_k`` = 32: a LLaDA block) by default; every input gets
+``IOptimizationProfile.set_shape`` (tokens (B, L), lengths (B,), index (B, K)). The sidecar records all three ranges
+and carries the tokenizer (``unmask.files``).
+
+Without TensorRT or without a GPU every entry point fails at once with one line naming what is missing. None of the
+text path has run with TensorRT (no GPU with TensorRT where it was written); its host-side logic is tested with fakes.
 """
 
 from __future__ import annotations
@@ -78,6 +85,54 @@ def resolve_profile(min_batch: int, opt_batch: int | None, max_batch: int, works
     return min_batch, opt_batch, max_batch
 
 
+TEXT_MAX_SEQ = 2048  # default longest row of a text plan (attention memory grows with L^2 per row)
+TEXT_OPT_SEQ = 512
+TEXT_OPT_K = 32  # a LLaDA block: the index width the decode loop asks for with --block-length 32
+
+
+def text_profile(seq_len: int, *, opt_seq: int | None = None, max_seq: int | None = None, opt_k: int | None = None,
+                 max_k: int | None = None) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """((min, opt, max) row length, (min, opt, max) index width K) of a text plan's profile for a model whose
+    context is ``seq_len``; None picks the default (see the module docstring). One-line errors for impossible
+    ranges."""
+    if max_seq is None:
+        max_seq = min(seq_len, TEXT_MAX_SEQ)
+    if not 1 <= max_seq <= seq_len:
+        raise ConfigError(f"--max-seq {max_seq} must lie in 1..{seq_len} (the model's context)")
+    if opt_seq is None:
+        opt_seq = min(TEXT_OPT_SEQ, max_seq)
+    if not 1 <= opt_seq <= max_seq:
+        raise ConfigError(f"--opt-seq {opt_seq} must lie in 1..--max-seq ({max_seq})")
+    if max_k is None:
+        max_k = max_seq
+    if not 1 <= max_k <= max_seq:
+        raise ConfigError(f"--max-k {max_k} must lie in 1..--max-seq ({max_seq}): positions are indices into a row")
+    if opt_k is None:
+        opt_k = min(TEXT_OPT_K, max_k, opt_seq)
+    if not 1 <= opt_k <= max_k:
+        raise ConfigError(f"--opt-k {opt_k} must lie in 1..--max-k ({max_k})")
+    return (1, opt_seq, max_seq), (1, opt_k, max_k)
+
+
+Shape = tuple[int, ...]
+
+
+def profile_shapes(info: ArtifactInfo, batch: tuple[int, int, int],
+                   text: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
+                   ) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """(min, opt, max) shape of every input of the plan: tokens (B, L) for puzzles (L pinned to the task's length);
+    tokens (B, L), lengths (B,), index (B, K) for text models (``text``: :func:`text_profile`)."""
+    lo, opt, hi = batch
+    if not info.inputs:
+        L = info.seq_len
+        return {info.input_name: ((lo, L), (opt, L), (hi, L))}
+    assert text is not None
+    seq, k = text
+    return {info.input_name: ((lo, seq[0]), (opt, seq[1]), (hi, seq[2])),
+            "lengths": ((lo,), (opt,), (hi,)),
+            "index": ((lo, k[0]), (opt, k[1]), (hi, k[2]))}
+
+
 def _check_profile(min_batch: int, opt_batch: int, max_batch: int, workspace_gb: float) -> None:
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ConfigError(
@@ -89,7 +144,8 @@ def _check_profile(min_batch: int, opt_batch: int, max_batch: int, workspace_gb:
 
 
 def build_plan(trt: Any, onnx_path: Path, info: ArtifactInfo, *, min_batch: int, opt_batch: int, max_batch: int,
-               workspace_gb: float, log: Callable[[str], Any]) -> bytes:
+               workspace_gb: float, log: Callable[[str], Any],
+               text: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None) -> bytes:
     """Serialized plan bytes for ``onnx_path`` (parser errors are printed one per line, then raised as one)."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -109,9 +165,10 @@ def build_plan(trt: Any, onnx_path: Path, info: ArtifactInfo, *, min_batch: int,
             f"first: {first}"
         )
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    if [t.name for t in inputs] != [info.input_name]:
-        raise CheckpointError(f"'{onnx_path}' has inputs {[t.name for t in inputs]}, expected ['{info.input_name}']")
-    L = info.seq_len
+    want = [info.input_name, *info.inputs]
+    if [t.name for t in inputs] != want:
+        raise CheckpointError(f"'{onnx_path}' has inputs {[t.name for t in inputs]}, expected {want}")
+    shapes = profile_shapes(info, (min_batch, opt_batch, max_batch), text)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if info.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
@@ -119,10 +176,12 @@ def build_plan(trt: Any, onnx_path: Path, info: ArtifactInfo, *, min_batch: int,
         # fp32 parity tolerance against the PyTorch reference. fp16/bf16 plans are typed by their ONNX file.
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
-    profile.set_shape(info.input_name, (min_batch, L), (opt_batch, L), (max_batch, L))
+    for name, (lo, opt, hi) in shapes.items():
+        profile.set_shape(name, lo, opt, hi)  # IOptimizationProfile.set_shape(input, min, opt, max)
     config.add_optimization_profile(profile)
     t0 = time.perf_counter()
-    log(f"building TensorRT plan (batch {min_batch}/{opt_batch}/{max_batch}, seq {L}, {info.precision}, "
+    seq = f"seq {'/'.join(map(str, text[0]))}, index {'/'.join(map(str, text[1]))}" if text else f"seq {info.seq_len}"
+    log(f"building TensorRT plan (batch {min_batch}/{opt_batch}/{max_batch}, {seq}, {info.precision}, "
         f"workspace {workspace_gb:g} GiB); this takes a while")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -149,10 +208,17 @@ def build_tensorrt(
     parity: bool = True,
     parity_rows: int = PARITY_ROWS,
     log: Callable[[str], Any] | None = print,
+    opt_seq: int | None = None,
+    max_seq: int | None = None,
+    opt_k: int | None = None,
+    max_k: int | None = None,
+    model_settings: list[str] | None = None,
 ) -> dict[str, Any]:
     """Build ``out_path`` (.plan) and ``out_path.json`` from a checkpoint (exported to ONNX first) or ``from_onnx``.
 
     ``opt_batch`` defaults to min(64, ``max_batch``). ``onnx_out``: also keep the intermediate ONNX file there.
+    ``opt_seq``, ``max_seq``, ``opt_k``, ``max_k``: a text model's row-length and index-width profile
+    (:func:`text_profile`; ignored for puzzle models, whose length is fixed).
     ``precision`` applies when exporting from a checkpoint;
     with ``from_onnx`` the plan has the ONNX file's precision. Parity is checked against the PyTorch checkpoint when
     ``model_path`` is given, else against onnxruntime on the CPU running the same ONNX file.
@@ -185,11 +251,14 @@ def build_tensorrt(
             onnx_path = Path(onnx_out) if onnx_out is not None else Path(work) / "model.onnx"
             # the ONNX file's own parity runs on the CPU where onnxruntime can (not bf16); the plan is checked below
             export_onnx(model_path, onnx_path, precision=precision, opset=opset,
-                        parity=parity and onnx_out is not None and precision != "bf16", log=log)
+                        parity=parity and onnx_out is not None and precision != "bf16", log=log,
+                        model_settings=model_settings)
             info = read_onnx_info(onnx_path)
         onnx_bytes = onnx_path.read_bytes()
+        text = text_profile(info.seq_len, opt_seq=opt_seq, max_seq=max_seq, opt_k=opt_k, max_k=max_k) \
+            if info.inputs else None
         plan = build_plan(trt, onnx_path, info, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                          workspace_gb=workspace_gb, log=say)
+                          workspace_gb=workspace_gb, log=say, text=text)
         build_s = time.perf_counter() - t0
         dev = torch.cuda.current_device()
         cap = torch.cuda.get_device_capability(dev)
@@ -197,7 +266,9 @@ def build_tensorrt(
             K_FORMAT: PLAN_FORMAT,
             **_flat(info),
             "config": info.config,
-            "profile": {"min": min_batch, "opt": opt_batch, "max": max_batch, "seq_len": info.seq_len},
+            "profile": {"min": min_batch, "opt": opt_batch, "max": max_batch, "seq_len": info.seq_len,
+                        **({"seq": dict(zip(("min", "opt", "max"), text[0], strict=True)),
+                            "k": dict(zip(("min", "opt", "max"), text[1], strict=True))} if text else {})},
             "build": {
                 "tensorrt": str(getattr(trt, "__version__", "?")),
                 "gpu": torch.cuda.get_device_name(dev),
@@ -216,7 +287,8 @@ def build_tensorrt(
             write_bytes_atomic(tmp, plan)
             write_json(sidecar_path(tmp), sidecar)
             if parity:
-                sidecar["parity"] = _plan_parity(tmp, info, model_path, onnx_path, parity_rows, say)
+                sidecar["parity"] = _plan_parity(tmp, info, model_path, onnx_path, parity_rows, say,
+                                                 max_seq=text[0][2] if text else None, settings=model_settings)
             write_json(sidecar_path(out), sidecar)
             os.replace(tmp, out)
         finally:
@@ -229,7 +301,9 @@ def build_tensorrt(
 def _flat(info: ArtifactInfo) -> dict[str, str]:
     from unmask.export.metadata import (
         K_BACKBONE,
+        K_FILES,
         K_INPUT,
+        K_INPUTS,
         K_MASK,
         K_OUTPUT,
         K_PRECISION,
@@ -241,23 +315,37 @@ def _flat(info: ArtifactInfo) -> dict[str, str]:
         unmask_version,
     )
 
-    return {
+    flat = {
         K_VERSION: unmask_version(), K_TASK: info.task, K_VOCAB: str(info.vocab_size), K_SEQ: str(info.seq_len),
         K_MASK: str(info.mask_id), K_BACKBONE: info.backbone, K_PRECISION: info.precision,
         K_QUANT: info.quantize or "none", K_DYN_SEQ: "false",  # the profile pins the sequence axis
         K_INPUT: info.input_name, K_OUTPUT: info.output_name,
     }
+    if info.inputs:  # a text plan: rows of any length within the profile, the tokenizer carried along
+        flat.update({K_DYN_SEQ: "true", K_INPUTS: ",".join(info.inputs)})
+        if info.files:
+            flat[K_FILES] = json.dumps(info.files, sort_keys=True)
+    return flat
 
 
 def _plan_parity(plan: Path, info: ArtifactInfo, model_path: Any, onnx_path: Path, rows: int,
-                 say: Callable[[str], Any]) -> dict[str, Any]:
+                 say: Callable[[str], Any], max_seq: int | None = None,
+                 settings: list[str] | None = None) -> dict[str, Any]:
     from unmask.core.decoding.runtime import open_engine
     from unmask.core.task import build_task
 
     task = build_task(info.config["task"], "model task")
-    tokens = parity_inputs(task, rows)
+    extra = None
+    if info.inputs:  # a text plan: random right-padded rows within its profile
+        from unmask.export.parity import TEXT_PARITY_ROWS, text_parity_inputs
+
+        feeds = text_parity_inputs(info.vocab_size, info.mask_id, max_seq or info.seq_len, min(rows, TEXT_PARITY_ROWS))
+        tokens = feeds.pop("tokens")
+        extra = feeds
+    else:
+        tokens = parity_inputs(task, rows)
     if model_path is not None:
-        ref_engine, ref_name = open_engine(model_path, "torch"), "torch fp32"
+        ref_engine, ref_name = open_engine(model_path, "torch", model=settings or None), "torch fp32"
     else:
         if info.precision == "bf16":
             raise ConfigError("a bf16 ONNX file cannot be run by onnxruntime on the CPU as the parity reference; pass "
@@ -266,10 +354,10 @@ def _plan_parity(plan: Path, info: ArtifactInfo, model_path: Any, onnx_path: Pat
     from unmask.export.parity import run_batched
 
     with torch.inference_mode():
-        reference = run_batched(ref_engine, tokens)
+        reference = run_batched(ref_engine, tokens, extra=extra)
     engine = open_engine(plan, "tensorrt")
-    report = check_parity(reference, engine, tokens, mask_id=task.mask_id, label=info.precision,
-                          what=f"tensorrt {info.precision} (reference {ref_name})", log=say)
+    report = check_parity(reference, engine, tokens, mask_id=info.mask_id, label=info.precision,
+                          what=f"tensorrt {info.precision} (reference {ref_name})", log=say, extra=extra)
     report["reference"] = ref_name
     return report
 
@@ -285,4 +373,5 @@ def plan_summary(path: str | os.PathLike) -> str:
             f"{b.get('tensorrt')} on {b.get('gpu')}; config {json.dumps(info.config.get('backbone', {}))[:80]}")
 
 
-__all__ = ["build_tensorrt", "build_plan", "require_tensorrt", "torch_dtype", "plan_summary"]
+__all__ = ["build_tensorrt", "build_plan", "profile_shapes", "require_tensorrt", "text_profile", "torch_dtype",
+           "plan_summary"]

@@ -16,6 +16,11 @@ TF32 is off (``use_tf32 = 0``): fp32 artifacts must match their fp32 parity tole
 With the TensorRT provider the optimization profile spans ``trt_min_batch`` .. ``trt_max_batch`` (tuned for
 ``trt_opt_batch``), so TensorRT builds one engine instead of one per batch size, and batches are split to fit it.
 
+Text models (exported with ``lengths`` and ``index`` inputs, :mod:`unmask.export.onnx`) list them in ``inputs``
+(the engine contract): ``engine(tokens, lengths=..., index=...)`` returns (B, K, V) logits at ``index``; a call
+without ``index`` gets every position (index = 0..L-1), one without ``lengths`` rows of full width. The file's
+tokenizer is written out once and the task pointed at it (:func:`unmask.export.metadata.bind_model_files`).
+
 onnxruntime comes from one of two exclusive extras: ``pip install unmask[cpu]`` (onnxruntime) or ``unmask[gpu]``
 (onnxruntime-gpu); both provide the same module, and only one may be installed.
 """
@@ -30,7 +35,7 @@ import numpy as np
 import torch
 
 from unmask.core.config import Section
-from unmask.core.errors import CheckpointError, DeviceError, InputError
+from unmask.core.errors import CheckpointError, DeviceError
 from unmask.core.registry import runtimes
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -59,6 +64,11 @@ class OnnxRuntimeOptions(Section):
     """TensorRT provider: batch the profile is tuned for (clamped to min..max)."""
     trt_max_batch: Annotated[int, msgspec.Meta(ge=1)] = 256
     """TensorRT provider: largest batch of the profile; bigger batches are split."""
+    trt_max_seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """TensorRT provider, text models: longest row of the profile (0 = min(the model's context, 2048))."""
+    model: list[str] = msgspec.field(default_factory=list)
+    """``task.key=value`` settings of the exported model's task (e.g. ``task.gen_length=64``, ``task.chat=true``);
+    backbone settings are part of the exported graph and cannot change."""
 
 
 def require_onnxruntime() -> Any:
@@ -73,14 +83,24 @@ def require_onnxruntime() -> Any:
     return ort
 
 
-def trt_profile_options(options: OnnxRuntimeOptions, input_name: str, seq_len: int) -> dict[str, str]:
-    """TensorRT provider options for an optimization profile over the batch axis (``name:BxL`` shapes)."""
+def trt_profile_options(options: OnnxRuntimeOptions, input_name: str, seq_len: int,
+                        text: bool = False) -> dict[str, str]:
+    """TensorRT provider options for an optimization profile over the batch axis (``name:BxL`` shapes); a ``text``
+    model's profile also spans the row length (1 .. ``trt_max_seq``) and the index width K (1 .. the row length),
+    tuned for the shapes :func:`unmask.export.tensorrt.text_profile` picks."""
     lo, hi = options.trt_min_batch, options.trt_max_batch
     if lo > hi:
         from unmask.core.errors import ConfigError
 
         raise ConfigError(f"trt_min_batch ({lo}) must be <= trt_max_batch ({hi})")
     opt = min(max(options.trt_opt_batch, lo), hi)
+    if text:
+        from unmask.export.tensorrt import text_profile
+
+        seq, k = text_profile(seq_len, max_seq=options.trt_max_seq or None)
+        shapes = {which: (b, seq[i], k[i]) for i, (which, b) in enumerate((("min", lo), ("opt", opt), ("max", hi)))}
+        return {f"trt_profile_{which}_shapes": f"{input_name}:{b}x{n},lengths:{b},index:{b}x{m}"
+                for which, (b, n, m) in shapes.items()}
     return {"trt_profile_min_shapes": f"{input_name}:{lo}x{seq_len}",
             "trt_profile_opt_shapes": f"{input_name}:{opt}x{seq_len}",
             "trt_profile_max_shapes": f"{input_name}:{hi}x{seq_len}"}
@@ -165,7 +185,7 @@ class OnnxRuntimeEngine:
         # line, never onnxruntime's own failure on it (an undecodable metadata string, a crash in its parser)
         self.info = read_onnx_info(path)
         if options.device == "tensorrt":  # the profile needs the input name and length before the session
-            profile = trt_profile_options(options, self.info.input_name, self.info.seq_len)
+            profile = trt_profile_options(options, self.info.input_name, self.info.seq_len, bool(self.info.inputs))
         stream = self._torch_stream.cuda_stream if self._torch_stream is not None else 0
         self.session = _session(path, options, stream, profile)
         want = PROVIDERS[options.device]
@@ -177,12 +197,22 @@ class OnnxRuntimeEngine:
             )
         self.options = options
         self.providers = got
+        from unmask.export.metadata import bind_model_files
+
+        bind_model_files(self.info)  # a text model's tokenizer, written out and named in the task section
+        _apply_task_settings(self.info, options.model)
+        self.inputs: tuple[str, ...] = self.info.inputs  # the engine contract's optional inputs (lengths, index)
         self.config: dict[str, Any] = self.info.config
         self.vocab_size = self.info.vocab_size
         self.seq_len = self.info.seq_len
         self.mask_id = self.info.mask_id
         # dynamic batch axis: any batch runs in one call, except with the TensorRT provider (its profile's max)
         self.max_batch: int | None = options.trt_max_batch if options.device == "tensorrt" else None
+        self._max_seq = self.seq_len
+        if options.device == "tensorrt" and self.inputs:
+            from unmask.export.tensorrt import text_profile
+
+            self._max_seq = text_profile(self.seq_len, max_seq=options.trt_max_seq or None)[0][2]
         self.device = torch.device("cpu") if options.device == "cpu" else torch.device("cuda", options.device_id)
         self._check_io()
         self._in_buf: torch.Tensor | None = None  # reused device buffer for host-side tokens (GPU path)
@@ -193,13 +223,15 @@ class OnnxRuntimeEngine:
     def _check_io(self) -> None:
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
         names_in, names_out = [i.name for i in ins], [o.name for o in outs]
-        if names_in != [self.info.input_name] or self.info.output_name not in names_out:
+        want_in = [self.info.input_name, *self.inputs]
+        if names_in != want_in or self.info.output_name not in names_out:
             raise CheckpointError(
-                f"'{self.info.path}' has inputs {names_in} and outputs {names_out}; expected input "
-                f"'{self.info.input_name}' (B, L) int64 and output '{self.info.output_name}' (B, L, V)"
+                f"'{self.info.path}' has inputs {names_in} and outputs {names_out}; expected inputs {want_in} (int64) "
+                f"and output '{self.info.output_name}'"
             )
-        if ins[0].type != "tensor(int64)":
-            raise CheckpointError(f"'{self.info.path}' input '{ins[0].name}' is {ins[0].type}, expected tensor(int64)")
+        for i in ins:
+            if i.type != "tensor(int64)":
+                raise CheckpointError(f"'{self.info.path}' input '{i.name}' is {i.type}, expected tensor(int64)")
         out = outs[names_out.index(self.info.output_name)]
         v = out.shape[-1] if out.shape else None
         if isinstance(v, int) and v != self.vocab_size:
@@ -211,58 +243,90 @@ class OnnxRuntimeEngine:
             raise CheckpointError(f"'{self.info.path}' output '{out.name}' is {out.type}; expected float32 or float16")
         self._out_dtype = dtypes[out.type]
 
-    def _check_tokens(self, tokens: torch.Tensor) -> None:
-        if tokens.ndim != 2:
-            raise InputError(f"onnxruntime engine takes tokens (B, L), got shape {tuple(tokens.shape)}")
-        L = tokens.shape[1]
-        if L != self.seq_len and not (self.info.dynamic_seq and 1 <= L <= self.seq_len):
-            raise InputError(f"'{self.info.path}' was exported for sequences of {self.seq_len} tokens, got {L}")
+    def _feeds(self, tokens: torch.Tensor, extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The graph's inputs by name: checked, with a text model's missing lengths/index made (export.inputs)."""
+        from unmask.export.inputs import engine_feeds
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        self._check_tokens(tokens)
+        # the longest row: the model's context, or the TensorRT provider's profile (trt_max_seq)
+        feeds = engine_feeds(tokens, extra, inputs=self.inputs, seq_len=self._max_seq,
+                             dynamic_seq=self.info.dynamic_seq, path=self.info.path, what="onnxruntime engine")
+        return {(self.info.input_name if k == "tokens" else k): v for k, v in feeds.items()}
+
+    def __call__(self, tokens: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
+        feeds = self._feeds(tokens, extra)
         if self._binding is None:
-            x = tokens.detach().to("cpu", torch.int64).contiguous().numpy()
-            n, B = self.micro_batch, x.shape[0]
-            run = self.session.run
+            x = {k: v.detach().to("cpu", torch.int64).contiguous().numpy() for k, v in feeds.items()}
+            n, B = self.micro_batch, tokens.shape[0]
+            run, name = self.session.run, self.info.output_name
             if 0 < n < B:
-                out = np.concatenate([run([self.info.output_name], {self.info.input_name: x[s : s + n]})[0]
-                                      for s in range(0, B, n)])
+                out = np.concatenate([run([name], {k: v[s : s + n] for k, v in x.items()})[0] for s in range(0, B, n)])
             else:
-                out = run([self.info.output_name], {self.info.input_name: x})[0]
-            return torch.from_numpy(out).float()  # (B, L, V), no copy for float32
-        return self._run_cuda(tokens)
+                out = run([name], x)[0]
+            return torch.from_numpy(out).float()  # (B, L|K, V), no copy for float32
+        return self._run_cuda(feeds)
 
-    def _run_cuda(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _run_cuda(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        from unmask.export.inputs import out_width
+
+        tokens = feeds[self.info.input_name]
         B, L = tokens.shape
         if self.max_batch is not None and B > self.max_batch:  # the TensorRT provider's profile
-            return torch.cat([self._run_cuda(tokens[s : s + self.max_batch]) for s in range(0, B, self.max_batch)])
+            return torch.cat([self._run_cuda({k: v[s : s + self.max_batch] for k, v in feeds.items()})
+                              for s in range(0, B, self.max_batch)])
+        W = out_width(feeds)  # K positions with an index, else L
         caller = torch.cuda.current_stream(self.device)
         ours = self._torch_stream
         assert ours is not None
         ours.wait_stream(caller)  # the caller's writes (tokens) land before onnxruntime reads them
         with torch.cuda.stream(ours):
-            if tokens.device == self.device and tokens.dtype == torch.int64 and tokens.is_contiguous():
-                x = tokens
-                x.record_stream(ours)  # the caller's tensor, read on our stream
-            else:  # host (or other-GPU) tokens: one copy into a reused device buffer (on our stream)
-                if self._in_buf is None or self._in_buf.numel() < B * L:
-                    self._in_buf = torch.empty(B * L, dtype=torch.int64, device=self.device)
-                x = self._in_buf[: B * L].view(B, L)
-                x.copy_(tokens, non_blocking=True)
-            out = torch.empty((B, L, self.vocab_size), dtype=self._out_dtype, device=self.device)  # (B, L, V)
+            bound: dict[str, torch.Tensor] = {}
+            for name, t in feeds.items():
+                if t.device == self.device and t.dtype == torch.int64 and t.is_contiguous():
+                    t.record_stream(ours)  # the caller's tensor, read on our stream
+                    bound[name] = t
+                elif name == self.info.input_name:  # host (or other-GPU) tokens: one copy into a reused buffer
+                    if self._in_buf is None or self._in_buf.numel() < B * L:
+                        self._in_buf = torch.empty(B * L, dtype=torch.int64, device=self.device)
+                    x = self._in_buf[: B * L].view(B, L)
+                    x.copy_(t, non_blocking=True)
+                    bound[name] = x
+                else:  # lengths / index: small, copied on our stream
+                    bound[name] = t.to(self.device, torch.int64, non_blocking=True).contiguous()
+            out = torch.empty((B, W, self.vocab_size), dtype=self._out_dtype, device=self.device)  # (B, L|K, V)
             b = self._binding
             assert b is not None  # set for CUDA sessions, and this is the CUDA path
             b.clear_binding_inputs()
             b.clear_binding_outputs()
-            b.bind_input(name=self.info.input_name, device_type="cuda", device_id=self.device.index or 0,
-                         element_type=np.int64, shape=(B, L), buffer_ptr=x.data_ptr())
+            for name, t in bound.items():
+                b.bind_input(name=name, device_type="cuda", device_id=self.device.index or 0,
+                             element_type=np.int64, shape=tuple(t.shape), buffer_ptr=t.data_ptr())
             b.bind_output(name=self.info.output_name, device_type="cuda", device_id=self.device.index or 0,
-                          element_type=_np_dtype(self._out_dtype), shape=(B, L, self.vocab_size),
+                          element_type=_np_dtype(self._out_dtype), shape=(B, W, self.vocab_size),
                           buffer_ptr=out.data_ptr())
             self.session.run_with_iobinding(b)
         caller.wait_stream(ours)  # the caller's next kernels see the logits
         out.record_stream(caller)  # made on our stream, used on the caller's
         return out.float()
+
+
+def _apply_task_settings(info: Any, settings: list[str]) -> None:
+    """``task.key=value`` settings applied to the artifact's config (the ``model`` option); anything else is an
+    error: the backbone is baked into the exported graph."""
+    if not settings:
+        return
+    from unmask.core.config import apply_overrides
+    from unmask.core.errors import ConfigError
+
+    for item in settings:
+        if not item.strip().startswith("task."):
+            raise ConfigError(f"'{item}' does not apply to the exported model '{info.path}': only task settings "
+                              "(task.key=value) can change; the backbone's are part of the graph (re-export it)")
+    new = apply_overrides(info.config, settings)
+    from unmask.core.task import build_task
+
+    build_task(new["task"], "model task")  # unknown keys and wrong types: one line naming the key
+    info.config.clear()
+    info.config.update(new)
 
 
 def _np_dtype(dt: torch.dtype) -> Any:

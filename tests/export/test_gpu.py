@@ -132,6 +132,7 @@ def test_tensorrt_plan_round_trip(tiny_model: Path, tmp_path: Path) -> None:
 @needs_tensorrt
 def test_tensorrt_from_onnx_and_parser_errors(tiny_onnx: tuple[Path, dict], tmp_path: Path) -> None:
     import onnx
+
     from unmask.core.errors import CheckpointError
     from unmask.export.tensorrt import build_tensorrt
 
@@ -177,3 +178,62 @@ def test_onnxruntime_cuda_runs_on_its_own_stream(tiny_onnx: tuple[Path, dict]) -
         b = engine(x.cpu())
     torch.cuda.synchronize()
     assert torch.equal(a, b)
+
+
+def _text_model(tmp_path: Path) -> Path:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from text_models import build
+
+    return build("llada", tmp_path / "llada")
+
+
+def _text_decode_same(ref, engine, model: Path, device: torch.device) -> None:  # noqa: ANN001
+    """Four prompts of different lengths in one batch, top_prob and blockwise margin: the same tokens as torch."""
+    from unmask.core.decoding.schedule import decode_many
+    from unmask.core.generate import text_strategy
+    from unmask.core.task import build_task
+
+    task = build_task(ref.config["task"], "model task", model=model)
+    data = task.rows([{"prompt": p, "gen_length": 8 + 3 * i} for i, p in enumerate(
+        ["the cat sat on", "one two three four five six", "hello", "a big red dog"])])
+    for spec, block in (("top_prob", 0), ("margin", 4)):
+        s = text_strategy(spec, 20, block)
+        out = [decode_many(e, torch.from_numpy(data.inputs).to(dev), torch.from_numpy(data.given).to(dev), s,
+                           mask_id=task.mask_id, generator=torch.Generator().manual_seed(0), batch_size=4,
+                           lengths=torch.from_numpy(data.meta["length"]).to(dev))
+               for e, dev in ((ref, torch.device("cpu")), (engine, device))]
+        assert torch.equal(out[0].tokens, out[1].tokens.cpu()), spec
+        assert torch.equal(out[0].nfe, out[1].nfe.cpu()), spec
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_ort_cuda),
+                                    pytest.param("tensorrt", marks=needs_ort_trt)])
+def test_onnxruntime_gpu_text_export_decodes_like_torch(tmp_path: Path, device: str) -> None:
+    """A text export (tokens, lengths, index) through onnxruntime's CUDA / TensorRT providers with IO binding."""
+    from unmask.core.decoding.runtime import open_engine
+    from unmask.export.onnx import export_onnx
+
+    model = _text_model(tmp_path)
+    export_onnx(model, tmp_path / "t.onnx", log=None)
+    engine = open_engine(tmp_path / "t.onnx", "onnxruntime", device=device, trt_max_batch=8, trt_max_seq=64)
+    assert engine.inputs == ("lengths", "index")
+    _text_decode_same(open_engine(model, "torch"), engine, model, engine.device)
+
+
+@pytest.mark.tensorrt
+@needs_tensorrt
+def test_tensorrt_text_plan_round_trip(tmp_path: Path) -> None:
+    """A text plan with a (batch, length, K) profile: parity at build, then decoding like torch (K chunked when the
+    index is wider than --max-k)."""
+    from unmask.core.decoding.runtime import open_engine
+    from unmask.export.tensorrt import build_tensorrt
+
+    model = _text_model(tmp_path)
+    report = build_tensorrt(model, tmp_path / "t.plan", min_batch=1, max_batch=8, max_seq=64, max_k=8, log=None)
+    assert report["parity"]["passed"] and report["profile"]["seq"]["max"] == 64 and report["profile"]["k"]["max"] == 8
+    engine = open_engine(tmp_path / "t.plan", "tensorrt")
+    assert engine.inputs == ("lengths", "index") and (engine.max_seq, engine.max_k) == (64, 8)
+    _text_decode_same(open_engine(model, "torch"), engine, model, engine.device)
