@@ -15,12 +15,14 @@ floating-point summation order), so it equals ``unmask solve``'s. A random strat
 generator batch-wise; a request with a ``seed`` is then decoded in a private one-request table with its own
 generator, so it equals ``unmask solve --seed``.
 
-Errors: malformed JSON, unknown fields, wrong types, an input the task refuses -> 400; a body over the size limit
--> 413; a full queue -> 503 with ``Retry-After`` (the queue is bounded in rows); a request that outlives
-``request_timeout`` -> 504; a failing engine or strategy step -> 500 for the requests in that step's table, and the
-worker goes on. Every error body is ``{"error": "<one line>"}``. A request whose client disconnects is dropped
-from the queue or the table at the next step. SIGTERM / SIGINT: stop accepting, finish the requests in flight
-(bounded by ``shutdown_timeout``), exit 0.
+Errors: malformed JSON, unknown fields, wrong types, an input the task refuses -> 400; a browser request from
+another origin (``Origin`` not this server) -> 403; a body not received within ``read_timeout`` -> 408 (a request
+head not received within it: the connection is closed); a body over the size limit -> 413; a client that hangs up
+-> 499 (metrics only); a full queue -> 503 with ``Retry-After`` (the queue is bounded in rows); a request that
+outlives ``request_timeout`` -> 504, or ``shutdown_timeout`` -> 503; a failing engine or strategy step, or a row
+whose given cells came back changed, -> 500 for the requests concerned, and the worker goes on. Every error body is
+``{"error": "<one line>"}``. A request whose client disconnects is dropped from the queue or the table at the next
+step. SIGTERM / SIGINT: stop accepting, finish the requests in flight (bounded by ``shutdown_timeout``), exit 0.
 
 Starlette, uvicorn and prometheus-client are the ``serve`` extra (``pip install -e ".[serve]"``); they are imported
 only here, so ``import unmask.core`` stays cheap.
@@ -666,6 +668,7 @@ def _protocol(read_timeout: float) -> type:
 def listen_socket(host: str, port: int) -> Any:
     """A socket bound to ``host``:``port`` (before uvicorn starts: a taken port or an unknown host is one
     ``error:`` line and exit 2, not uvicorn's log and exit 3)."""
+    import errno
     import socket
 
     try:
@@ -680,7 +683,7 @@ def listen_socket(host: str, port: int) -> Any:
         sock.bind(addr)
     except OSError as exc:
         sock.close()
-        hint = "choose another --port (0: any free one)" if exc.errno == 98 else "check --host and --port"
+        hint = "choose another --port (0: any free one)" if exc.errno == errno.EADDRINUSE else "check --host and --port"
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}") from None
     return sock
 

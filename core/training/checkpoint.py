@@ -5,6 +5,11 @@ options, unmask version). A training *checkpoint* is a model directory plus ``op
 ``state.json`` (step, optimizer scalars, RNG states). A *run directory* holds ``checkpoints/step-NNNNNNN/`` and a
 ``LATEST`` file naming the newest complete one. Every write goes to a temporary directory first and is renamed into
 place, so a crash (even SIGKILL) never leaves a half-written checkpoint behind.
+
+Every file is checksummed: ``config.json`` carries a SHA-256 over the weights and the model-defining config, and
+one per other file (``checksum.files``: state, optimizer, masking pool, EMA weights, logs). A resume checks them all
+and the state's shape first; a damaged checkpoint is one error naming the previous intact one. ``LATEST`` may only
+name a checkpoint of its own run.
 """
 
 from __future__ import annotations
