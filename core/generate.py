@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         check_outputs([("--json", args.json)], [("--model", args.model), *([("--prompts", args.prompts)]
                                                                             if args.prompts else [])])
     threads = args.threads or default_threads("generate")
-    engine = open_engine(args.model, "torch", device=args.device, threads=threads, model=model_settings(args))
+    engine = open_engine(args.model, None, device=args.device, threads=threads, model=model_settings(args))
     task = build_task(engine.config["task"], "model task", model=args.model)
     if not hasattr(task, "answer"):
         raise InputError(f"model '{args.model}' decodes task '{task.name}', not text; use unmask solve or eval")

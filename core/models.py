@@ -82,7 +82,8 @@ def load_model(path: str | os.PathLike, *, task: Task | None = None,
 
     With ``task`` given, the checkpoint must have been trained for the same task and options. ``overrides``
     (``section.key=value``) change the config of a foreign model before it is built (``backbone.trust_remote_code=
-    true``, ``task.mask_id=126336``); unmask's own checkpoints are checksummed and take none.
+    true``, ``task.mask_id=126336``); unmask's own checkpoints take ``task.*`` settings only (a text model's
+    ``gen_length``, ``chat``): the other sections define the weights.
     """
     foreign = foreign_model_config(path)
     if foreign is not None:
@@ -99,10 +100,15 @@ def load_model(path: str | os.PathLike, *, task: Task | None = None,
         config["task"] = ck_task.config_dict()
         config["backbone"] = backbone
         return ck_task, module.eval(), config
-    if overrides:
-        raise ConfigError(f"'{path}' is an unmask model; its config takes no overrides ({overrides[0]})")
+    weights = [o for o in overrides or [] if not o.strip().startswith("task.")]
+    if weights:  # the backbone and training sections define the weights (and are checksummed)
+        raise ConfigError(f"'{path}' is an unmask model: only its task's options can be set ({weights[0]})")
     model_dir = resolve_model_dir(path)
     config = read_config(model_dir)
+    if overrides:  # decoding-side task options (a text model's gen_length, chat, ...), after the checksum check
+        from unmask.core.config import apply_overrides
+
+        config = apply_overrides(config, overrides)
     try:
         ck_task = build_task(config["task"], "checkpoint task")
     except ConfigError as exc:

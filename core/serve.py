@@ -64,6 +64,10 @@ class SolveRequest(msgspec.Struct, forbid_unknown_fields=True):
     inputs: list[str] | None = None
     seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
     trace: bool = False
+    strategy: str | dict[str, Any] | None = None
+    """This request's strategy (a name, ``"name:key=value"`` or an object of options); default: the server's."""
+    steps: int | None = None
+    """This request's step budget (at most the server's ``--max-steps``)."""
 
 
 @dataclass
@@ -78,6 +82,8 @@ class ServeOptions:
     seed: int = 0  # the server generator's seed (random strategies)
     retry_after: int = 1  # seconds, on 503
     read_timeout: float = 30.0  # seconds a client has to send its request headers, and again its body; then closed
+    max_steps: int = 1024  # a request's step budget (per-request strategies)
+    max_tokens: int = 512  # tokens a text request may generate per choice
 
 
 class QueueFull(Exception):
@@ -96,6 +102,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     seed: int | None = None
+    strategy: Strategy | None = None  # the request's own (None: the server's)
     t0: float = field(default_factory=time.perf_counter)
     tokens: np.ndarray = field(init=False)  # (n, L), set by __post_init__ (the inputs until decoded)
     nfe: np.ndarray = field(init=False)  # (n,)
@@ -143,7 +150,12 @@ class Worker(threading.Thread):
 
     def __init__(self, engine: Any, task: Task, strategy: Strategy, options: ServeOptions, metrics: Metrics) -> None:
         super().__init__(name="unmask-decode", daemon=True)
-        self.engine, self.task, self.strategy, self.opts, self.m = engine, task, strategy, options, metrics
+        from unmask.core.decoding.mixed import MixedStrategies
+
+        self.engine, self.task, self.opts, self.m = engine, task, options, metrics
+        self.default = strategy
+        # every row decodes with its request's strategy and step budget, all in one engine call per step
+        self.strategy = self.mixed = MixedStrategies(strategy, max_steps=max(options.max_steps, strategy.steps))
         cap = options.max_batch
         max_batch = getattr(engine, "max_batch", None)
         if isinstance(max_batch, int) and max_batch > 0:
@@ -154,7 +166,7 @@ class Worker(threading.Thread):
         self.table = SlotTable(cap, self.L, device=self.device, trace=True)
         self.generator = torch.Generator(device="cpu").manual_seed(options.seed)
         self.private: list[tuple[SlotTable, torch.Generator]] = []  # seeded requests of a random strategy
-        self.steps = check_strategy(strategy)
+        self.steps = check_strategy(self.mixed)
         self.vocab_size = engine_vocab(engine, None)
         self.cv = threading.Condition()
         self.pending: collections.deque[tuple[int, Job, int]] = collections.deque()  # (row id, job, row index)
@@ -178,7 +190,7 @@ class Worker(threading.Thread):
             if not todo:
                 job.future.set_result(job)
                 return
-            private = job.seed is not None and not self.strategy.deterministic
+            private = job.seed is not None and not (job.strategy or self.default).deterministic
             if len(self.pending) + sum(len(j.ids) for j in self.new_private) + len(todo) > self.opts.max_queue:
                 raise QueueFull()
             job.remaining = len(todo)
@@ -187,6 +199,10 @@ class Worker(threading.Thread):
                 self.next_id += 1
                 job.ids.append(rid)
                 self.rows[rid] = (job, i)
+            if job.strategy is not None:
+                self.mixed.assign(job.ids, job.strategy)
+            for rid in job.ids:
+                i = self.rows[rid][1]
                 if not private:
                     self.pending.append((rid, job, i))
             if private:
@@ -212,12 +228,21 @@ class Worker(threading.Thread):
     def _admit(self, table: SlotTable, rows: list[tuple[int, Job, int]]) -> None:
         if not rows:
             return
-        tok = np.stack([job.data.inputs[i] for _, job, i in rows])
-        giv = np.stack([job.data.given[i] for _, job, i in rows])
+        # rows narrower than the table (text: each request is as wide as its longest row) are right-padded, given
+        pad = int(getattr(self.task, "pad_id", 0))
+        tok = np.full((len(rows), self.L), pad, dtype=np.int64)
+        giv = np.ones((len(rows), self.L), dtype=bool)
+        lens = np.full(len(rows), self.L, dtype=np.int64)
+        for k, (_, job, i) in enumerate(rows):
+            w = job.data.inputs.shape[1]
+            tok[k, :w], giv[k, :w] = job.data.inputs[i], job.data.given[i]
+            if "length" in job.data.meta:
+                lens[k] = int(job.data.meta["length"][i])
         t = torch.from_numpy(tok).to(self.device)
         g = torch.from_numpy(giv).to(self.device)
         ids = torch.tensor([rid for rid, _, _ in rows], dtype=torch.int64, device=self.device)
-        table.admit(t, (t == self.task.mask_id) & ~g, g, ids)
+        table.admit(t, (t == self.task.mask_id) & ~g, g, ids,
+                    None if bool((lens == self.L).all()) else torch.from_numpy(lens).to(self.device))
 
     def _take(self) -> list[tuple[int, Job, int]] | None:
         """Under the lock: the rows to admit now ([] = none, step what is live), or None when the worker should exit.
@@ -316,20 +341,23 @@ class Worker(threading.Thread):
                 continue
             job, i = entry
             given = job.data.given[i]
-            changed = int((tok[j][given] != job.data.inputs[i][given]).sum())
+            row = tok[j][: given.shape[0]]
+            changed = int((row[given] != job.data.inputs[i][given]).sum())
             if changed:  # never answer 200 with a changed prompt: the engine or the strategy wrote into its inputs
                 msg = (f"decoding changed {changed} given cell(s) of a row: the engine "
-                       f"({type(self.engine).__name__}) or the strategy ('{self.strategy.name}') writes into the "
+                       f"({type(self.engine).__name__}) or the strategy ('{(job.strategy or self.default).name}') "
+                       "writes into the "
                        "tokens it is given; fix or replace that plugin")
                 log.error("%s", msg)
                 self.stats["errors"] += 1
                 self._fail(rid, msg)
                 continue
             self.rows.pop(rid, None)
-            job.tokens[i] = tok[j]
+            self.mixed.release([rid])
+            job.tokens[i] = row
             job.nfe[i] = nfe[j]
             if order is not None:
-                job.order[i] = order[j]
+                job.order[i] = order[j][: given.shape[0]]
             job.remaining -= 1
             if job.remaining == 0:
                 self._resolve(job)
@@ -339,6 +367,7 @@ class Worker(threading.Thread):
         if entry is None:
             return
         job = entry[0]
+        self.mixed.release(job.ids)
         if job.error is None:
             job.error = msg
             for other in job.ids:  # the job's other rows are void too
@@ -358,6 +387,7 @@ class Worker(threading.Thread):
     def _drop(self, jobs: list[Job]) -> None:
         ids = set()
         for job in jobs:
+            self.mixed.release(job.ids)
             for rid in job.ids:
                 if self.rows.pop(rid, None) is not None:
                     ids.add(rid)
@@ -509,7 +539,8 @@ class Service:
                 raise InputError(f"inputs[{k}]: {exc}" if req.inputs is not None else str(exc)) from None
         return parts[0] if len(parts) == 1 else Dataset.concat(parts)
 
-    async def solve(self, request: Any) -> Any:
+    async def _read(self, request: Any) -> bytes | Any:
+        """The request's body, or the error response that ends it (cross-origin, too big, too slow, gone)."""
         origin = self._cross_origin(request)
         if origin is not None:
             return self.error(403, f"cross-origin request (Origin: {origin[:100]}) refused; call the server from the "
@@ -523,18 +554,36 @@ class Service:
         if body == 499:  # nobody is listening; the status is for the metrics only
             return self.error(499, "client disconnected while sending the request")
         assert isinstance(body, bytes)
-        try:
-            req = msgspec.json.decode(body, type=SolveRequest)
-        except msgspec.ValidationError as exc:
-            return self.error(400, f"invalid request: {exc}")
-        except msgspec.DecodeError as exc:
-            return self.error(400, f"request body is not valid JSON: {exc}")
-        try:
-            data = self._parse(req)
-        except UnmaskError as exc:
-            return self.error(400, str(exc))
+        return body
+
+    def request_strategy(self, spec: str | dict[str, Any] | None, steps: int | None) -> Strategy | None:
+        """A request's own strategy (None: the server's), within the server's step limit."""
+        if spec is None and steps is None:
+            return None
+        from unmask.core.cli import strategy_specs
+        from unmask.core.config import apply_overrides
+        from unmask.core.strategy import build_strategy
+
+        if spec is None:
+            section = dict(self.strategy.config_dict())
+        elif isinstance(spec, str):
+            specs = strategy_specs(spec)
+            if len(specs) != 1:
+                raise InputError(f'"strategy" names {len(specs)} strategies; give one, e.g. "margin"')
+            section = {"name": specs[0][0], **apply_overrides({}, [f"s.{o}" for o in specs[0][1]]).get("s", {})}
+        else:
+            section = dict(spec)
+        if steps is not None:
+            section["steps"] = steps
+        strategy = build_strategy(section, "strategy")
+        if strategy.steps > self.worker.mixed.cap:
+            raise InputError(f'"steps" is {strategy.steps}; this server allows at most {self.worker.mixed.cap}')
+        return strategy
+
+    async def _decode(self, request: Any, data: Dataset, seed: int | None, strategy: Strategy | None) -> Any:
+        """Decode ``data`` in the worker's slot table: the finished :class:`Job`, or the error response."""
         loop = asyncio.get_running_loop()
-        job = Job(data, loop, loop.create_future(), seed=req.seed)
+        job = Job(data, loop, loop.create_future(), seed=seed, strategy=strategy)
         try:
             self.worker.submit(job)
         except QueueFull:
@@ -567,9 +616,61 @@ class Service:
             return self.error(504, f"request not answered within {self.opts.request_timeout:g} s")
         if job.error is not None:
             return self.error(500, job.error)
-        rows = answers(self.task, job, req.trace)
         self.metrics.latency.observe(time.perf_counter() - job.t0)
+        return job
+
+    async def solve(self, request: Any) -> Any:
+        body = await self._read(request)
+        if not isinstance(body, bytes):
+            return body
+        try:
+            req = msgspec.json.decode(body, type=SolveRequest)
+        except msgspec.ValidationError as exc:
+            return self.error(400, f"invalid request: {exc}")
+        except msgspec.DecodeError as exc:
+            return self.error(400, f"request body is not valid JSON: {exc}")
+        try:
+            data = self._parse(req)
+            strategy = self.request_strategy(req.strategy, req.steps)
+        except UnmaskError as exc:
+            return self.error(400, str(exc))
+        job = await self._decode(request, data, req.seed, strategy)
+        if not isinstance(job, Job):
+            return job
+        rows = answers(self.task, job, req.trace)
         return self._json(200, rows[0] if req.input is not None else {"results": rows})
+
+    async def _openai(self, request: Any, chat: bool) -> Any:
+        from unmask.core import openai_api
+
+        body = await self._read(request)
+        if not isinstance(body, bytes):
+            return body
+        try:
+            req = msgspec.json.decode(body, type=openai_api.CompletionRequest)
+        except msgspec.ValidationError as exc:
+            return self.error(400, f"invalid request: {exc}")
+        except msgspec.DecodeError as exc:
+            return self.error(400, f"request body is not valid JSON: {exc}")
+        if req.stream:
+            return self.error(400, '"stream" is not offered by this server; send the request without it')
+        limits = openai_api.Limits(max_tokens=self.opts.max_tokens, max_steps=self.worker.mixed.cap,
+                                   max_rows=self.opts.max_inputs)
+        try:
+            data, strategy, _gen = openai_api.parse(self.task, req, chat, self.strategy, limits)
+        except UnmaskError as exc:
+            return self.error(400, str(exc))
+        job = await self._decode(request, data, req.seed, strategy)
+        if not isinstance(job, Job):
+            return job
+        return self._json(200, openai_api.response(self.task, req, chat, data, job.tokens, job.nfe,
+                                                   model_name(self.model)))
+
+    async def completions(self, request: Any) -> Any:
+        return await self._openai(request, chat=False)
+
+    async def chat_completions(self, request: Any) -> Any:
+        return await self._openai(request, chat=True)
 
     async def health(self, request: Any) -> Any:
         w = self.worker
@@ -612,6 +713,8 @@ class Service:
         return Starlette(
             routes=[
                 Route("/v1/solve", self.solve, methods=["POST"]),
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route("/v1/health", self.health, methods=["GET"]),
                 Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             ],
@@ -753,10 +856,14 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--read-timeout", type=float, default=30.0,
                    help="seconds a client has to send its request headers, and again its body (default 30)")
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    s.add_argument("--max-steps", type=int, default=1024, help="the largest step budget a request may ask for "
+                   "(its own \"steps\"; default 1024)")
+    s.add_argument("--max-tokens", type=int, default=512, help="text models: the most tokens a request may generate "
+                   "per choice (\"max_tokens\"; default 512)")
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("max_batch", "max_queue", "max_inputs", "max_body"):
+    for name in ("max_batch", "max_queue", "max_inputs", "max_body", "max_steps", "max_tokens"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
@@ -783,7 +890,8 @@ def run(args: argparse.Namespace, engine: Any, task: Task, strategy: Strategy) -
     _check_args(args)
     opts = ServeOptions(max_batch=args.max_batch, max_queue=args.max_queue, max_inputs=args.max_inputs,
                         max_body=args.max_body, request_timeout=args.request_timeout, scheduler=args.scheduler,
-                        static_wait_ms=args.static_wait_ms, seed=args.seed, read_timeout=args.read_timeout)
+                        static_wait_ms=args.static_wait_ms, seed=args.seed, read_timeout=args.read_timeout,
+                        max_steps=args.max_steps, max_tokens=args.max_tokens)
     service = Service(engine, task, strategy, opts, model=str(args.model))
     server = _uvicorn_server(service.app, args.host, args.port, args.shutdown_timeout, args.log_level,
                              args.read_timeout)

@@ -80,6 +80,7 @@ class StepInput:
     n_masked: torch.Tensor | None = None  # (B,) int64: masks the schedule spreads over ``left`` (default: row's)
     left: torch.Tensor | None = None  # (B,) int64 >= 1: steps left for them (1 = commit them all now)
     positions: torch.Tensor | None = None  # (B, L) int64: sequence position of each column (None: identity)
+    ids: torch.Tensor | None = None  # (B,) int64: the rows' request ids, for strategies that decide per request
 
 
 @dataclass

@@ -265,9 +265,11 @@ def run_step(
     B, L = tokens.shape
     plan: Window | None = None
     planner = getattr(strategy, "window", None)
+    per_row = bool(getattr(strategy, "per_row", False))  # decides by request id (MixedStrategies)
+    ids = row_ids if row_ids is not None else torch.arange(B, device=tokens.device)
     if callable(planner):
         try:
-            plan = planner(masked, given, step, steps)
+            plan = planner(masked, given, step, steps, ids=ids) if per_row else planner(masked, given, step, steps)
         except UnmaskError:
             raise
         except Exception as exc:  # noqa: BLE001 - a plugin's bug, one line naming it
@@ -301,6 +303,7 @@ def run_step(
                       window=None if plan is None else plan.cand, n_masked=None if plan is None else plan.n_masked,
                       left=None if plan is None else plan.left)
     x.tokens, x.masked, x.given = x.tokens.clone(), x.masked.clone(), x.given.clone()  # the strategy's own copies
+    x.ids = ids
     try:
         out = strategy.step(x)
     except UnmaskError:

@@ -197,6 +197,15 @@ class Text(Task):
             return list(tok(text, add_special_tokens=False)["input_ids"])
         return list(tok(prompt)["input_ids"])
 
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """A conversation through the tokenizer's chat template, ending in the assistant's generation prompt."""
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise InputError(f"the tokenizer in '{self._tokenizer_dir()}' has no chat template, so it takes no "
+                             "messages; send a prompt")
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+
     def encode_plain(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
@@ -216,7 +225,16 @@ class Text(Task):
             answer = ex.get("answer", "")
             if not isinstance(answer, str):
                 raise InputError(f"{at}: 'answer' must be a string")
-            if "prompt" in ex:
+            if "messages" in ex:
+                msgs = ex["messages"]
+                if not isinstance(msgs, list) or not msgs or not all(
+                        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                        for m in msgs):
+                    raise InputError(f"{at}: 'messages' must be a non-empty list of {{\"role\", \"content\"}} "
+                                     "objects with string values")
+                seqs.append((self.encode_chat([{"role": m["role"], "content": m["content"]} for m in msgs]), gen,
+                             []))
+            elif "prompt" in ex:
                 if not isinstance(ex["prompt"], str):
                     raise InputError(f"{at}: 'prompt' must be a string")
                 seqs.append((self.encode_prompt(ex["prompt"]), gen, []))
@@ -231,7 +249,7 @@ class Text(Task):
                     gen = max(1, len(self.encode_plain(answer)))
                 seqs.append((self.encode_plain(pre), gen, self.encode_plain(suf)))
             else:
-                raise InputError(f"{at}: needs 'prompt', or 'prefix' and 'suffix'")
+                raise InputError(f"{at}: needs 'prompt', 'messages', or 'prefix' and 'suffix'")
             answers.append(answer)
             for k in extra:
                 v = ex.get(k, "")
@@ -349,6 +367,11 @@ class Text(Task):
         stops = np.isin(span, np.array(self.stop_ids, dtype=np.int64))
         cut = int(stops.argmax()) if stops.any() else len(span)
         return [int(t) for t in span[:cut]]
+
+    def stopped(self, tokens: np.ndarray, given: np.ndarray) -> bool:
+        """Whether the row's generated span holds an end-of-text token (it ended before its length ran out)."""
+        span = np.asarray(tokens)[~np.asarray(given, dtype=bool)]
+        return bool(np.isin(span, np.array(self.stop_ids, dtype=np.int64)).any())
 
     def answer(self, tokens: np.ndarray, given: np.ndarray) -> str:
         """The decoded answer text of one row."""

@@ -200,8 +200,6 @@ def test_python_api_generates_from_the_export_like_torch(own_export: tuple[Path,
     assert [(g.text, g.nfe) for g in a] == [(g.text, g.nfe) for g in b]
 
 
-@pytest.mark.xfail(reason="unmask generate opens every model with the torch runtime; an .onnx file needs the runtime "
-                   "chosen by its suffix (runtime_for_path), as eval and the Python API do", strict=False)
 def test_generate_cli_on_an_export(own_export: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from unmask.core.cli import main
 
