@@ -327,7 +327,8 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
     opts: dict[str, Any] = {}
     typed = {"device": args.device, "bf16": getattr(args, "bf16", False) or None,
              "compile": getattr(args, "compile", False) or None, "threads": getattr(args, "threads", None),
-             "micro_batch": getattr(args, "micro_batch", None)}
+             "micro_batch": getattr(args, "micro_batch", None),
+             "model": ["backbone.trust_remote_code=true"] if getattr(args, "trust_remote_code", False) else None}
     for key, value in typed.items():
         if value is None:
             continue
@@ -780,8 +781,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(unmask list models), as PATH or LABEL=PATH")
     s.add_argument("--out", required=True, metavar="PNG", type=_image,
                    help="where to write the plot (.png, or .pdf, .svg, ...)")
-    s.add_argument("--x", choices=("samples", "step", "seconds"), default="samples",
-                   help="x axis: samples seen (default), optimizer step or training seconds")
+    s.add_argument("--x", choices=("samples", "step", "seconds", "flops"), default="samples",
+                   help="x axis: samples seen (default), optimizer step, training seconds or training FLOPs (runs "
+                   "logged without them: derived from samples and the run's config)")
     s.add_argument("--title", help="plot title")
     s.set_defaults(fn=cmd_curves)
 
@@ -803,6 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="strategy option for every strategy, e.g. noise=gumbel, noise_scale=0.5, value=sample "
                        "(per strategy: --strategies NAME:KEY=VALUE)")
         s.add_argument("--seed", type=_seed, default=0, help="seed of the decoding randomness and of --generate")
+        s.add_argument("--trust-remote-code", action="store_true", help="a Hugging Face model directory with its own "
+                       "modeling code (LLaDA, Dream): run that code; this EXECUTES THE CHECKPOINT'S PYTHON CODE on "
+                       "this machine, only for checkpoints you trust")
 
     s = sub.add_parser("eval", help="evaluate strategies on generated or given data")
     model_args(s)

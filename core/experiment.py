@@ -923,7 +923,7 @@ def evaluate_rows(plan: Plan, models: dict[str, ModelInfo], *, device: str, batc
     for (key, dkey), rows in groups.items():
         info, d = models[key], plan.data[dkey]
         engine = open_engine(info.path, "torch", device=device)
-        task = build_task(engine.config["task"], "model task")
+        task = build_task(engine.config["task"], "model task", model=info.path)
         cache = json.dumps([task.config_dict(), d.split, d.n, d.seed], sort_keys=True)
         if cache not in datasets:
             datasets[cache] = task.generate(d.split, d.n, d.seed, progress=progress and is_main())

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="reproduce", description=__doc__.split("\n\n")[0],
                                 epilog="Other flags: those of unmask experiment (--scale, --runs, --results, --n, "
                                 "--seed, --device, --batch-size, --steps, --set, --no-progress).")
-    p.add_argument("--table", type=int, required=True, choices=(1, 2, 3, 5))
+    p.add_argument("--table", type=int, required=True, choices=(1, 2, 3, 4, 5))
     p.add_argument("--pairs", help="Table 1 only: (N, P) pairs among its models, e.g. 25:275,100:200 (the models "
                    "lo_25_275, lo_100_200 of table1.toml)")
     args, rest = p.parse_known_args(argv)

@@ -68,16 +68,23 @@ def _write_json(path: Path, data: Any) -> None:
         os.fsync(f.fileno())
 
 
-def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Tied weights (an embedding shared with the output layer) as separate copies: safetensors stores no shared
-    memory; loading assigns each copy to the one parameter again."""
-    seen: set[int] = set()
-    out = {}
+ALIASES = "unmask.aliases"  # safetensors metadata: {name: name of the tensor it shares memory with}
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tied weights (an embedding shared with the output layer) stored once: safetensors keeps no shared memory, so
+    every further name of one tensor becomes an alias (in the file's metadata) that loading restores."""
+    first: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    out: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
     for k, v in tensors.items():
-        ptr = v.untyped_storage().data_ptr()
-        out[k] = v.clone() if ptr in seen else v
-        seen.add(ptr)
-    return out
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key in first:
+            aliases[k] = first[key]
+        else:
+            first[key] = k
+            out[k] = v
+    return out, aliases
 
 
 def save_model_dir(
@@ -96,17 +103,19 @@ def save_model_dir(
     remove_stale_temps(out.parent)  # what SIGKILLed writers left (never a live process's)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
-        tensors = _unshared({k: v.detach().contiguous().cpu() for k, v in state_dict.items()})
-        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": FORMAT})
+        tensors, aliases = _unshared({k: v.detach().contiguous().cpu() for k, v in state_dict.items()})
+        save_file(tensors, str(tmp / MODEL_FILE),
+                  metadata={"format": FORMAT, **({ALIASES: json.dumps(aliases)} if aliases else {})})
         if optimizer is not None:
             opt_tensors, opt_meta = _flatten_optimizer(optimizer)
             save_file(opt_tensors, str(tmp / OPTIM_FILE), metadata={"format": FORMAT})
             _write_json(tmp / STATE_FILE, {**(state or {}), "optimizer": opt_meta})
         elif state is not None:
             _write_json(tmp / STATE_FILE, state)
-        for name, group in (extra_tensors or {}).items():  # more safetensors files (e.g. a training pool)
-            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp / name),
-                      metadata={"format": FORMAT})
+        for name, group in (extra_tensors or {}).items():  # more safetensors files (e.g. a training pool, EMA)
+            unique, aliases = _unshared({k: v.detach().contiguous().cpu() for k, v in group.items()})
+            save_file(unique, str(tmp / name),
+                      metadata={"format": FORMAT, **({ALIASES: json.dumps(aliases)} if aliases else {})})
         for name, text in (extra_files or {}).items():  # str: UTF-8; bytes: copied as they are (e.g. a damaged log)
             (tmp / name).write_bytes(text if isinstance(text, bytes) else text.encode())
         digest, covers = model_checksum(config, (tmp / MODEL_FILE).read_bytes())
@@ -344,7 +353,26 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
             f"'{path}' is not a readable safetensors file ({exc}); the checkpoint is corrupt") from None
     if path.name == MODEL_FILE:
         _verify_checksum(path, data)
+    aliases = _aliases(data, path)
+    for name, src in aliases.items():  # tied weights stored once (see _unshared)
+        if src not in tensors:
+            raise CheckpointError(f"'{path}': '{name}' is an alias of '{src}', which the file does not hold; the "
+                                  "checkpoint is corrupt")
+        tensors[name] = tensors[src]
     return tensors
+
+
+def _aliases(data: bytes, path: Path) -> dict[str, str]:
+    """The alias table in a safetensors file's header metadata ({} when none)."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+        table = json.loads(meta.get(ALIASES, "{}"))
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        raise CheckpointError(f"'{path}' has an unreadable header; the checkpoint is corrupt") from None
+    if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+        raise CheckpointError(f"'{path}' has a malformed alias table; the checkpoint is corrupt")
+    return table
 
 
 def _file_sha256(path: Path) -> str:

