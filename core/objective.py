@@ -10,6 +10,8 @@ one when a model is loaded). It says
 - its data layout (:meth:`Objective.batch`: a batch of task examples as the two arrays its loss reads);
 - its loss (:meth:`Objective.loss`, drawing the batches it needs through ``draw``) and any state that must survive
   a resume (:meth:`Objective.state_tensors`, saved pickle-free beside the checkpoint);
+- optionally, what one training example costs the backbone (``flops_layout(module, data)`` -> ``(tokens, output
+  positions)``, read by :mod:`unmask.core.flops`; without it: the model task's ``seq_len``, logits everywhere);
 - what its models decode with (:meth:`Objective.decoders`: decode-loop strategies for an MDM, the greedy
   left-to-right evaluator for an ARM) and the default of ``train.val_strategies``.
 

@@ -15,6 +15,7 @@ from unmask.core.config import write_json
 from unmask.core.errors import InputError
 from unmask.core.evaluate import EvalResult
 from unmask.core.files import read_text, remove_stale_temps, temp_path
+from unmask.core.flops import format_flops
 from unmask.core.task import Dataset, Task
 
 
@@ -234,7 +235,8 @@ def line_chart(png: Path, curves: dict[str, list[tuple[float, float]]], flat: di
 
 
 # -- training curves -------------------------------------------------------------------------------------------------
-X_AXES = {"samples": "samples seen", "step": "optimizer step", "seconds": "training time (s)"}
+X_AXES = {"samples": "samples seen", "step": "optimizer step", "seconds": "training time (s)",
+          "flops": "training FLOPs"}
 
 
 def metrics_file(path: str | os.PathLike) -> Path:
@@ -250,7 +252,7 @@ def metrics_file(path: str | os.PathLike) -> Path:
 def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A run's training and validation records, each sorted by step with one record per step: a resumed run
     re-logs the steps after its checkpoint and the last record written wins. Validation records get
-    ``train_seconds`` interpolated from the training records when they lack it."""
+    ``train_seconds`` and ``train_flops`` interpolated from the training records when they lack them."""
     f = metrics_file(path)
     train: dict[int, dict[str, Any]] = {}
     val: dict[int, dict[str, Any]] = {}
@@ -271,12 +273,65 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[di
             val[int(rec["step"])] = rec
     tr = [train[k] for k in sorted(train)]
     va = [dict(val[k]) for k in sorted(val)]
-    timed = [r for r in tr if "train_seconds" in r]
-    if timed:
-        for r in va:
-            r.setdefault("train_seconds", float(np.interp(r["step"], [t["step"] for t in timed],
-                                                          [t["train_seconds"] for t in timed])))
+    for key in ("train_seconds", "train_flops"):
+        timed = [r for r in tr if key in r]
+        if timed:
+            for r in va:
+                r.setdefault(key, float(np.interp(r["step"], [t["step"] for t in timed], [t[key] for t in timed])))
     return tr, va
+
+
+def run_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The resolved config of the run behind a metrics file: its last ``start`` event's, else the model directory's
+    ``config.json`` beside it (or ``model/`` of a run directory); None when there is none."""
+    f = metrics_file(path)
+    config = None
+    for line in read_text(f, "metrics file").splitlines():
+        if '"start"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == "start" and isinstance(rec.get("config"), dict):
+            config = rec["config"]
+    if config is not None:
+        return config
+    for cand in (f.parent / "config.json", f.parent / "model" / "config.json"):
+        if cand.is_file():
+            try:
+                loaded = json.loads(read_text(cand, "model config"))
+            except json.JSONDecodeError:
+                continue
+            if isinstance(loaded, dict):
+                return loaded
+    return None
+
+
+def with_train_flops(label: str, path: str | os.PathLike, tr: list[dict[str, Any]],
+                     va: list[dict[str, Any]]) -> None:
+    """Give the records of a run logged before training FLOPs were counted their ``train_flops``: derived from the
+    samples seen and the run's recorded config (:func:`unmask.core.flops.config_train_flops`). A one-line InputError
+    naming the run when they cannot be."""
+    if any("train_flops" in r for r in tr + va):
+        return
+    from unmask.core.errors import UnmaskError
+    from unmask.core.flops import config_train_flops
+
+    name = label or str(path)
+    config = run_config(path)
+    if config is None:
+        raise InputError(f"run '{name}': its metrics.jsonl has no train_flops and no config (start event or "
+                         "config.json) to derive them from; plot it with --x samples")
+    try:
+        for r in tr + va:
+            if "samples" not in r:
+                raise InputError(f"its record of step {r['step']} has no samples")
+            r["train_flops"] = config_train_flops(config, int(r["samples"]))
+    except UnmaskError as exc:
+        msg = " ".join(str(exc).split())
+        raise InputError(f"run '{name}': its metrics.jsonl has no train_flops, and deriving them from its config "
+                         f"failed: {msg}; plot it with --x samples") from None
 
 
 def _check_record(rec: dict[str, Any], where: str) -> None:
@@ -291,7 +346,7 @@ def _check_record(rec: dict[str, Any], where: str) -> None:
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise bad("step", "a step number (an integer >= 0)")
     for key, value in rec.items():
-        if key in ("loss", "samples", "train_seconds", "lr") or key.startswith("val_"):
+        if key in ("loss", "samples", "train_seconds", "train_flops", "lr") or key.startswith("val_"):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 if key == "loss" and isinstance(value, float):
                     continue  # a diverged run logs a nan/inf loss; the plot leaves the point out
@@ -299,16 +354,20 @@ def _check_record(rec: dict[str, Any], where: str) -> None:
 
 
 def _xkey(x: str) -> str:
-    return "train_seconds" if x == "seconds" else x
+    return {"seconds": "train_seconds", "flops": "train_flops"}.get(x, x)
 
 
 def training_curves(png: Path, runs: Mapping[str, str | os.PathLike], x: str = "samples", title: str = "") -> None:
     """Training loss (left) and validation % solved per strategy (right) of one run or several overlaid
     (``runs``: label -> run directory / model directory / metrics.jsonl; an empty label for a single run), against
-    samples seen, optimizer steps or training seconds (``x``: a key of :data:`X_AXES`)."""
+    samples seen, optimizer steps, training seconds or training FLOPs (``x``: a key of :data:`X_AXES`; runs logged
+    before training FLOPs were counted get them derived, :func:`with_train_flops`)."""
     if x not in X_AXES:
         raise InputError(f"x axis {x!r} is unknown; use one of {', '.join(X_AXES)}")
     data = {label: read_metrics(path) for label, path in runs.items()}
+    if x == "flops":
+        for label, path in runs.items():
+            with_train_flops(label, path, *data[label])
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -332,6 +391,8 @@ def training_curves(png: Path, runs: Mapping[str, str | os.PathLike], x: str = "
     axes[1].set_ylim(0, 100)
     for ax in axes:
         ax.set_xlabel(X_AXES[x])
+        if x == "flops":  # runs of different cost side by side: decades apart
+            ax.set_xscale("log")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -343,18 +404,20 @@ def training_curves(png: Path, runs: Mapping[str, str | os.PathLike], x: str = "
 
 
 def curves_table(runs: Mapping[str, str | os.PathLike]) -> str:
-    """Each run's validation records as text: step, samples, training time and % solved per strategy (with % of
-    cells right where logged)."""
+    """Each run's validation records as text: step, samples, training time (and FLOPs where logged) and % solved per
+    strategy (with % of cells right where logged)."""
     lines = []
     for label, path in runs.items():
         tr, va = read_metrics(path)
         last = tr[-1] if tr else {}
+        flops = f", {format_flops(last['train_flops'])} FLOPs" if "train_flops" in last else ""
         lines.append(f"{label or path}: {last.get('step', 0)} steps, {last.get('samples', 0)} samples, "
-                     f"{last.get('train_seconds', 0.0) / 60:.1f} min of training")
+                     f"{last.get('train_seconds', 0.0) / 60:.1f} min of training{flops}")
         for r in va:
             vals = "  ".join(f"{k[4:]} {100 * v:.1f}" + (f" (cells {100 * r[k + '_cells']:.1f})"
                                                            if k + "_cells" in r else "")
                              for k, v in sorted(r.items()) if k.startswith("val_") and not k.endswith("_cells"))
+            flops = f"  {format_flops(r['train_flops']):>8} FLOPs" if "train_flops" in r else ""
             lines.append(f"  step {r['step']:>6}  samples {r.get('samples', 0):>8}  "
-                         f"{r.get('train_seconds', float('nan')) / 60:>6.1f} min  {vals}")
+                         f"{r.get('train_seconds', float('nan')) / 60:>6.1f} min{flops}  {vals}")
     return "\n".join(lines)

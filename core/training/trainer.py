@@ -26,6 +26,7 @@ import torch
 from unmask.core.config import Section, apply_overrides, convert, load_toml, to_builtins
 from unmask.core.errors import CheckpointError, ConfigError, InputError
 from unmask.core.files import apply_umask
+from unmask.core.flops import config_train_flops, sample_flops
 from unmask.core.models import (
     autocast_context,
     build_model,
@@ -280,6 +281,11 @@ class Trainer:
         self.step = 0
         self.samples = 0
         self.train_seconds = 0.0
+        # training FLOPs (unmask.core.flops): per example (None until the training data is known, for a layout that
+        # depends on it) and so far (None while inherited samples' FLOPs are unknown; estimated in run())
+        self.sample_flops = sample_flops(self.model, self.objective)
+        self.train_flops: float | None = 0.0
+        self.flops_unknown = ""  # why train_flops is None
         self.gen = torch.Generator().manual_seed(_torch_seed(self.o.seed * 1000 + self.rank))
         self.np_rng = np.random.default_rng([self.o.seed, self.rank])
         self.ema: dict[str, torch.Tensor] | None = None  # parameter name -> averaged value (train.ema)
@@ -330,6 +336,8 @@ class Trainer:
             state = ckpt.load_tensors(latest / ckpt.MODEL_FILE)
             st, opt = ckpt.load_training_state(latest)
             self._load_state(state, st, opt)
+            if st.get("train_flops") is None:  # a checkpoint written before training FLOPs were counted
+                self._derive_flops(cfg, self.samples)
         except CheckpointError as exc:
             raise CheckpointError(f"--resume: {ckpt.damaged_message(latest, str(exc))}") from None
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
@@ -370,6 +378,7 @@ class Trainer:
         self.step = int(st["step"])
         self.samples = int(st.get("samples", 0))
         self.train_seconds = float(st.get("train_seconds", 0.0))
+        self.train_flops = None if st.get("train_flops") is None else float(st["train_flops"])
         rng = st.get("rng", {}).get(str(self.rank))
         if rng:
             _set_torch_state(self.gen, rng["torch"])
@@ -407,17 +416,43 @@ class Trainer:
         self.model.load_state_dict(state)
         self.samples = int(cfg.get("samples", 0))
         self.train_seconds = float(cfg.get("train_seconds", 0.0))
+        if cfg.get("train_flops") is not None:
+            self.train_flops = float(cfg["train_flops"])
+        else:  # a model trained before training FLOPs were counted
+            self._derive_flops(cfg, self.samples)
         self.config["init_from"] = {"path": str(src), "step": cfg.get("step"), "samples": self.samples}
         self._log({"event": "init_from", "path": str(src), "samples": self.samples})
+
+    def _derive_flops(self, cfg: dict[str, Any], samples: int) -> None:
+        """``train_flops`` of ``samples`` seen by the model of the recorded config ``cfg`` (None, with the reason, when
+        they cannot be known: run() then counts them at this model's cost and logs that estimate)."""
+        try:
+            self.train_flops = config_train_flops(cfg, samples)
+        except (InputError, ConfigError, CheckpointError) as exc:
+            self.train_flops, self.flops_unknown = None, str(exc)
+
+    def _count_flops(self, data: Dataset | None) -> None:
+        """Settle the FLOPs per example (with the training data when the layout needs it) and any unknown
+        inherited ones (counted at this model's cost, with an ``train_flops_estimated`` event saying so)."""
+        if self.sample_flops is None and data is not None:
+            self.sample_flops = sample_flops(self.model, self.objective, data)
+        if self.train_flops is None and self.sample_flops is not None:
+            self.train_flops = self.samples * self.sample_flops
+            self._log({"event": "train_flops_estimated", "samples": self.samples, "train_flops": self.train_flops,
+                       "why": self.flops_unknown or "not recorded",
+                       "how": "the samples seen before this run counted at this model's FLOPs per example"})
+
+    def _flops_record(self) -> dict[str, float]:
+        return {} if self.train_flops is None else {"train_flops": self.train_flops}
 
     def save(self) -> Path:
         rng = {str(self.rank): {"torch": _torch_state(self.gen), "numpy": self.np_rng.bit_generator.state,
                                 "torch_global": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}}
         path = self.out / "checkpoints" / ckpt.checkpoint_name(self.step)
-        cfg = {**self.config, "step": self.step, "samples": self.samples}
+        cfg = {**self.config, "step": self.step, "samples": self.samples, **self._flops_record()}
         ckpt.save_model_dir(path, self.model.state_dict(), cfg, optimizer=self.opt.state_dict(),
                             state={"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
-                                   "rng": rng, "ema_steps": self.ema_steps},
+                                   "rng": rng, "ema_steps": self.ema_steps, **self._flops_record()},
                             extra_tensors=self._extra_tensors(), extra_files=dict(self.task.model_files()))
         apply_umask(path)  # written from a 0700 temporary directory with 0600 safetensors files
         ckpt.mark_latest(self.out, path)
@@ -514,6 +549,10 @@ class Trainer:
         if self.rank == 0 and self.step == 0:
             self._log({"event": "start", "params": count_parameters(self.model), "config": self.config,
                        "world_size": self.world, "device": str(self.device), "bf16": self.bf16})
+        self._count_flops(data)
+        if self.rank == 0 and self.step == 0 and self.sample_flops is not None:
+            self._log({"event": "flops", "sample_flops": self.sample_flops,
+                       "step_flops": self.sample_flops * o.batch_size * self.world})
         self.model.train()
         bar = tqdm(total=o.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress or self.rank != 0, dynamic_ncols=True)
@@ -538,6 +577,8 @@ class Trainer:
                 self._update_ema()
             self.step += 1
             self.samples += o.batch_size * self.world
+            if self.train_flops is not None and self.sample_flops is not None:
+                self.train_flops += self.sample_flops * o.batch_size * self.world
             self.train_seconds += time.perf_counter() - t0
             run_loss += float(loss.detach())
             run_acc += info["masked_acc"]
@@ -549,13 +590,13 @@ class Trainer:
                 t_last, s_last = now, self.samples
                 rec = {"step": self.step, "loss": run_loss / n_acc, "masked_acc": run_acc / n_acc, "lr": lr,
                        "grad_norm": float(gnorm), "samples": self.samples, "samples_per_s": sps,
-                       "train_seconds": self.train_seconds}
+                       "train_seconds": self.train_seconds, **self._flops_record()}
                 run_loss, run_acc, n_acc = 0.0, 0.0, 0
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['masked_acc']:.3f}", sps=f"{sps:.0f}")
                 self._log(rec)
             if val is not None and (self.step % o.val_every == 0 or self.step == o.steps):
                 v = self.validate(val)
-                self._log({"step": self.step, "samples": self.samples, **v})
+                self._log({"step": self.step, "samples": self.samples, **self._flops_record(), **v})
                 bar.write(f"step {self.step}: " + ", ".join(f"{k}={x:.3f}" for k, x in v.items()))
             if self.rank == 0 and (self.step % o.ckpt_every == 0 or self.step == o.steps or self.step in o.keep_steps):
                 self.save()
@@ -577,7 +618,8 @@ class Trainer:
             p = self.out / name
             if p.exists():
                 files[name] = p.read_bytes()  # as it is: a damaged log must not stop the export
-        cfg = {**self.config, "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds}
+        cfg = {**self.config, "step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
+               **self._flops_record()}
         ckpt.save_model_dir(final, self._averaged_state(), cfg, extra_files=files)
         apply_umask(final)  # another account or container may serve the model: the user's umask, not 0600 / 0700
         plot_metrics(self.out / "metrics.jsonl", final / "curves.png")

@@ -166,6 +166,22 @@ class HFBackbone(nn.Module):
             warnings.warn(f"{type(model).__name__} names no output layer (get_output_embeddings); logits are computed "
                           "at every position and gathered after it (more memory)", stacklevel=2)
 
+    def forward_flops(self, seq_len: int, outputs: float | None = None) -> float:
+        """FLOPs of one forward pass over one sequence (see :mod:`unmask.core.flops`): 2 x the parameters that
+        multiply activations x tokens, attention's 2 x 2 x L^2 x hidden_size per layer, and the output layer at
+        ``outputs`` positions only (None: all), as the gathered pre-hook computes it."""
+        from unmask.core.flops import attention_shape, matmul_parameters
+
+        getter: Any = getattr(self.model, "get_output_embeddings", None)
+        out = getter() if callable(getter) else None
+        d, layers = attention_shape(self.model)
+        L = int(seq_len)
+        if not (self._gathers and isinstance(out, nn.Linear)):
+            return 2.0 * (matmul_parameters(self.model) * L + 2 * L * L * d * layers)
+        head = out.weight.numel() + (out.bias.numel() if out.bias is not None else 0)
+        body = matmul_parameters(self.model) - head
+        return 2.0 * (body * L + 2 * L * L * d * layers + head * (L if outputs is None else outputs))
+
     def _gather_hidden(self, _module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         take = self._take
         if take is None or not args:

@@ -258,6 +258,7 @@ class Transformer(nn.Module):
 
             raise ConfigError(f"backbone.d_model ({o.d_model}) must be divisible by backbone.n_heads ({o.n_heads})")
         self.spec = spec
+        self.options = o
         d = o.d_model
         causal = o.causal or spec.causal
         self.causal = causal
@@ -376,6 +377,33 @@ class Transformer(nn.Module):
         for blk in self._stack():
             x = blk(x, rope, rel)
         return self.head(self.norm(x))  # (B, L, V)
+
+    def forward_flops(self, seq_len: int, outputs: float | None = None) -> float:
+        """FLOPs (2 x multiply-accumulates) of one forward pass over one sequence of ``seq_len`` tokens with logits
+        at ``outputs`` positions (None: all), matrix products only (see :mod:`unmask.core.flops`). Per applied layer
+        (``n_layers * repeats``): the projections, L x (3 d^2 + d^2) for q/k/v and the output, the MLP, L x d x h x
+        (2 for GELU, 3 for SwiGLU's gate, up and down matrices), and attention's Q K^T and A V, 2 x L^2 x d. A
+        factored relation bias widens each head's queries, keys and values by its rank K (2 x L^2 x H x K more);
+        dense relation maps cost their bias, R x H x L^2 per layer, and token relations in that form their maps, R_t
+        x L^2 x K_t once per pass. The output layer: outputs x d x V."""
+        o, L = self.options, int(seq_len)
+        d, H = o.d_model, o.n_heads
+        hidden = int(round(d * o.mlp_ratio))
+        proj = 4 * d * d + (3 if o.mlp == "swiglu" else 2) * d * hidden  # per token and layer
+        attn = 2 * L * L * d  # Q K^T and A V, per layer
+        once = 0  # per pass
+        n_rel = self.n_static_relations + self.n_token_relations
+        if n_rel and self.dense_relations:
+            attn += n_rel * H * L * L
+            if self.n_token_relations:
+                once += self.n_token_relations * L * L * int(self.tok_index.numel())
+        elif n_rel:
+            rank = (int(self.rel_f.shape[1]) if self.n_static_relations else 0) + (
+                int(self.tok_index.numel()) if self.n_token_relations else 0)
+            attn += 2 * L * L * H * rank
+        layers = o.n_layers * o.repeats
+        head = (L if outputs is None else outputs) * d * self.spec.vocab_size
+        return 2.0 * (layers * (L * proj + attn) + once + head)
 
     def _stack(self) -> list[nn.Module]:
         """The blocks in the order a forward pass applies them (``repeats`` times the shared stack)."""

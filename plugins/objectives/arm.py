@@ -366,6 +366,12 @@ class ArmObjective:
     def batch(self, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
         return self.layout.encode(data)
 
+    def flops_layout(self, module: Any, data: Dataset | None) -> tuple[int, float]:
+        """What one training example costs the backbone (:mod:`unmask.core.flops`): the ``BOS + 3 L`` sequence
+        minus its last token (:func:`arm_loss` predicts each next token), with logits at every position."""
+        n = self.layout.seq_len - 1
+        return n, float(n)
+
     def loss(self, logits_fn: Any, draw: Any, batch_size: int, generator: torch.Generator,
              step: int) -> tuple[torch.Tensor, dict[str, float]]:
         return arm_loss(logits_fn, *draw(batch_size))

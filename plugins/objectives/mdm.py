@@ -124,6 +124,20 @@ class MdmObjective:
         assert data.targets is not None, "training needs targets"
         return data.targets, data.given
 
+    def flops_layout(self, module: Any, data: Dataset | None) -> tuple[int, float] | None:
+        """What one training example costs the backbone (:mod:`unmask.core.flops`): ``(tokens, output positions)``.
+        The model reads the task's sequence; logits are computed everywhere, except for a backbone that takes an
+        ``index`` under random masking (:func:`sparse_masked_loss`): there the expected masked positions, E[p_mask]
+        = eps + (1 - eps) / 2 of the non-given ones (their share measured on ``data``; None without it).
+        Progressive masking computes every position's logits (its next reveals read them)."""
+        L = int(self.task.seq_len)
+        if self.pool is not None or "index" not in _inputs(module):
+            return L, float(L)
+        if data is None:
+            return None
+        answer = 1.0 - float(np.asarray(data.given, dtype=bool).mean())
+        return L, L * answer * (self.eps + (1.0 - self.eps) / 2)
+
     def loss(self, logits_fn: Any, draw: Any, batch_size: int, generator: torch.Generator,
              step: int) -> tuple[torch.Tensor, dict[str, float]]:
         if self.pool is not None and step >= self.warmup:
