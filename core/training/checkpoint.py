@@ -31,7 +31,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from unmask.core.errors import CheckpointError
-from unmask.core.files import read_text, remove_stale_temps
+from unmask.core.files import apply_umask, read_text, remove_stale_temps
 
 
 def _read_text(p: Path, what: str) -> str:
@@ -125,6 +125,7 @@ def save_model_dir(
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        apply_umask(tmp)  # mkdtemp's 0700 and safetensors' 0600: another account or container may load the model
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)

@@ -1047,6 +1047,9 @@ def save_cache(path: str | os.PathLike, **arrays: np.ndarray) -> None:
         with os.fdopen(fd, "wb") as f:
             # mypy reads **arrays as possibly filling savez's bool allow_pickle; the keys are array names
             np.savez(f, **arrays)  # type: ignore[arg-type]
+        from unmask.core.files import apply_umask
+
+        apply_umask(tmp)  # mkstemp makes it 0600: the cache follows the user's umask like any file
         os.replace(tmp, p)
     except BaseException:
         try:

@@ -437,3 +437,27 @@ def test_extreme_temperatures_sample_without_nan(capsys):
     code, out, err = run(capsys, "solve", "--strategy", "margin:value=sample:temperature=1e308", PUZZLE)
     digits = [c for c in out.split("solved")[0].split("NOT")[0] if c.isdigit()]
     assert len(set(digits)) > 1, out  # T -> inf is uniform over the digits, never one value everywhere
+
+
+def test_every_model_directory_and_data_cache_follows_the_umask(tmp_path):
+    """save_model_dir itself (not only the trainer) and the tasks' generated-data caches give 0644 / 0755 under
+    umask 022, not mkstemp's 0600 / mkdtemp's 0700."""
+    import os
+    import stat
+
+    import torch
+
+    from unmask.core.task import build_task
+    from unmask.core.training.checkpoint import save_model_dir
+
+    old = os.umask(0o022)
+    try:
+        out = save_model_dir(tmp_path / "m", {"w": torch.ones(2)},
+                             {"task": {"name": "sudoku"}, "backbone": {"name": "transformer"}})
+        assert stat.S_IMODE(out.stat().st_mode) == 0o755
+        assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in out.iterdir())
+        build_task({"name": "sudoku", "cache_dir": str(tmp_path / "cache")}).generate("test", 2, seed=0)
+        files = [f for f in (tmp_path / "cache").rglob("*") if f.is_file()]
+        assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in files)
+    finally:
+        os.umask(old)
