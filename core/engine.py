@@ -147,12 +147,12 @@ class TorchEngine:
             raise InputError(f"this model takes no '{unknown[0]}' input (it takes: tokens"
                              f"{''.join(', ' + n for n in self.inputs)})")
         extra = {k: v.to(self.device, non_blocking=True) for k, v in extra.items()}
-        if tokens.ndim != 2 or (tokens.shape[1] != self.seq_len and "lengths" not in self.inputs) or \
-                tokens.shape[1] > self.seq_len:
+        shorter = "lengths" in self.inputs or self.supports_cache  # padded text rows; a causal model's prefixes
+        if tokens.ndim != 2 or tokens.shape[1] > self.seq_len or (tokens.shape[1] != self.seq_len and not shorter):
             from unmask.core.errors import InputError
 
             raise InputError(f"this model takes rows of {self.seq_len} tokens"
-                             f"{' or fewer' if 'lengths' in self.inputs else ''}, got {tuple(tokens.shape)}")
+                             f"{' or fewer' if shorter else ''}, got {tuple(tokens.shape)}")
         n = self.micro_batch
         with autocast_context(self.device, self.bf16):
             if 0 < n < tokens.shape[0]:

@@ -78,7 +78,7 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     out: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     for k, v in tensors.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        key = (v.untyped_storage().data_ptr(), int(v.storage_offset()), tuple(int(n) for n in v.shape))
         if key in first:
             aliases[k] = first[key]
         else:
