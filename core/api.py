@@ -268,8 +268,7 @@ def load(model: str | os.PathLike | None = None, *, runtime: str | None = None, 
     from unmask.core.cli import default_threads
     from unmask.core.decoding.runtime import open_engine, runtime_for_path
     from unmask.core.registry import runtimes
-    from unmask.core.resources import find_model, home, model_label, models_dir, source_checkout
-    from unmask.core.task import build_task
+    from unmask.core.resources import engine_task, find_model, model_label
 
     path = find_model(model)
     name = model_label(model)
@@ -284,12 +283,7 @@ def load(model: str | os.PathLike | None = None, *, runtime: str | None = None, 
     if "threads" in fields and "threads" not in opts:
         opts["threads"] = default_threads("api")
     engine = open_engine(path, runtime, **opts)
-    section = dict(engine.config["task"])
-    cache = section.get("cache_dir")
-    packaged = not source_checkout() and models_dir() in Path(path).resolve().parents
-    if cache and not Path(str(cache)).is_absolute() and packaged:
-        section["cache_dir"] = str(home() / "cache")  # a packaged model: never a cache in the current directory
-    task = build_task(section, "model task", model=path)
+    task = engine_task(engine, path)
     return Model(engine, task, name=name, path=Path(path), runtime=runtime)
 
 

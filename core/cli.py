@@ -318,7 +318,6 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from unmask.core.errors import CheckpointError
     from unmask.core.registry import runtimes
     from unmask.core.resources import find_model, model_label
-    from unmask.core.task import build_task
 
     path = str(find_model(args.model))  # a path as given, a model name, or the packaged default model
     args.model = model_label(args.model)  # reports name the model as the user did
@@ -345,14 +344,9 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
     except RecursionError:  # a JSON config or metadata nested thousands deep (json raises this, not a JSONDecodeError)
         raise CheckpointError(f"model '{args.model}': its config nests tables or arrays too deeply to read; the "
                               "model is damaged: copy or export it again") from None
-    section = dict(engine.config["task"])
-    from unmask.core.resources import home, models_dir, source_checkout
+    from unmask.core.resources import engine_task
 
-    cache = section.get("cache_dir")
-    packaged = not source_checkout() and models_dir() in Path(path).resolve().parents
-    if cache and not Path(str(cache)).is_absolute() and packaged:
-        section["cache_dir"] = str(home() / "cache")  # a packaged model: never a cache in the current directory
-    task = build_task(section, "model task", model=path)
+    task = engine_task(engine, path)
     want = getattr(args, "task", None)
     if want and want != task.name:
         raise InputError(f"model '{args.model}' was trained for task '{task.name}', not '{want}'")

@@ -221,3 +221,16 @@ def model_label(spec: str | os.PathLike | None) -> str:
 __all__ = ["home", "source_checkout", "default_model", "packaged_configs", "packaged_name", "find_config", "models_dir",
            "configs_dir", "DEFAULT_FILE", "MODELS_GROUP", "ModelEntry", "packaged_models", "model_entries",
            "model_names", "default_model_name", "find_model", "model_label"]
+
+
+def engine_task(engine: Any, path: str | os.PathLike) -> Any:
+    """The task of the model behind ``engine`` (opened from ``path``), bound to its directory (a text model's
+    tokenizer); a packaged model's data cache goes under :func:`home`, never into the current directory."""
+    from unmask.core.task import build_task
+
+    section = dict(engine.config["task"])
+    cache = section.get("cache_dir")
+    packaged = not source_checkout() and models_dir() in Path(path).resolve().parents
+    if cache and not Path(str(cache)).is_absolute() and packaged:
+        section["cache_dir"] = str(home() / "cache")
+    return build_task(section, "model task", model=path)

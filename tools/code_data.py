@@ -28,16 +28,6 @@ from pathlib import Path
 from typing import Any
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="code_data", description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir", type=Path, help="output directory (created; files in it are replaced)")
@@ -54,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from unmask.core.errors import UnmaskError
+    from unmask.core.report import cpu_model
     from unmask.plugins.tasks import _code_lib as lib
 
     out: Path = args.out_dir
     progress = not args.no_progress
-    summary: dict[str, Any] = {"python": platform.python_version(), "cpu": _cpu_model()}
+    summary: dict[str, Any] = {"python": platform.python_version(), "cpu": cpu_model()}
     try:
         stages = tqdm(total=4 + args.check, desc="code data", unit="stage", disable=not progress, position=1)
         problems = lib.load_humaneval()

@@ -16,8 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cli_helpers import one_error, run
 
-from unmask.core.cli import main
 from unmask.core.errors import ConfigError, InputError
 
 ROOT = Path(__file__).parents[2]
@@ -28,25 +28,6 @@ HUGE = str(10**12)  # examples: petabytes, on any machine
 TINY = ["train.steps=2", "train.batch_size=4", "train.data_size=16", "train.val_size=0", "train.warmup_steps=1",
         "train.ckpt_every=2", "train.log_every=1", "train.threads=1", "backbone.d_model=32", "backbone.n_layers=1",
         "backbone.n_heads=2"]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error(capsys: pytest.CaptureFixture[str], *args: str, needles: tuple[str, ...] = ()) -> str:
-    code, out, err = run(capsys, *args)
-    lines = [x for x in err.strip().splitlines() if x.startswith("error:")]
-    assert code == 2, (out, err)
-    assert len(lines) == 1 and err.strip().endswith(lines[0]) and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def digest(*paths: Path) -> dict[str, str]:

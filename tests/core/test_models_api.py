@@ -10,31 +10,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
-from unmask.core.cli import main
+from cli_helpers import one_error, run
 
 ROOT = Path(__file__).parents[2]
 MODEL = ROOT / "models" / "sudoku-default"
 PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 HARD = "4.....8.5.3..........7......2.....6.....8.4......1.......6.3.7.5..2.....1.4......"
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error(capsys: pytest.CaptureFixture[str], *args: str, needles: tuple[str, ...] = ()) -> str:
-    code, out, err = run(capsys, *args)
-    lines = [x for x in err.strip().splitlines() if x.startswith("error:")]
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, out, err)
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture()

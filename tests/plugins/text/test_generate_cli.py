@@ -10,26 +10,13 @@ import pytest
 
 pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import cli_helpers  # noqa: E402
+from cli_helpers import run  # noqa: E402
 from text_models import build  # noqa: E402
-
-from unmask.core.cli import main  # noqa: E402
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error(capsys: pytest.CaptureFixture[str], *args: str, needle: str) -> None:
-    code, out, err = run(capsys, *args)
-    lines = [x for x in err.strip().splitlines() if x.startswith("error:")]
-    assert code == 2, (out, err)
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert needle in lines[0], lines[0]
+    cli_helpers.one_error(capsys, *args, needles=(needle,))
 
 
 @pytest.fixture(scope="module")
