@@ -183,9 +183,9 @@ class Task:
         default: nothing to do."""
 
     def check_split(self, split: str, n: int | None = None) -> None:
-        """``split`` must be one of SPLITS and ``n`` (when given) a positive count: one-line errors."""
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise InputError(f"the number of examples to generate must be a positive integer, got {n!r}")
+        """``split`` must be one of SPLITS and ``n`` (when given) a count >= 0: one-line errors."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise InputError(f"the number of examples to generate must be an integer >= 0, got {n!r}")
         if split not in SPLITS:
             raise InputError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
 

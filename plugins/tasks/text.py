@@ -347,6 +347,8 @@ class Text(Task):
         if budget:
             for it in items:
                 it["gen_length"] = int(budget)
+        # shortest programs first: a batch is only as wide as its longest row, so similar lengths batch cheaply
+        items.sort(key=lambda it: len(it["prefix"]) + len(it["suffix"]))
         data = self.rows(items, split, fit=True)
         data.meta["execute"] = np.array([bool(it.get("test")) for it in items])
         return data

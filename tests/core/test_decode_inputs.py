@@ -88,6 +88,10 @@ def test_torch_engine_refuses_rows_of_the_wrong_length() -> None:
         eng(torch.zeros(2, 40, dtype=torch.long))
 
 
-def test_generate_refuses_a_non_positive_count() -> None:
-    with pytest.raises(InputError, match="positive integer"):
-        build_task("sudoku").generate("test", 0, seed=0)
+@pytest.mark.parametrize("name", ["sudoku", "zebra", "lo_nae_sat"])
+def test_generate_counts(name: str) -> None:
+    task = build_task(name)
+    assert len(task.generate("test", 0, seed=0)) == 0  # nothing asked, nothing made
+    for bad in (-1, 2.5, True):
+        with pytest.raises(InputError, match="integer >= 0"):
+            task.generate("test", bad, seed=0)  # type: ignore[arg-type]
