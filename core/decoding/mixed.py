@@ -9,6 +9,7 @@ puts their decisions back together. The decode loop passes it the rows' request 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ class MixedStrategies(Strategy):
         self.default = default
         self.cap = int(max(max_steps, default.steps))
         self.rows: dict[int, Strategy] = {}
+        self.same: dict[str, Strategy] = {}  # one strategy object per set of options: equal requests share a call
 
     @property
     def steps(self) -> int:
@@ -41,12 +43,20 @@ class MixedStrategies(Strategy):
     def assign(self, ids: list[int], strategy: Strategy) -> None:
         if strategy.steps > self.cap:
             raise PluginError(f"strategy '{strategy.name}' has {strategy.steps} steps; at most {self.cap} here")
+        try:
+            key = f"{type(strategy).__module__}.{type(strategy).__qualname__}:" + json.dumps(
+                strategy.config_dict(), sort_keys=True)
+            strategy = self.same.setdefault(key, strategy)
+        except (TypeError, ValueError):  # options that are not JSON: the object decides its rows alone
+            pass
         for i in ids:
             self.rows[int(i)] = strategy
 
     def release(self, ids: list[int]) -> None:
         for i in ids:
             self.rows.pop(int(i), None)
+        if not self.rows:
+            self.same.clear()
 
     def config_dict(self) -> dict[str, Any]:
         return {**self.default.config_dict(), "per_request": True, "max_steps": self.cap}

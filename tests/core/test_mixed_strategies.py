@@ -46,3 +46,12 @@ def test_each_row_decodes_as_with_its_own_strategy_alone() -> None:
         assert torch.equal(cont.tokens[i], alone.tokens[0])
     mixed.release([0, 1, 2, 3])
     assert not mixed.rows
+
+
+def test_equal_options_share_one_strategy_call() -> None:
+    mixed = MixedStrategies(build_strategy({"name": "margin", "steps": 8}), max_steps=16)
+    for i in range(4):  # four requests, each with its own (equal) strategy object
+        mixed.assign([i], build_strategy({"name": "top_prob", "steps": 12}))
+    mixed.assign([4], build_strategy({"name": "top_prob", "steps": 10}))
+    groups = mixed._groups(torch.arange(6), 6)
+    assert sorted(len(rows) for _, rows in groups) == [1, 1, 4]  # top_prob/12, top_prob/10, the default
