@@ -348,7 +348,7 @@ class Text(Task):
             for it in items:
                 it["gen_length"] = int(budget)
         # shortest programs first: a batch is only as wide as its longest row, so similar lengths batch cheaply
-        items.sort(key=lambda it: len(it["prefix"]) + len(it["suffix"]))
+        items.sort(key=lambda it: len(str(it["prefix"])) + len(str(it["suffix"])))
         data = self.rows(items, split, fit=True)
         data.meta["execute"] = np.array([bool(it.get("test")) for it in items])
         return data
