@@ -353,6 +353,22 @@ def _engine_and_task(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return engine, task, runtime
 
 
+def strategy_section(spec: str | dict[str, Any], what: str = "--strategy") -> dict[str, Any]:
+    """One strategy as a config section: ``"NAME[:KEY=VALUE...]"`` (as ``--strategies`` writes one) or a table
+    ``{"name": ..., **options}``; ``what`` names the source in errors."""
+    from unmask.core.config import apply_overrides
+
+    if isinstance(spec, dict):
+        if not isinstance(spec.get("name"), str):
+            raise InputError(f'{what} as a table needs a "name", e.g. {{"name": "margin"}}')
+        return dict(spec)
+    specs = strategy_specs(spec)
+    if len(specs) != 1:
+        raise InputError(f"{what} takes one strategy, got {len(specs)}: {spec!r}")
+    name, own = specs[0]
+    return {"name": name, **apply_overrides({}, [f"s.{o}" for o in own]).get("s", {})}
+
+
 def strategy_specs(text: str) -> list[tuple[str, list[str]]]:
     """``--strategies`` parsed: ``margin,confidence_threshold:tau=0.99,factor:f=0.1:score=margin`` ->
     [(name, ["key=value", ...]), ...]. Options follow a name after ``:`` (several joined by ``:``); a comma-separated

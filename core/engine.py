@@ -106,7 +106,7 @@ class _CachedModule(Protocol):
 
 # Rows per forward call on a CPU. The default Sudoku model, one thread, Intel Xeon with AMX, ms per row of a 256-row
 # batch run whole / in slices of 64, 32, 16 (best of 3 rounds, idle machine): fp32 6.01 / 3.95 / 3.80 / 3.76, bf16
-# 2.82 / 2.49 / 2.39 / 2.53 (session 13); the bigger batch's activations fall out of the caches
+# 2.82 / 2.49 / 2.39 / 2.53; the bigger batch's activations fall out of the caches
 CPU_MICRO_BATCH = 32
 
 

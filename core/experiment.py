@@ -647,20 +647,6 @@ def _device(device: str) -> str:
     return device
 
 
-def _same(cfg: dict[str, Any], kind: str, want: dict[str, Any]) -> bool:
-    """``cfg[kind]`` means the same as ``want`` on the keys the model's checksum covers (all keys without one)."""
-    have = cfg.get(kind) or {}
-    try:  # defaults filled in, so a model saved before an option existed compares equal when it means the same
-        from unmask.core.models import resolved_backbone, resolved_task
-
-        have = (resolved_task if kind == "task" else resolved_backbone)(have, kind)
-    except Exception:  # noqa: BLE001 - a section this unmask cannot read is compared as it was saved
-        pass
-    covers = ((cfg.get("checksum") or {}).get("covers") or {}).get(kind)
-    keys = covers if covers else set(have) | set(want)
-    return all(have.get(k) == want.get(k) for k in keys)
-
-
 def _section_differences(cfg: dict[str, Any], kind: str, want: dict[str, Any]) -> list[str]:
     """``kind.key: have vs want`` for the keys of ``cfg[kind]`` that :func:`_same` compares and that differ."""
     have = cfg.get(kind) or {}

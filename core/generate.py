@@ -9,6 +9,7 @@ Nothing here knows a tokenizer or a model class: the ``text`` task and the ``hf`
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from typing import Any
@@ -96,19 +97,14 @@ def model_settings(args: argparse.Namespace) -> list[str]:
 
 def text_strategy(spec: str, steps: int, block_length: int) -> Any:
     """The strategy of ``--strategy NAME[:KEY=VALUE...]`` with the step budget and LLaDA's block schedule."""
-    from unmask.core.cli import strategy_specs
-    from unmask.core.config import apply_overrides
+    from unmask.core.cli import strategy_section
     from unmask.core.strategy import build_strategy
 
-    specs = strategy_specs(spec)
-    if len(specs) != 1:
-        raise InputError(f"--strategy takes one strategy, got {len(specs)}: {spec!r}")
-    name, own = specs[0]
-    opts = apply_overrides({}, [f"s.{o}" for o in own]).get("s", {})
-    section: dict[str, Any] = {"name": name, "steps": steps}
+    own = strategy_section(spec)
+    section: dict[str, Any] = {"name": own.pop("name"), "steps": steps}
     if block_length:
         section.update(block_size=block_length, block_steps="even")
-    section.update(opts)
+    section.update(own)
     return build_strategy(section, "--strategy")
 
 
@@ -139,8 +135,6 @@ class _Live:
             self.stream.write(f"\x1b[{self.lines}A\x1b[J")
         self.stream.write(text + "\n")
         self.stream.flush()
-        import shutil
-
         width = max(20, shutil.get_terminal_size().columns)
         self.lines = sum(max(1, -(-len(line) // width)) for line in text.split("\n"))
 

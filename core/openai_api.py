@@ -60,22 +60,11 @@ class Limits:
 
 
 def _strategy(req: CompletionRequest, gen: int, default: Any, limits: Limits) -> Any:
-    from unmask.core.cli import strategy_specs
-    from unmask.core.config import apply_overrides
+    from unmask.core.cli import strategy_section
     from unmask.core.strategy import build_strategy
 
-    if req.strategy is None:
-        section: dict[str, Any] = {k: v for k, v in default.config_dict().items()}
-    elif isinstance(req.strategy, str):
-        specs = strategy_specs(req.strategy)
-        if len(specs) != 1:
-            raise InputError(f'"strategy" names {len(specs)} strategies; give one, e.g. "margin"')
-        name, own = specs[0]
-        section = {"name": name, **apply_overrides({}, [f"s.{o}" for o in own]).get("s", {})}
-    else:
-        section = dict(req.strategy)
-        if not isinstance(section.get("name"), str):
-            raise InputError('"strategy" as an object needs a "name", e.g. {"name": "margin"}')
+    section = (dict(default.config_dict()) if req.strategy is None
+               else strategy_section(req.strategy, '"strategy"'))
     if req.steps is not None:
         section["steps"] = req.steps
     elif req.strategy is not None and "steps" not in section:

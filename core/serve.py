@@ -560,19 +560,10 @@ class Service:
         """A request's own strategy (None: the server's), within the server's step limit."""
         if spec is None and steps is None:
             return None
-        from unmask.core.cli import strategy_specs
-        from unmask.core.config import apply_overrides
+        from unmask.core.cli import strategy_section
         from unmask.core.strategy import build_strategy
 
-        if spec is None:
-            section = dict(self.strategy.config_dict())
-        elif isinstance(spec, str):
-            specs = strategy_specs(spec)
-            if len(specs) != 1:
-                raise InputError(f'"strategy" names {len(specs)} strategies; give one, e.g. "margin"')
-            section = {"name": specs[0][0], **apply_overrides({}, [f"s.{o}" for o in specs[0][1]]).get("s", {})}
-        else:
-            section = dict(spec)
+        section = dict(self.strategy.config_dict()) if spec is None else strategy_section(spec, '"strategy"')
         if steps is not None:
             section["steps"] = steps
         strategy = build_strategy(section, "strategy")

@@ -109,7 +109,7 @@ def _transformers() -> Any:
 
 def _head_class(config: Any, remote: bool) -> tuple[str, bool]:
     """(the Auto class to load ``config`` with, whether that class is a causal LM transformers ships)."""
-    tf = _transformers()
+    _transformers()
     auto_map = getattr(config, "auto_map", None) or {}
     if remote:
         for head in _HEADS:
@@ -122,7 +122,6 @@ def _head_class(config: Any, remote: bool) -> tuple[str, bool]:
         return "AutoModelForMaskedLM", False
     if mtype in ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "AutoModelForCausalLM", True
-    del tf
     raise ConfigError(f"transformers has no masked-LM or causal-LM class for model_type '{mtype}'; a model with its "
                       "own code needs trust_remote_code (--trust-remote-code)")
 

@@ -43,7 +43,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "te
 
 # Rows per session run on a CPU. The default Sudoku model, one thread, Intel Xeon with AMX, ms per row of a 256-row
 # batch run whole / in slices of 64, 32, 16: fp32 7.85 / 5.69 / 4.95 / 4.09; int8 7.03 / 5.54 / 4.89 / 4.40
-# (session 13, another job on the other core)
+# (another job on the other core)
 CPU_MICRO_BATCH = 16
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from unmask.core.cli import main
+from cli_helpers import run
 
 ROOT = Path(__file__).parents[2]
 MODEL = ROOT / "models" / "sudoku-default"
@@ -18,16 +17,8 @@ CONFIG = ROOT / "configs" / "sudoku-default.toml"
 PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def one_error(capsys: pytest.CaptureFixture[str], *args: str, needles: tuple[str, ...] = ()) -> str:
+    """:func:`cli_helpers.one_error`, returning stdout (the tests below read what was printed before the error)."""
     code, out, err = run(capsys, *args)
     lines = [x for x in err.strip().splitlines() if x.startswith("error:")]  # (progress bars also go to stderr)
     assert code == 2, (out, err)
@@ -153,11 +144,11 @@ def test_data_files_bom_accepted_latin1_named(capsys, tmp_path):
 
 
 def test_failing_third_party_strategy_is_one_line_naming_it():
+    from fakes import context_engine
+
     from unmask.core.decoding.loop import decode
     from unmask.core.errors import PluginError
     from unmask.core.strategy import Strategy
-
-    from fakes import context_engine
 
     class Broken(Strategy):
         name = "broken"
