@@ -27,6 +27,7 @@ from numba import njit, prange
 
 from unmask.core.errors import InputError
 from unmask.plugins.tasks._rng import rand_below as _rand_below
+from unmask.plugins.tasks._threads import torch_threads
 
 __all__ = [
     "CACHE_VERSION",
@@ -690,6 +691,7 @@ def _check_clues(min_clues: int, max_clues: int) -> None:
         raise ValueError(f"need 17 <= min_clues <= max_clues <= 81, got min_clues={min_clues}, max_clues={max_clues}")
 
 
+@torch_threads
 def generate_solutions(n: int, seed: int) -> np.ndarray:
     """``(n, 81)`` int8 random valid full grids, deterministic from ``seed``."""
     out = np.zeros((n, 81), np.int8)
@@ -698,6 +700,7 @@ def generate_solutions(n: int, seed: int) -> np.ndarray:
     return out
 
 
+@torch_threads
 def _generate_from_seeds(seeds, min_clues, max_clues, minimal):
     n = len(seeds)
     puzzles = np.zeros((n, 81), np.int8)
@@ -831,6 +834,7 @@ def technique_classes(puzzles: np.ndarray) -> np.ndarray:
     return out.astype(str)
 
 
+@torch_threads
 def step_solve_batch(puzzles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Step solver over a batch: ``(solved (N,) bool, order (N, 81) int16 placement order, -1 padded)``."""
     p = _batch(puzzles)

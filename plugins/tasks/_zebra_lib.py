@@ -68,6 +68,7 @@ from numba import njit, prange
 
 from unmask.core.errors import InputError
 from unmask.plugins.tasks._rng import rand_below as _rand_below
+from unmask.plugins.tasks._threads import torch_threads
 
 __all__ = [
     "CACHE_VERSION", "CLUE_TYPES", "ARITY", "MAXN", "MAXM", "HOUSE_OP",
@@ -713,6 +714,7 @@ def _seeds(seed, n: int) -> np.ndarray:
     return np.random.SeedSequence(entropy).generate_state(n, np.uint64)
 
 
+@torch_threads
 def generate_chunk(
     seed: int, split: str, chunk: int, *, min_houses: int = 3, max_houses: int = 6, min_attributes: int = 3,
     max_attributes: int = 6, max_clues: int = 40, prune: bool = True, size: int = _CHUNK,
@@ -794,6 +796,7 @@ def clue_holds(clue, solution, n: int) -> bool:
     return bool(_holds(np.asarray(clue, dtype=np.int64), hof, int(n)))
 
 
+@torch_threads
 def check_batch(clues: np.ndarray, sizes: np.ndarray, solutions: np.ndarray) -> np.ndarray:
     """(N,) bool: each solution ((N, 6, 6), [a, h] = v) is a permutation per attribute that satisfies its clues
     ((N, C, 4), -1 padded); ``sizes`` (N, 2) = (houses, attributes)."""
@@ -812,6 +815,7 @@ def _solve_par(clues, ncs, sizes, orders, status):
         status[i] = st
 
 
+@torch_threads
 def solve_batch(clues: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Deductive solver order for a batch: (N, 36) int64 cells ``6a + h`` (-1 padded); clues (N, C, 4) with the
     real clues first, sizes (N, 2) = (houses, attributes)."""

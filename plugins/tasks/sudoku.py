@@ -204,21 +204,8 @@ class Sudoku(Task):
 
 def _generate_with_progress(n: int, seed: int, split: str, o: SudokuOptions, progress: bool):
     """Generate in chunks (one seed per chunk) so long runs show progress; deterministic from ``seed``."""
-    import sys
-
     from tqdm.auto import tqdm
 
-    torch = sys.modules.get("torch")
-    threads = torch.get_num_threads() if torch is not None else None
-    try:
-        return _generate_chunks(n, seed, split, o, progress, tqdm)
-    finally:
-        # numba's OpenMP layer resets the process-wide thread count; torch must keep its own
-        if torch is not None and threads is not None:
-            torch.set_num_threads(threads)
-
-
-def _generate_chunks(n: int, seed: int, split: str, o: SudokuOptions, progress: bool, tqdm):
     chunk = 2000
     parts = []
     with tqdm(total=n, desc=f"sudoku {split}", unit="puzzle", disable=not progress, leave=False) as bar:

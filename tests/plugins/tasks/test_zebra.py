@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -367,3 +368,25 @@ def test_token_relations_link_clues_to_the_cells_they_name():
         masked = row.copy()
         masked[t.grid0:][masked[t.grid0:] != Z.PAD] = Z.MASK
         assert (tags["item"][pos, masked][t.grid0:] == -1).all()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to tell one thread from all of them")
+def test_parallel_kernels_keep_torch_thread_count():
+    """numba's OpenMP layer shares libgomp with torch; its kernels must not leave torch on every core."""
+    import torch
+
+    from unmask.plugins.tasks import _sudoku_lib
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        arr = lib.generate_chunk(0, "train", 0, max_houses=4, max_attributes=4, max_clues=12, size=8)
+        assert torch.get_num_threads() == 1
+        sizes = arr["info"][:, :2].astype(np.int64)
+        lib.solve_batch(arr["clues"], sizes)
+        assert lib.check_batch(arr["clues"], sizes, arr["solutions"]).all()
+        assert torch.get_num_threads() == 1
+        _sudoku_lib.step_solve_batch(_sudoku_lib.generate_puzzles(4, 0)[0])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)
