@@ -676,6 +676,11 @@ def _mismatch(cfg: dict[str, Any], prep: Prepared) -> str | None:
                if k in train and t.get(k, train[k]) != train[k]])
     if diff:
         return "it differs in " + ", ".join(diff)
+    if train.get("flops"):  # a budget in FLOPs instead of steps
+        have = cfg.get("train_flops")
+        if have is None or float(have) < float(train["flops"]) * (1 - 1e-9):
+            return f"it was trained on {have or 0:.3g} FLOPs, the plan needs {float(train['flops']):.3g} (train.flops)"
+        return None
     need = int(train["steps"]) * int(train["batch_size"])
     if _trained(cfg) < need:
         return f"it was trained on {_trained(cfg):,} samples, the plan needs {need:,} (train.steps x batch_size)"
@@ -701,7 +706,7 @@ def _weights_key(cfg: dict[str, Any], *, steps: bool) -> dict[str, Any]:
     have = cfg.get("train") or {}
     out = {}
     for k, default in to_builtins(TrainOptions()).items():
-        if k in _NOT_WEIGHTS or (k == "steps" and not steps):
+        if k in _NOT_WEIGHTS or (k in ("steps", "flops") and not steps):
             continue
         v = have.get(k, default)
         out[k] = {**default, **v} if isinstance(default, dict) and isinstance(v, dict) else v

@@ -46,6 +46,11 @@ class TrainOptions(Section):
     """The training objective (registry ``objectives``): ``mdm`` (masked diffusion) or ``arm`` (autoregressive
     baseline), or a third party's."""
     steps: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    flops: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    """Training budget in FLOPs (:mod:`unmask.core.flops`; 0 = off). When set it replaces ``steps`` (and the
+    length of the cosine schedule): the run takes the fewest steps whose FLOPs reach it, ``ceil(flops / (batch_size
+    x ranks x FLOPs per example))``. For comparisons at equal training compute: give a baseline the
+    ``train_flops`` another run logged."""
     batch_size: Annotated[int, msgspec.Meta(ge=1)] = 128
     lr: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1e-3
     min_lr_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.05
@@ -442,6 +447,15 @@ class Trainer:
                        "why": self.flops_unknown or "not recorded",
                        "how": "the samples seen before this run counted at this model's FLOPs per example"})
 
+    def _budget_steps(self) -> int:
+        """``train.flops`` as a number of steps: the fewest whose FLOPs reach the budget."""
+        if self.sample_flops is None:
+            why = self.flops_unknown or "no count for this model and objective"
+            raise ConfigError(f"train.flops: the FLOPs of a training example are unknown here ({why}); set "
+                              "train.steps instead")
+        step_flops = self.sample_flops * self.o.batch_size * self.world
+        return max(1, math.ceil(self.o.flops / step_flops - 1e-9))
+
     def _flops_record(self) -> dict[str, float]:
         return {} if self.train_flops is None else {"train_flops": self.train_flops}
 
@@ -540,10 +554,17 @@ class Trainer:
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
+        data = None
+        if self.o.flops:
+            if self.sample_flops is None:  # the FLOPs of an example depend on the training data's layout
+                data = self._data()
+                self._count_flops(data)
+            self.o = msgspec.structs.replace(self.o, steps=self._budget_steps())
         o = self.o
         target = o.steps if self.max_steps is None else min(o.steps, self.max_steps)
         done = self.step >= target  # e.g. resumed with --set train.steps=N to finish early: no data needed
-        data = self._data() if not done else None
+        if data is None and not done:
+            data = self._data()
         val = (self.task.generate("test", o.val_size, o.seed + 7919) if o.val_size and self.rank == 0 and not done
                else None)
         if self.rank == 0 and self.step == 0:
@@ -552,7 +573,8 @@ class Trainer:
         self._count_flops(data)
         if self.rank == 0 and self.step == 0 and self.sample_flops is not None:
             self._log({"event": "flops", "sample_flops": self.sample_flops,
-                       "step_flops": self.sample_flops * o.batch_size * self.world})
+                       "step_flops": self.sample_flops * o.batch_size * self.world,
+                       **({"budget": o.flops, "steps": o.steps} if o.flops else {})})
         self.model.train()
         bar = tqdm(total=o.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress or self.rank != 0, dynamic_ncols=True)

@@ -405,3 +405,12 @@ def test_a_reuse_candidate_that_does_not_match_says_why(tmp_path, monkeypatch, c
         ensure_model(prep_b, progress=False, log=logs.append)
     assert any(f"warning: not reusing {info.path.relative_to(tmp_path)}: it was trained on 8 samples, the plan "
                "needs 200" in x for x in logs), logs
+    # a plan with a FLOPs budget (train.flops) is met by the FLOPs a model was trained on, whatever its steps
+    from unmask.core.experiment import _mismatch
+    from unmask.core.training import checkpoint as ckpt
+
+    cfg = ckpt.read_config(info.path)
+    prep_b.resolved.train.flops = cfg["train_flops"]
+    assert _mismatch(cfg, prep_b) is None
+    prep_b.resolved.train.flops = 2 * cfg["train_flops"]
+    assert "it was trained on " in _mismatch(cfg, prep_b) and "FLOPs, the plan needs" in _mismatch(cfg, prep_b)

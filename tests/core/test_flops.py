@@ -201,6 +201,33 @@ def test_trainer_logs_cumulative_flops_and_keeps_counting_after_resume(tmp_path)
     assert warm.sample_flops > 1.5 * per
 
 
+@pytest.mark.parametrize("objective", ["mdm", "arm"])
+def test_flops_budget_sets_the_steps(tmp_path, objective):
+    """``train.flops``: the fewest steps whose FLOPs reach the budget, the schedule's length included; an MDM's
+    sparse output layer makes its count depend on the data, which the budget waits for."""
+    from unmask.core.training import checkpoint as ckpt
+    from unmask.core.training.trainer import Trainer, lr_at, resolve_config
+
+    from .test_train_checkpoint import CONFIG, tiny
+
+    args = tiny(tmp_path / "probe", tmp_path / "cache", steps=1, **{"train.objective": f'"{objective}"',
+                                                                    "train.augment": "false"})
+    per = ckpt.read_config(Trainer(resolve_config(CONFIG, args), progress=False).run())["train_flops"] / 16
+    budget = 6.5 * 16 * per  # six and a half steps of batch 16: seven steps
+    args = tiny(tmp_path / "run", tmp_path / "cache", steps=1000, **{
+        "train.objective": f'"{objective}"', "train.augment": "false", "train.flops": repr(budget)})
+    trainer = Trainer(resolve_config(CONFIG, args), progress=False)
+    cfg = ckpt.read_config(trainer.run())
+    assert cfg["step"] == 7 and trainer.o.steps == 7
+    assert budget <= cfg["train_flops"] < budget + 16 * per
+    event = next(json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                 if '"event": "flops"' in x)
+    assert event["budget"] == budget and event["steps"] == 7
+    logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last_lr = [r["lr"] for r in logged if "loss" in r][-1]
+    assert last_lr == pytest.approx(lr_at(6, trainer.o)) and last_lr < 0.6e-3  # the budget's cosine, not 1,000 steps
+
+
 # -- curves against training FLOPs ------------------------------------------------------------------------------------
 def write_run(d: Path, recs: list[dict]) -> Path:
     d.mkdir(parents=True)
