@@ -296,7 +296,7 @@ def _named_model(spec: str) -> str:
 
 def cmd_curves(args: argparse.Namespace) -> int:
     from unmask.core.files import check_outputs
-    from unmask.core.report import curves_table, metrics_file, training_curves
+    from unmask.core.report import curves_table, metrics_file, reach_table, training_curves
 
     runs = _labelled_runs(args.runs)
     check_outputs([("--out", args.out)], [(f"run '{label}'", metrics_file(path)) for label, path in runs.items()])
@@ -304,6 +304,9 @@ def cmd_curves(args: argparse.Namespace) -> int:
     if len(runs) == 1:
         runs = {"": next(iter(runs.values()))}
     print(curves_table({args.runs[0]: runs[""]} if named else runs))
+    reach = reach_table(runs, args.x)  # several runs: the training each needed for the same validation score
+    if reach:
+        print(reach)
     try:
         training_curves(Path(args.out), runs, x=args.x, title=args.title or "")
     except OSError as exc:
@@ -786,7 +789,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "terminal)")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("curves", help="plot the training curves of one run or several overlaid")
+    s = sub.add_parser("curves", help="plot the training curves of one run or several overlaid",
+                       description="Plot and print the training curves of one run or several overlaid; with several, "
+                       "also how much training (on the --x axis) each needed to reach the highest validation score "
+                       "every one of them reached, % solved and % of cells, against the first run.")
     s.add_argument("runs", nargs="+", metavar="RUN", help="run or model directory, metrics.jsonl or a model name "
                    "(unmask list models), as PATH or LABEL=PATH")
     s.add_argument("--out", required=True, metavar="PNG", type=_image,

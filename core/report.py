@@ -403,6 +403,56 @@ def training_curves(png: Path, runs: Mapping[str, str | os.PathLike], x: str = "
     plt.close(fig)
 
 
+def _best_curve(va: list[dict[str, Any]], x: str, cells: bool) -> list[tuple[float, float]]:
+    """``(x, score)`` per validation record: the best strategy's % solved (or of cells) that record logged."""
+    key = {"samples": "samples", "step": "step", "seconds": "train_seconds", "flops": "train_flops"}[x]
+    out = []
+    for r in va:
+        scores = [v for k, v in r.items() if k.startswith("val_") and k.endswith("_cells") == cells]
+        if scores and r.get(key) is not None:
+            out.append((float(r[key]), max(scores)))
+    return out
+
+
+def _first_reach(curve: list[tuple[float, float]], level: float) -> float:
+    """Where a curve first reaches ``level``, linearly interpolated between validation points."""
+    for i, (x, y) in enumerate(curve):
+        if y >= level:
+            if i == 0:
+                return x
+            x0, y0 = curve[i - 1]
+            return x0 + (x - x0) * (level - y0) / (y - y0)
+    raise ValueError("level not reached")
+
+
+def reach_table(runs: Mapping[str, str | os.PathLike], x: str = "flops") -> str:
+    """How much training (``x``: a key of :data:`X_AXES`) each run needed to reach the same validation score: the
+    highest score every run reached, % solved and % of cells (each record's best strategy), against the first run.
+    Empty for fewer than two runs."""
+    if len(runs) < 2:
+        return ""
+    data = {label: read_metrics(path) for label, path in runs.items()}
+    if x == "flops":
+        for label, path in runs.items():
+            with_train_flops(label, path, *data[label])
+    unit = {"samples": "samples", "step": "steps", "seconds": "s", "flops": "FLOPs"}[x]
+    lines = []
+    for cells, what in ((False, "solved"), (True, "of cells right")):
+        curves = {label: _best_curve(va, x, cells) for label, (_, va) in data.items()}
+        if not all(curves.values()):
+            continue
+        level = min(max(y for _, y in c) for c in curves.values())
+        if level <= 0:
+            lines.append(f"validation % {what}: not every run got above 0")
+            continue
+        reach = {label: _first_reach(c, level) for label, c in curves.items()}
+        first = next(iter(reach.values()))
+        parts = [f"{label} {format_flops(v) if x == 'flops' else f'{v:,.0f}'}"
+                 + (f" ({v / first:.2f}x)" if first > 0 and i else "") for i, (label, v) in enumerate(reach.items())]
+        lines.append(f"to reach {100 * level:.1f}% {what} (the best every run reached), {unit}: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
 def curves_table(runs: Mapping[str, str | os.PathLike]) -> str:
     """Each run's validation records as text: step, samples, training time (and FLOPs where logged) and % solved per
     strategy (with % of cells right where logged)."""

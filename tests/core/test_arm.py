@@ -260,7 +260,7 @@ def test_train_arm_then_eval_cli(tmp_path, capsys):
     sets = [f'out="{tmp_path / "run"}"', "train.steps=3", "train.batch_size=4", "train.data_size=16",
             "train.val_size=2", "train.val_every=3", "train.warmup_steps=1", "train.threads=1",
             f'task.cache_dir="{tmp_path / "cache"}"', "backbone.d_model=32", "backbone.n_layers=1",
-            "backbone.n_heads=2", "train.order=row_major"]
+            "backbone.n_heads=2", "train.order=row_major", "train.flops=0", "train.compile=false"]
     final = train(str(ROOT / "configs" / "sudoku-arm.toml"), sets, progress=False)
     task, model, cfg = load_model(final)
     assert cfg["train"]["objective"] == "arm" and model.spec.causal and model.spec.seq_len == 244

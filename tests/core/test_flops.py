@@ -274,3 +274,30 @@ def test_curves_against_flops_logged_derived_and_refused(tmp_path):
     gone = write_run(tmp_path / "warm", [{"event": "start", "config": warm}, *records(None)])
     with pytest.raises(InputError, match="run 'warm': .*warm-started from .*gone' after 640 samples"):
         training_curves(png, {"warm": gone}, x="flops")
+
+
+def test_reach_table_compares_the_training_to_the_same_score(tmp_path):
+    """The highest score every run reached, and where each first reached it (linear between validation points)."""
+    from unmask.core.report import reach_table
+
+    def run(name: str, points: list[tuple[int, float, float]]) -> Path:
+        recs = []
+        for step, solved, cells in points:
+            recs.append({"step": step, "loss": 1.0, "samples": 10 * step, "train_flops": 1e9 * step})
+            recs.append({"step": step, "samples": 10 * step, "val_margin": solved, "val_vanilla": solved / 2,
+                         "val_margin_cells": cells})
+        return write_run(tmp_path / name, recs)
+
+    mdm = run("mdm", [(100, 0.2, 0.5), (200, 0.6, 0.9)])
+    arm = run("arm", [(100, 0.0, 0.3), (200, 0.1, 0.5), (400, 0.3, 0.7)])
+    text = reach_table({"MDM": mdm, "ARM": arm}, "flops")
+    # solved: the ARM's best, 30%; the MDM passes it between 100 (20%) and 200 steps (60%): at 125
+    assert "to reach 30.0% solved (the best every run reached), FLOPs: MDM 1.25e11, ARM 4e11 (3.20x)" in text
+    # cells: ARM's best 70% -> MDM 100 + 100 * 20/40 = 150 steps; ARM at 400
+    assert "to reach 70.0% of cells right (the best every run reached), FLOPs: MDM 1.5e11, ARM 4e11 (2.67x)" in text
+    assert "samples: MDM 1,250, ARM 4,000 (3.20x)" in reach_table({"MDM": mdm, "ARM": arm}, "samples")
+    never = run("never", [(100, 0.0, 0.1)])
+    assert "validation % solved: not every run got above 0" in reach_table({"MDM": mdm, "N": never}, "flops")
+    assert reach_table({"MDM": mdm}, "flops") == ""
+    p = unmask("curves", f"MDM={mdm}", f"ARM={arm}", "--out", str(tmp_path / "c.png"), "--x", "flops")
+    assert p.returncode == 0 and "FLOPs: MDM 1.25e11, ARM 4e11 (3.20x)" in p.stdout, p.stderr
