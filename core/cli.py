@@ -738,14 +738,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     import shlex
 
-    from unmask.core.experiment import run_experiment
+    from unmask.core.experiment import _rel, run_experiment
 
     given = [("--scale", args.scale), ("--runs", args.runs), ("--results", args.results), ("--n", args.n),
              ("--seed", args.seed), ("--device", None if args.device == "auto" else args.device),
              ("--batch-size", None if args.batch_size == 256 else args.batch_size),
              ("--steps", None if args.steps == 50 else args.steps),
              ("--models", ",".join(args.models) if args.models else None)]
-    words = [args.file]  # the command as typed (defaults left out), for the table's Commands section
+    words = [_rel(args.file)]  # the command as typed (defaults left out), for the table's Commands section
     for flag, value in given:
         if value is not None:
             words += [flag, str(value)]

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import time
 from collections.abc import Callable
@@ -1116,8 +1115,10 @@ def render(plan: Plan, models: dict[str, ModelInfo], cells: list[Cell], eval_com
     L += ["```", ""]
     if plan.notes:
         L += ["## Notes", ""] + [f"- {x}" for x in plan.notes] + [""]
-    L += [f"unmask {__version__}, torch {torch.__version__}, {platform.machine()} "
-          f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}, "
+    from unmask.core.report import cpu_model
+
+    L += [f"unmask {__version__}, torch {torch.__version__}, "
+          f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
     return "\n".join(L)
 

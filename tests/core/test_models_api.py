@@ -4,6 +4,7 @@ file of puzzles with the answers kept."""
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import textwrap
 import tomllib
@@ -112,7 +113,11 @@ def test_names_in_eval_export_curves_and_experiment_reuse(capsys, tmp_path, monk
 def test_wheel_ships_what_curves_reads():
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     shipped = data["package-data"]["unmask.models"]
-    assert "sudoku-default/metrics.jsonl" in shipped and (MODEL / "metrics.jsonl").is_file()
+    models = [d for d in (ROOT / "models").iterdir() if (d / "config.json").is_file()]
+    assert MODEL in models and len(models) >= 2
+    for d in models:  # every committed model, weights and training record, is in the wheel (experiments reuse them)
+        for f in ("config.json", "model.safetensors", "metrics.jsonl"):
+            assert any(fnmatch.fnmatch(f"{d.name}/{f}", pat) for pat in shipped), f"{d.name}/{f} not shipped"
     assert data["package-dir"]["unmask"] == "package" and (ROOT / "package" / "__init__.py").is_file()
 
 
