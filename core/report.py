@@ -275,8 +275,8 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[di
     va = [dict(val[k]) for k in sorted(val)]
     for key in ("train_seconds", "train_flops"):
         timed = [r for r in tr if key in r]
-        if timed:
-            for r in va:
+        for r in va:  # between two logged values only: a run that began logging one later has none before that
+            if timed and timed[0]["step"] <= r["step"] <= timed[-1]["step"]:
                 r.setdefault(key, float(np.interp(r["step"], [t["step"] for t in timed], [t[key] for t in timed])))
     return tr, va
 
@@ -310,10 +310,11 @@ def run_config(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def with_train_flops(label: str, path: str | os.PathLike, tr: list[dict[str, Any]],
                      va: list[dict[str, Any]]) -> None:
-    """Give the records of a run logged before training FLOPs were counted their ``train_flops``: derived from the
-    samples seen and the run's recorded config (:func:`unmask.core.flops.config_train_flops`). A one-line InputError
-    naming the run when they cannot be."""
-    if any("train_flops" in r for r in tr + va):
+    """Give the records of a run logged before training FLOPs were counted (all of them, or the first part of a run
+    resumed by a version that counts them) their ``train_flops``: derived from the samples seen and the run's
+    recorded config (:func:`unmask.core.flops.config_train_flops`). A one-line InputError naming the run when they
+    cannot be."""
+    if all("train_flops" in r for r in tr + va):
         return
     from unmask.core.errors import UnmaskError
     from unmask.core.flops import config_train_flops
@@ -325,6 +326,8 @@ def with_train_flops(label: str, path: str | os.PathLike, tr: list[dict[str, Any
                          "config.json) to derive them from; plot it with --x samples")
     try:
         for r in tr + va:
+            if "train_flops" in r:
+                continue
             if "samples" not in r:
                 raise InputError(f"its record of step {r['step']} has no samples")
             r["train_flops"] = config_train_flops(config, int(r["samples"]))
@@ -454,11 +457,15 @@ def reach_table(runs: Mapping[str, str | os.PathLike], x: str = "flops") -> str:
 
 
 def curves_table(runs: Mapping[str, str | os.PathLike]) -> str:
-    """Each run's validation records as text: step, samples, training time (and FLOPs where logged) and % solved per
-    strategy (with % of cells right where logged)."""
+    """Each run's validation records as text: step, samples, training time (and FLOPs where logged or derivable,
+    :func:`with_train_flops`) and % solved per strategy (with % of cells right where logged)."""
     lines = []
     for label, path in runs.items():
         tr, va = read_metrics(path)
+        try:
+            with_train_flops(label, path, tr, va)
+        except InputError:
+            pass  # no config to derive them from: FLOPs where logged
         last = tr[-1] if tr else {}
         flops = f", {format_flops(last['train_flops'])} FLOPs" if "train_flops" in last else ""
         lines.append(f"{label or path}: {last.get('step', 0)} steps, {last.get('samples', 0)} samples, "

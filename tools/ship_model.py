@@ -4,13 +4,15 @@ self-contained model directory to ship: ``python tools/ship_model.py runs/code-i
 
 A checkpoint's averaged weights (``ema.safetensors``, when training kept an average) are the ones shipped, as the
 trainer's final model does; ``--bf16`` stores them in bfloat16 (half the bytes; they load into float32 modules), tied
-weights are stored once, and the task's files (a text model's tokenizer) and the run's ``metrics.jsonl`` go with
-them. The result loads wherever a model directory does (``unmask eval/generate/serve --model DIR``).
+weights are stored once, and the task's files (a text model's tokenizer) and the run's ``metrics.jsonl`` (up to the
+shipped step) go with them. The result loads wherever a model directory does (``unmask eval/generate/serve
+--model DIR``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -44,10 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         task = build_task(config["task"], "model task", model=src)
         files: dict[str, str | bytes] = dict(task.model_files())
         run = Path(args.src)
-        for cand in (src / "metrics.jsonl", run / "metrics.jsonl"):
-            if cand.is_file():
-                files["metrics.jsonl"] = cand.read_bytes()
-                break
+        runs = [src, run] + ([src.parent.parent] if src.parent.name == "checkpoints" else [])
+        record = next((d / "metrics.jsonl" for d in runs if (d / "metrics.jsonl").is_file()), None)
+        if record is not None:  # the training record up to the shipped step (a run may have gone on past it)
+            step = config.get("step")
+            lines = [ln for ln in record.read_text().splitlines(keepends=True)
+                     if step is None or json.loads(ln).get("step", 0) <= step]
+            files["metrics.jsonl"] = "".join(lines)
         config = {k: v for k, v in config.items() if k not in ("format", ck.CHECKSUM_KEY)}
         out = ck.save_model_dir(args.dst, tensors, config, extra_files=files)
         from unmask.core.files import apply_umask

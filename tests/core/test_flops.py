@@ -264,6 +264,16 @@ def test_curves_against_flops_logged_derived_and_refused(tmp_path):
     # validation records between training records get their FLOPs interpolated
     mid = write_run(tmp_path / "mid", [*records(10.0), {"step": 75, "samples": 1200, "val_margin": 0.25}])
     assert read_metrics(mid)[1][0]["train_flops"] == pytest.approx(12_000)
+    # a run resumed by a version that counts FLOPs: its earlier records get them from the config, not the first
+    # logged value (validation before the first logged FLOPs is not interpolated from what comes after)
+    part = records(None)[:1] + [{**records(arm_per)[1]}, {"step": 50, "samples": 800, "val_margin": 0.1},
+                                records(None)[2]]
+    resumed = write_run(tmp_path / "resumed", [{"event": "start", "config": config}, *part])
+    tr, va = read_metrics(resumed)
+    assert "train_flops" not in va[0] and va[1]["train_flops"] == 1600 * arm_per
+    with_train_flops("resumed", resumed, tr, va)
+    assert [r["train_flops"] for r in tr] == [800 * arm_per, 1600 * arm_per]
+    assert [r["train_flops"] for r in va] == [800 * arm_per, 1600 * arm_per]
     # no train_flops and no config to derive them from: one line naming the run
     bare = write_run(tmp_path / "bare", records(None))
     with pytest.raises(InputError, match="run 'bare': its metrics.jsonl has no train_flops and no config"):

@@ -440,3 +440,28 @@ def test_non_utf8_training_log_does_not_stop_the_export(tmp_path, two_checkpoint
         final = train(CONFIG, tiny(run, cache, steps=11), resume=True, progress=False)
     assert ckpt.read_config(final)["step"] == 11
     assert b"\xff\xfe" in (final / "metrics.jsonl").read_bytes()
+
+
+def test_ship_model_from_a_checkpoint_keeps_the_average_and_the_record_up_to_its_step(tmp_path):
+    """tools/ship_model.py on a checkpoint of a run that went on: the shipped weights are that checkpoint's EMA (in
+    bf16), and the training record stops at its step."""
+    import importlib.util
+
+    from unmask.core.training.trainer import train
+
+    out = tmp_path / "run"
+    train(CONFIG, tiny(out, tmp_path / "cache", steps=10, **{"train.ema": "0.9"}), progress=False)
+    spec = importlib.util.spec_from_file_location("ship_model_tool", ROOT / "tools" / "ship_model.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    src = out / "checkpoints" / "step-0000005"
+    assert tool.main([str(src), str(tmp_path / "shipped"), "--bf16"]) == 0
+    steps = [json.loads(ln).get("step") for ln in (tmp_path / "shipped" / "metrics.jsonl").read_text().splitlines()]
+    assert 5 in steps and max(s for s in steps if s is not None) == 5
+    assert any(s == 10 for s in (json.loads(ln).get("step") for ln in (out / "metrics.jsonl").read_text().splitlines()))
+    shipped = ckpt.load_tensors(tmp_path / "shipped" / ckpt.MODEL_FILE)
+    ema = ckpt.load_tensors(src / "ema.safetensors")
+    for name, value in ema.items():
+        assert shipped[name].dtype == torch.bfloat16 and torch.equal(shipped[name], value.to(torch.bfloat16))
+    _, module, _ = load_model(tmp_path / "shipped")
+    assert next(module.parameters()).dtype == torch.float32
