@@ -836,7 +836,8 @@ def _info(pm: PlannedModel, path: Path, cfg: dict[str, Any], reused: bool, comma
     from unmask.core.training.checkpoint import MODEL_FILE, load_tensors
 
     try:
-        params: int | None = int(sum(t.numel() for t in load_tensors(Path(path) / MODEL_FILE).values()))
+        tensors = load_tensors(Path(path) / MODEL_FILE)  # tied weights are one tensor under two names: count once
+        params: int | None = int(sum(t.numel() for t in {id(t): t for t in tensors.values()}.values()))
     except (UnmaskError, OSError):  # informational only
         params = None
     secs = cfg.get("train_seconds")

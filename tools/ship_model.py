@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         src = ck.resolve_model_dir(args.src)
         config = ck.read_config(src)
         tensors = ck.load_tensors(src / ck.MODEL_FILE)
+        if (src / ck.STATE_FILE).is_file():  # a checkpoint: its training time (and FLOPs) are in the training state
+            state, _ = ck.load_training_state(src)
+            for key in ("train_seconds", "train_flops"):
+                if config.get(key) is None and state.get(key) is not None:
+                    config[key] = state[key]
         ema = src / "ema.safetensors"
         if ema.is_file():  # the average covers parameters; a tied name takes the average of its twin
             avg = ck.load_tensors(ema)
@@ -50,9 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         record = next((d / "metrics.jsonl" for d in runs if (d / "metrics.jsonl").is_file()), None)
         if record is not None:  # the training record up to the shipped step (a run may have gone on past it)
             step = config.get("step")
-            lines = [ln for ln in record.read_text().splitlines(keepends=True)
-                     if step is None or json.loads(ln).get("step", 0) <= step]
-            files["metrics.jsonl"] = "".join(lines)
+            lines = [(ln, json.loads(ln).get("step")) for ln in record.read_text().splitlines(keepends=True)
+                     if ln.strip()]
+            if step is not None:  # leave out later steps, and events logged after the last record it covers
+                end = max((i for i, (_, s) in enumerate(lines) if s is not None and s <= step), default=-1)
+                lines = [(ln, s) for ln, s in lines[:end + 1] if s is None or s <= step]
+            files["metrics.jsonl"] = "".join(ln for ln, _ in lines)
         config = {k: v for k, v in config.items() if k not in ("format", ck.CHECKSUM_KEY)}
         out = ck.save_model_dir(args.dst, tensors, config, extra_files=files)
         from unmask.core.files import apply_umask

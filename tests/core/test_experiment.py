@@ -414,3 +414,17 @@ def test_a_reuse_candidate_that_does_not_match_says_why(tmp_path, monkeypatch, c
     assert _mismatch(cfg, prep_b) is None
     prep_b.resolved.train.flops = 2 * cfg["train_flops"]
     assert "it was trained on " in _mismatch(cfg, prep_b) and "FLOPs, the plan needs" in _mismatch(cfg, prep_b)
+
+
+def test_model_table_counts_tied_weights_once(tmp_path):
+    """A model whose output layer is its embedding (stored once, loaded under both names) has the parameters of one."""
+    import torch
+
+    from unmask.core.experiment import _info
+    from unmask.core.training import checkpoint as ckpt
+
+    emb = torch.zeros(10, 4)
+    out = ckpt.save_model_dir(tmp_path / "m", {"embed.weight": emb, "head.weight": emb, "norm.weight": torch.ones(4)},
+                              {"step": 1})
+    assert len(ckpt.load_tensors(out / ckpt.MODEL_FILE)) == 3
+    assert _info(None, out, {}, True, "", []).params == 44

@@ -463,5 +463,7 @@ def test_ship_model_from_a_checkpoint_keeps_the_average_and_the_record_up_to_its
     ema = ckpt.load_tensors(src / "ema.safetensors")
     for name, value in ema.items():
         assert shipped[name].dtype == torch.bfloat16 and torch.equal(shipped[name], value.to(torch.bfloat16))
-    _, module, _ = load_model(tmp_path / "shipped")
+    _, module, cfg = load_model(tmp_path / "shipped")
     assert next(module.parameters()).dtype == torch.float32
+    state = json.loads((src / "state.json").read_text())
+    assert cfg["step"] == 5 and cfg["train_seconds"] == state["train_seconds"] > 0  # the checkpoint's training time
