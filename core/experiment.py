@@ -174,6 +174,17 @@ class PlotEntry(Section):
     """Default: the experiment's title and the number of examples ("{n}" in a title is replaced by it)."""
 
 
+class Contrast(Section):
+    """Two rows decoded on the same examples, compared example by example: the difference in % solved with a paired
+    bootstrap 95% interval (``unmask.core.stats.paired_difference``), for every model that has both rows."""
+
+    a: str
+    """The first row's label (the difference is a minus b)."""
+    b: str
+    label: str = ""
+    """Default: "<a> − <b>"."""
+
+
 class Note(Section):
     text: str
     scales: list[str] = []
@@ -229,6 +240,8 @@ class Experiment(Section):
     """Examples of ``Task.diagnostics`` (computed when a column shows it)."""
     budget: BudgetEntry | None = None
     plots: list[PlotEntry] = []
+    contrasts: list[Contrast] = []
+    """Paired comparisons of rows, a section under the table."""
 
 
 # -- loading and checking ---------------------------------------------------------------------------------------------
@@ -374,6 +387,22 @@ def _check(spec: Experiment, file: Path) -> None:
             if c.value == "reference":
                 raise bad(f"budget.columns[{i}] ('{c.title}'): a checkpoint has no reference number")
             _check_column(c, f"budget.columns[{i}]", labels, bad)
+    for i, ct in enumerate(spec.contrasts):
+        rows = {x: [r for r in spec.rows if r.label == x] for x in (ct.a, ct.b)}
+        for x, found in rows.items():
+            if not found:
+                raise bad(f"contrasts[{i}] names row '{x}', which no row is labelled; use a row's label")
+        if ct.a == ct.b:
+            raise bad(f"contrasts[{i}] compares row '{ct.a}' with itself; name two rows")
+        keys = {x: {k for r in found for k in ([r.model] if isinstance(r.model, str) else r.model)}
+                for x, found in rows.items()}
+        if not keys[ct.a] & keys[ct.b]:
+            raise bad(f"contrasts[{i}]: rows '{ct.a}' and '{ct.b}' decode no model in common; a paired comparison "
+                      "needs both decodings of one model")
+        data = {x: {r.data for r in found} for x, found in rows.items()}
+        if data[ct.a] != data[ct.b]:
+            raise bad(f"contrasts[{i}]: rows '{ct.a}' and '{ct.b}' decode different datasets; a paired comparison "
+                      "needs the same examples")
     names = [p.name for p in spec.plots]
     for p in spec.plots:
         if not p.curves:
@@ -899,6 +928,8 @@ class Cell:
     n: int
     seconds: float
     options: dict[str, Any]
+    each: Any = None
+    """Per-example solved (0/1 in the dataset's order), for paired comparisons."""
 
 
 def _needs_diagnostics(spec: Experiment) -> bool:
@@ -955,7 +986,7 @@ def evaluate_rows(plan: Plan, models: dict[str, ModelInfo], *, device: str, batc
                     continue
                 log(f"[{key}] {d.split} {r.label}: {100 * res.solved:.2f}% solved, NFE {res.nfe_mean:.1f}")
                 cells.append(Cell(r, res.solved, res.cell_accuracy, res.nfe_mean, res.n, res.seconds,
-                                  dict(res.options)))
+                                  dict(res.options), res.per_example.get("solved")))
     return cells, commands
 
 
@@ -1057,7 +1088,7 @@ def _decoding_words(cells: list[Cell], describe: dict[str, str]) -> str:
 
 
 def render(plan: Plan, models: dict[str, ModelInfo], cells: list[Cell], eval_commands: list[str], *, steps: int,
-           command: str, wall: float) -> str:
+           command: str, wall: float, paired: list[ContrastResult]) -> str:
     """The Markdown table of a run: ours beside the reference numbers, then models, commands and notes."""
     import torch
 
@@ -1098,6 +1129,7 @@ def render(plan: Plan, models: dict[str, ModelInfo], cells: list[Cell], eval_com
                             "—" if c is None else f"{100 * c.cell_accuracy:.2f}",
                             "—" if c is None else f"{c.nfe_mean:.1f}", _model_words(models[r.model])]))
     L += _budget_table(plan, models, got)
+    L += _contrast_table(models, paired)
     L += ["", "## Models", "", "| model | config | run | parameters | steps | samples | training time | |",
           "|---|---|---|---:|---:|---:|---:|---|"]
     for key in main:
@@ -1122,6 +1154,58 @@ def render(plan: Plan, models: dict[str, ModelInfo], cells: list[Cell], eval_com
           f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_model()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
     return "\n".join(L)
+
+
+@dataclass
+class ContrastResult:
+    label: str
+    model: str
+    a: Cell
+    b: Cell
+    diff: Any  # unmask.core.stats.PairedDifference
+
+
+def contrasts(plan: Plan, models: dict[str, ModelInfo], got: _Lookup) -> list[ContrastResult]:
+    """The experiment's ``[[contrasts]]`` for every (non-budget) model that has both rows scored example by example;
+    the bootstrap's generator is seeded by the dataset's seed and the contrast's place, so a table is reproducible."""
+    import numpy as np
+
+    from unmask.core.stats import paired_difference
+
+    out = []
+    for i, ct in enumerate(plan.spec.contrasts):
+        for key, info in models.items():
+            a, b = got.get(key, ct.a), got.get(key, ct.b)
+            if info.budget_of or a is None or b is None or a.each is None or b.each is None:
+                continue
+            rng = np.random.default_rng([plan.data[a.row.data].seed, i])
+            out.append(ContrastResult(ct.label or f"{ct.a} − {ct.b}", key, a, b,
+                                      paired_difference(a.each, b.each, rng=rng)))
+    return out
+
+
+def _contrast_table(models: dict[str, ModelInfo], results: list[ContrastResult]) -> list[str]:
+    from unmask.core.stats import wilson_interval
+
+    if not results:
+        return []
+
+    def rate(c: Cell) -> str:
+        lo, hi = wilson_interval(int(round(c.solved * c.n)), c.n)
+        return f"{100 * c.solved:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+    L = ["", "## Paired differences", "",
+         "Each pair decoded the same examples. % solved with a Wilson 95% interval; the difference (points) with a "
+         "95% percentile bootstrap interval over the examples (10,000 resamples, the two decodings of an example kept "
+         "together); the last column counts the examples only the first / only the second solved.", "",
+         "| comparison | model | examples | first: % solved | second: % solved | difference, points | only first / "
+         "only second |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        d = r.diff
+        L.append(_line([r.label, models[r.model].plan.label, str(d.n), rate(r.a), rate(r.b),
+                        f"{100 * d.difference:+.2f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]",
+                        f"{d.a_only} / {d.b_only}"]))
+    return L
 
 
 def _budget_points(models: dict[str, ModelInfo], key: str) -> list[ModelInfo]:
@@ -1277,7 +1361,9 @@ def run_experiment(path: str | os.PathLike, *, scale: str | None = None, runs_di
     if not main:
         return None
     cmd = command or f"unmask experiment {shlex.quote(_rel(file))}" + (f" --scale {plan.scale}" if plan.scale else "")
-    text = render(plan, infos, cells, eval_cmds, steps=steps, command=cmd, wall=time.perf_counter() - t0)
+    paired = contrasts(plan, infos, _Lookup(cells))
+    text = render(plan, infos, cells, eval_cmds, steps=steps, command=cmd, wall=time.perf_counter() - t0,
+                  paired=paired)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out.parent, out.name)
     tmp = temp_path(out)
@@ -1301,6 +1387,10 @@ def run_experiment(path: str | os.PathLike, *, scale: str | None = None, runs_di
                        "train_seconds": i.train_seconds, "command": i.command, "diagnostics": i.diagnostics,
                        "budget_of": i.budget_of or None}
                    for k, i in infos.items()},
+        "contrasts": [{"label": r.label, "model": r.model, "a": r.a.row.label, "b": r.b.row.label, "n": r.diff.n,
+                       "difference": 100 * r.diff.difference, "low": 100 * r.diff.low, "high": 100 * r.diff.high,
+                       "a_only": r.diff.a_only, "b_only": r.diff.b_only}
+                      for r in paired],
     })
     pngs = [p for p in (*(_plot(plan, pe, infos, cells, out.with_name(f"{out.stem}-{pe.name}.png"))
                           for pe in spec.plots),

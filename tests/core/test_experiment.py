@@ -201,6 +201,10 @@ reference = 50.0
 label = "vanilla, argmax values"
 model = "tiny"
 strategy = {{ name = "vanilla", value = "argmax" }}
+
+[[contrasts]]
+a = "margin"
+b = "vanilla, argmax values"
 ''')
     args = ["experiment", str(file), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "out"),
             "--steps", "10", "--seed", "7", "--no-progress"]
@@ -211,11 +215,19 @@ strategy = {{ name = "vanilla", value = "argmax" }}
     assert head[:3] == ["method", "hoped model", "hoped % solved"]
     assert [(r[0], r[2]) for r in body] == [("margin", "50.00"), ("vanilla, argmax values", "—")]
     assert "# Tiny Sudoku: margin vs vanilla (scale: smoke)" in text
-    assert f"unmask experiment {file} --runs" in text  # how it was run
+    assert "unmask experiment mine.toml --runs" in text  # how it was run (relative to the working directory)
     assert "--generate 3 --split test --seed 7 --strategies margin --steps 10" in text
     assert "--strategies vanilla --steps 10 --opt value=argmax" in text
     data = json.loads(md.with_suffix(".json").read_text())
     assert [r["options"]["steps"] for r in data["rows"]] == [10, 10] and data["n_eval"] == 3 and data["seed"] == 7
+    # the paired comparison: the difference of the two rows' scores, inside its interval, in the table and the JSON
+    (c,) = data["contrasts"]
+    ours = {r["method"]: r["ours"] for r in data["rows"]}
+    assert c["n"] == 3 and c["difference"] == pytest.approx(ours["margin"] - ours["vanilla, argmax values"])
+    assert c["low"] <= c["difference"] <= c["high"] and c["a_only"] - c["b_only"] == round(c["difference"] * 3 / 100)
+    head, body = structure(text)["tables"][1]
+    assert head[:3] == ["comparison", "model", "examples"] and body[0][:3] == [
+        "margin − vanilla, argmax values", "tiny MDM", "3"]
     assert (tmp_path / "runs" / "sudoku-default" / "model").is_dir()
     capsys.readouterr()
     assert main(args) == 0  # again: the model is reused
@@ -258,6 +270,15 @@ strategy = "margin"
      r"models\.a\.scales\.smoke: scale 'smoke' is not under \[scales\] \(cpu\)"),
     (GOOD.replace('title = "t"', 'title = 3'), ConfigError, r"bad config value at 'title'"),
     ("title = \"t\"\n[[rows\n", ConfigError, r"not valid TOML"),
+    (GOOD + '[[contrasts]]\na = "margin"\nb = "vanila"\n', ConfigError,
+     r"contrasts\[0\] names row 'vanila', which no row is labelled"),
+    (GOOD + '[[contrasts]]\na = "margin"\nb = "margin"\n', ConfigError, r"compares row 'margin' with itself"),
+    (GOOD.replace('title = "t"', 'title = "t"\n[models.b]\nconfig = "m.toml"') + '[[rows]]\nlabel = "v"\n'
+     'model = "b"\nstrategy = "vanilla"\n[[contrasts]]\na = "margin"\nb = "v"\n', ConfigError,
+     r"rows 'margin' and 'v' decode no model in common"),
+    (GOOD.replace('title = "t"', 'title = "t"\n[datasets.x]\n[datasets.y]').replace('strategy = "margin"',
+     'strategy = "margin"\ndata = "x"') + '[[rows]]\nlabel = "v"\nmodel = "a"\nstrategy = "vanilla"\ndata = "y"\n'
+     '[[contrasts]]\na = "margin"\nb = "v"\n', ConfigError, r"rows 'margin' and 'v' decode different datasets"),
 ])
 def test_a_bad_experiment_file_is_one_line(tmp_path, text, error, message):
     f = write(tmp_path, text)
