@@ -942,8 +942,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = "free some disk space and retry" if exc.errno == errno.ENOSPC else "check the path and retry"
         print(" ".join(f"error: {exc.strerror or exc}{where}; {hint}".split()), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - a third-party plugin's bug is one line naming it; ours stay tracebacks
         culprit = _plugin_culprit(exc)

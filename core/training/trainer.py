@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -578,9 +579,33 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=o.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress or self.rank != 0, dynamic_ncols=True)
+        with _stop_requests() as stop:
+            saved = self._loop(data, val, target, bar, stop)
+        bar.close()
+        if stop.signal and self.step < target:  # Ctrl-C or SIGTERM: the finished steps go into a checkpoint
+            if self.rank == 0 and not saved and self.step > 0:
+                self.save()
+            raise KeyboardInterrupt(f"training stopped by {stop.signal} at step {self.step}; its checkpoint is in "
+                                    f"{self.out / 'checkpoints'}: go on with unmask train --resume")
+        final = self.out / "model"
+        if self.rank == 0:
+            if self.step >= o.steps:
+                self.export_final(final)
+            plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return final
+
+    def _loop(self, data: Dataset | None, val: Dataset | None, target: int, bar: Any, stop: _Stop) -> bool:
+        """Train up to step ``target`` or until ``stop`` is asked for (checked after each whole step); returns
+        whether the last step's checkpoint was written."""
+        o = self.o
         t_last, s_last = self.train_seconds, self.samples
         run_loss, run_acc, n_acc = 0.0, 0.0, 0
-        while self.step < target:
+        saved = False
+        while self.step < target and not stop.signal:
             assert data is not None
             t0 = time.perf_counter()
             lr = lr_at(self.step, o)
@@ -620,19 +645,10 @@ class Trainer:
                 v = self.validate(val)
                 self._log({"step": self.step, "samples": self.samples, **self._flops_record(), **v})
                 bar.write(f"step {self.step}: " + ", ".join(f"{k}={x:.3f}" for k, x in v.items()))
-            if self.rank == 0 and (self.step % o.ckpt_every == 0 or self.step == o.steps or self.step in o.keep_steps):
+            saved = self.step % o.ckpt_every == 0 or self.step == o.steps or self.step in o.keep_steps
+            if self.rank == 0 and saved:
                 self.save()
-        bar.close()
-        final = self.out / "model"
-        if self.rank == 0:
-            if self.step >= o.steps:
-                self.export_final(final)
-            plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
-        return final
+        return saved
 
     def export_final(self, final: Path) -> None:
         files: dict[str, str | bytes] = dict(self.task.model_files())  # e.g. a text model's tokenizer
@@ -645,6 +661,48 @@ class Trainer:
         ckpt.save_model_dir(final, self._averaged_state(), cfg, extra_files=files)
         apply_umask(final)  # another account or container may serve the model: the user's umask, not 0600 / 0700
         plot_metrics(self.out / "metrics.jsonl", final / "curves.png")
+
+
+@dataclass
+class _Stop:
+    signal: str = ""
+
+
+class _stop_requests:
+    """While training: SIGINT (Ctrl-C) and SIGTERM (a scheduler's or container's stop) ask the loop to stop after the
+    step in progress, which then writes a checkpoint, so no finished step is lost; a second one stops at once. Only
+    in the main thread (signal handlers cannot be set elsewhere)."""
+
+    def __enter__(self) -> _Stop:
+        import signal
+        import threading
+
+        self.stop = _Stop()
+        self.old: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self.stop
+
+        def ask(signum: int, frame: Any) -> None:
+            if self.stop.signal:  # the second time: stop now (the last checkpoint stays)
+                self._restore()
+                raise KeyboardInterrupt
+            self.stop.signal = signal.Signals(signum).name
+            print(f"\n{self.stop.signal}: stopping after this step and writing a checkpoint (again to stop at once)",
+                  file=sys.stderr, flush=True)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.old[sig] = signal.signal(sig, ask)
+        return self.stop
+
+    def _restore(self) -> None:
+        import signal
+
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        self.old = {}
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
 
 
 def train(config_path: str | None, overrides: list[str] | None = None, *, resume: bool = False,

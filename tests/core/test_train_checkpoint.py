@@ -73,6 +73,39 @@ def test_sigkill_then_resume(tmp_path):
     assert (out / "model" / "model.safetensors").exists() and (out / "curves.png").exists()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_run_keeps_every_finished_step(tmp_path, sig):
+    """Ctrl-C or SIGTERM between checkpoints: the run stops after the step in progress and writes its checkpoint
+    (exit status 130, one line saying where), and --resume goes on from that step."""
+    out = tmp_path / "run"
+    proc = run_train(tiny(out, tmp_path / "cache", steps=100_000, **{"train.ckpt_every": "100000",
+                                                                     "train.log_every": "1"}))
+    deadline = time.time() + 120
+    logged = 0
+    while time.time() < deadline and logged < 7:
+        if (out / "metrics.jsonl").exists():
+            logged = sum('"loss"' in x for x in (out / "metrics.jsonl").read_text().splitlines())
+        time.sleep(0.1)
+    assert logged >= 7, proc.stderr.read()
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    latest = ckpt.latest_checkpoint(out)
+    assert latest is not None
+    step = ckpt.load_training_state(latest)[0]["step"]
+    last = max(json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x)
+    assert step == last >= 7  # every step it logged is in the checkpoint
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"interrupted: training stopped by {signal.Signals(sig).name} at step {step}; ")
+    assert "--resume" in line
+    resumed = run_train(tiny(out, tmp_path / "cache", steps=step + 3), extra=["--resume"])
+    _, stderr = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, stderr
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in recs if r.get("event") == "resume"][-1]["step"] == step
+    assert ckpt.read_config(out / "model")["step"] == step + 3
+
+
 def test_training_is_reproducible_from_seed(tmp_path):
     from unmask.core.training.trainer import train
 
