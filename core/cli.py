@@ -204,8 +204,15 @@ def _list_models(heading: bool) -> int:
         what = e.source
         if e.path is not None:
             try:
-                task = json.loads((e.path / "config.json").read_text(encoding="utf-8"))["task"]["name"]
-                what = f"task {task}" + (" (the default model)" if name == default else "")
+                cfg = json.loads((e.path / "config.json").read_text(encoding="utf-8"))
+                train = cfg.get("train") or {}
+                objective = train.get("objective", "mdm") + (f", {train['order']} order"
+                                                              if train.get("objective") == "arm" and train.get("order")
+                                                              else "")
+                samples = cfg.get("samples")  # counted across warm starts (steps restart with each stage)
+                trained = f", trained on {samples:,} examples" if isinstance(samples, int) else ""
+                what = (f"task {cfg['task']['name']}, {objective}{trained}"
+                        + (" (the default model)" if name == default else ""))
             except (OSError, ValueError, KeyError, TypeError, RecursionError):
                 what = "unreadable config.json"
         print(f"  {name:<{width}}  {what}  [{e.package}]")

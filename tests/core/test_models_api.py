@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import json
+import re
 import textwrap
 import tomllib
 from pathlib import Path
@@ -76,7 +77,9 @@ def test_entry_point_models_work_everywhere_and_list(capsys, shipped, tmp_path):
         find_model("zoo-broken")
     code, out, err = run(capsys, "list", "models")
     assert code == 2  # the collision is an error line; the others are listed
-    assert "sudoku-default  task sudoku (the default model)  [unmask]" in out
+    assert re.search(r"sudoku-default +task sudoku, mdm, trained on 3,891,200 examples \(the default model\)  "
+                     r"\[unmask\]", out)
+    assert re.search(r"sudoku-arm +task sudoku, arm, solver order, trained on 71,552 examples  \[unmask\]", out)
     assert "zoo " in out and "[zoo-pkg]" in out and "entry point zoo_pkg.paths:model_path" in out
     assert "collides with the packaged model" in err and "sudoku-default" in err
     assert find_model("sudoku-default") == MODEL  # the packaged model keeps its name
