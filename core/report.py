@@ -372,7 +372,8 @@ def training_curves(png: Path, runs: Mapping[str, str | os.PathLike], x: str = "
         for label, path in runs.items():
             with_train_flops(label, path, *data[label])
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    cells = any(k.endswith("_cells") for _, va in data.values() for r in va for k in r)  # a third panel
+    fig, axes = plt.subplots(1, 3 if cells else 2, figsize=(16 if cells else 11, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
     xk = _xkey(x)
@@ -386,12 +387,20 @@ def training_curves(png: Path, runs: Mapping[str, str | os.PathLike], x: str = "
             pts = [r for r in va if k in r and xk in r]
             name = f"{label}: {k[4:]}" if label else k[4:]
             color = colors[(i if len(data) > 1 else j) % len(colors)]
+            ls = styles[j % len(styles)] if len(data) > 1 else "-"
             axes[1].plot([r[xk] for r in pts], [100 * r[k] for r in pts], marker="o", ms=3, label=name,
-                         color=color, ls=styles[j % len(styles)] if len(data) > 1 else "-")
+                         color=color, ls=ls)
+            pts = [r for r in pts if k + "_cells" in r]
+            if cells and pts:
+                axes[2].plot([r[xk] for r in pts], [100 * r[k + "_cells"] for r in pts], marker="o", ms=3,
+                             label=name, color=color, ls=ls)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("training loss (per token)")
     axes[1].set_ylabel("% solved (validation)")
     axes[1].set_ylim(0, 100)
+    if cells:
+        axes[2].set_ylabel("% of cells right (validation)")
+        axes[2].set_ylim(0, 100)
     for ax in axes:
         ax.set_xlabel(X_AXES[x])
         if x == "flops":  # runs of different cost side by side: decades apart

@@ -94,3 +94,20 @@ def test_cpu_model_names_native_bf16(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx: v, raising=False)
         assert cpu_bf16() == label
         assert cpu_model().endswith(f"({label or 'no native bf16'})")
+
+
+def test_curves_add_a_cells_panel_when_runs_logged_cells(tmp_path, monkeypatch):
+    import unmask.core.report as report
+
+    figs = []
+    monkeypatch.setattr(report, "_save", lambda fig, png: figs.append(
+        [(ax.get_ylabel(), [list(line.get_ydata()) for line in ax.get_lines()]) for ax in fig.axes]))
+    with_cells = write_run(tmp_path / "a", run_records())
+    training_curves(tmp_path / "a.png", {"": with_cells})
+    (loss, _), (solved, s_lines), (cells, c_lines) = figs[-1]
+    assert (solved, cells) == ("% solved (validation)", "% of cells right (validation)")
+    assert s_lines == [[30.0, 50.0], [20.0]]  # margin at steps 125 and 200 (the later record wins), vanilla
+    assert c_lines == [[60.0]]  # margin's cells: only the step-125 record logged them
+    plain = write_run(tmp_path / "b", [r for r in run_records() if not any(k.endswith("_cells") for k in r)])
+    training_curves(tmp_path / "b.png", {"": plain})
+    assert [y for y, _ in figs[-1]] == ["training loss (per token)", "% solved (validation)"]
