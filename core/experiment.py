@@ -1185,17 +1185,20 @@ def contrasts(plan: Plan, models: dict[str, ModelInfo], got: _Lookup) -> list[Co
 
 
 def _contrast_table(models: dict[str, ModelInfo], results: list[ContrastResult]) -> list[str]:
-    from unmask.core.stats import wilson_interval
+    import numpy as np
+
+    from unmask.core.stats import rate_interval
 
     if not results:
         return []
 
     def rate(c: Cell) -> str:
-        lo, hi = wilson_interval(int(round(c.solved * c.n)), c.n)
+        lo, hi = rate_interval(c.each, rng=np.random.default_rng(0))
         return f"{100 * c.solved:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
     L = ["", "## Paired differences", "",
-         "Each pair decoded the same examples. % solved with a Wilson 95% interval; the difference (points) with a "
+         "Each pair decoded the same examples. % solved with a Wilson 95% interval (a bootstrap one where examples "
+         "score fractions); the difference (points) with a "
          "95% percentile bootstrap interval over the examples (10,000 resamples, the two decodings of an example kept "
          "together); the last column counts the examples only the first / only the second solved.", "",
          "| comparison | model | examples | first: % solved | second: % solved | difference, points | only first / "

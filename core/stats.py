@@ -1,4 +1,5 @@
-"""Uncertainty of the rates that experiments report: a Wilson score interval for one % solved, and a paired
+"""Uncertainty of the rates that experiments report: a Wilson score interval for one % solved (a bootstrap one for
+scores that are fractions), and a paired
 bootstrap interval for the difference of two decodings scored on the same examples (the ordering effect: margin
 against vanilla on one test set). Both at 95% unless told otherwise."""
 
@@ -22,6 +23,20 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     mid = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return (0.0 if k == 0 else max(0.0, mid - half)), (1.0 if k == n else min(1.0, mid + half))  # exact at the ends
+
+
+def rate_interval(scores: np.ndarray, *, rng: np.random.Generator, resamples: int = 10_000) -> tuple[float, float]:
+    """95% interval of the mean of per-example scores: Wilson's when they are all 0 or 1 (solved or not), else a
+    percentile bootstrap (a task may score an example by a fraction, e.g. L&O-NAE-SAT's consistent observations)."""
+    x = np.asarray(scores, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("need at least one score")
+    if np.all((x == 0) | (x == 1)):
+        return wilson_interval(int(x.sum()), x.size)
+    means = np.concatenate([x[rng.integers(0, x.size, size=(min(1000, resamples - i), x.size))].mean(axis=1)
+                            for i in range(0, resamples, 1000)])
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(lo), float(hi)
 
 
 @dataclass(frozen=True)
@@ -58,4 +73,4 @@ def paired_difference(a: np.ndarray, b: np.ndarray, *, rng: np.random.Generator,
     return PairedDifference(n, float(d.mean()), float(lo), float(hi), int(np.sum(d > 0)), int(np.sum(d < 0)))
 
 
-__all__ = ["PairedDifference", "Z95", "paired_difference", "wilson_interval"]
+__all__ = ["PairedDifference", "Z95", "paired_difference", "rate_interval", "wilson_interval"]

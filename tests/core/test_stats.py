@@ -73,3 +73,16 @@ def test_paired_difference_refuses_unpaired_input():
         paired_difference(np.ones(0), np.ones(0), rng=rng)
     with pytest.raises(ValueError, match="0 < level < 1"):
         paired_difference(np.ones(3), np.ones(3), rng=rng, level=1.0)
+
+
+def test_rate_interval_is_wilson_for_solved_and_a_bootstrap_for_fractions():
+    from unmask.core.stats import rate_interval
+
+    solved = np.array([1, 0, 0, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    assert rate_interval(solved, rng=np.random.default_rng(0)) == wilson_interval(3, 10)
+    frac = np.random.default_rng(1).uniform(0.6, 1.0, size=400)  # e.g. the fraction of consistent observations
+    lo, hi = rate_interval(frac, rng=np.random.default_rng(0))
+    half = 1.959964 * frac.std(ddof=1) / math.sqrt(frac.size)
+    assert lo < frac.mean() < hi and (lo, hi) == pytest.approx((frac.mean() - half, frac.mean() + half), abs=0.003)
+    with pytest.raises(ValueError, match="at least one score"):
+        rate_interval(np.array([]), rng=np.random.default_rng(0))
