@@ -67,10 +67,12 @@ def assert_same_structure(ours: Path, committed: Path, reference_columns: list[i
     main_a = [r for r in ja["rows"] if not ja["models"][r["model"]]["budget_of"]]
     main_b = [r for r in jb["rows"] if not jb["models"][r["model"]].get("budget_of")]
     assert [(r["method"], r["group"], r["split"], r["strategy"], r["model"], r["reference"]) for r in main_a] == \
-        [(r["method"], r["group"], r["split"], r["strategy"], r["model"], r["paper"]) for r in main_b]
+        [(r["method"], r["group"], r["split"], r["strategy"], r["model"], r.get("reference", r.get("paper")))
+         for r in main_b]  # tables written before the key was "reference" called it "paper"
     for ra, rb in zip(main_a, main_b, strict=True):  # the same resolved decoding options
         assert {k: ra["options"].get(k) for k in rb["options"]} == rb["options"], ra["method"]
     assert set(jb["rows"][0]) - {"paper"} <= set(ja["rows"][0])
+    assert [c["label"] for c in ja["contrasts"]] == [c["label"] for c in jb.get("contrasts", [])]  # the same pairs
     assert [k for k, m in ja["models"].items() if not m["budget_of"]] == \
         [k for k, m in jb["models"].items() if not m.get("budget_of")]
     assert set(next(iter(jb["models"].values()))) <= set(next(iter(ja["models"].values())))
