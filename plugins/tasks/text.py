@@ -111,7 +111,9 @@ class Text(Task):
     def tokenizer(self) -> Any:
         p = self._tokenizer_dir()
         if not p.is_dir():
-            raise InputError(f"tokenizer directory '{p}' does not exist")
+            raise InputError(f"tokenizer directory '{p}' does not exist; point task.tokenizer at a tokenizer's "
+                             "directory, or build the one the config names (configs/code-infill.toml's data/code: "
+                             "python tools/code_data.py data/code)")
         if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
             raise InputError(f"'{p}' holds no tokenizer (tokenizer.json or tokenizer_config.json)")
         try:

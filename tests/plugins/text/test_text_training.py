@@ -173,3 +173,12 @@ def test_humaneval_splits_are_generated_with_oracle_or_budget_masks(tmp_path: Pa
     assert oracle.inputs.shape[1] <= 256 and bool(oracle.meta["execute"].all())  # cut to the context
     with pytest.raises(InputError, match="budget"):
         task.generate("humaneval-single-line@x", 2, seed=0)
+
+
+def test_a_missing_tokenizer_says_how_to_get_one(tmp_path: Path) -> None:
+    from unmask.core.errors import InputError
+
+    task = build_task({"name": "text", "tokenizer": str(tmp_path / "data" / "code" / "tokenizer")})
+    with pytest.raises(InputError, match=r"tokenizer directory '.*tokenizer' does not exist; point task\.tokenizer at "
+                                         r".*python tools/code_data\.py data/code\)$"):
+        _ = task.mask_id
