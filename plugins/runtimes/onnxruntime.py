@@ -192,7 +192,7 @@ class OnnxRuntimeEngine:
         got = self.session.get_providers()
         if want not in got:
             raise DeviceError(
-                f"onnxruntime did not load {want} for '{path}' (session providers: {', '.join(got)}); "
+                f"onnxruntime did not load {want} for '{path}' (providers loaded: {', '.join(got)}); "
                 "check the CUDA/cuDNN (and TensorRT) libraries onnxruntime-gpu needs, or use --device cpu"
             )
         self.options = options
