@@ -65,7 +65,9 @@ def main() -> None:
     cpu = torch.device("cpu")
     transformer = isinstance(model, tr.Transformer)
     hf_model = getattr(model, "model", None) if not transformer else None
-    default_math = transformer  # what training uses: the transformer's matmul attention, transformers' sdpa
+    hf_attention = getattr(getattr(hf_model, "config", None), "_attn_implementation", None)
+    # what training uses: the transformer's matmul attention; the hf model's own implementation (sdpa by default)
+    default_math = transformer or hf_attention == "eager"
     sparse = "index" in _inputs(model)
 
     def dense(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -81,7 +83,7 @@ def main() -> None:
     def set_math_attention(on: bool) -> None:
         tr.CPU_BF16_MATH_ATTENTION = on
         if hasattr(hf_model, "set_attn_implementation"):
-            hf_model.set_attn_implementation("eager" if on else "sdpa")
+            hf_model.set_attn_implementation("eager" if on else hf_attention if hf_attention != "eager" else "sdpa")
 
     def measure(bf16: bool, math_attn: bool, fused: bool, compiled: bool, all_positions: bool) -> float:
         set_math_attention(math_attn)
