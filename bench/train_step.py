@@ -6,10 +6,9 @@ Times forward + loss + backward + AdamW of a model at its training batch size: b
 batch size of any MDM training config (e.g. configs/code-infill.toml: the code model, 512-token windows of its
 corpus). Options: fp32; bf16 autocast with PyTorch's fused attention kernel and with attention as plain matmuls (the
 transformer backbone's CPU bf16 path and its default; transformers' "eager" attention for the ``hf`` backbone, whose
-default is "sdpa"); fused AdamW; torch.compile of the model; for a
-backbone that takes an ``index`` (the ``hf`` one), the output layer at every position against the masked positions
-only (what training does). Then a profile of the fp32 step and the bf16 one (top operators by self time). Ratios
-are measured in one run.
+default is "sdpa"); fused AdamW; torch.compile of the model; for a backbone that takes an ``index`` (the ``hf``
+one), the output layer at every position against the masked positions only (what training does). Then a profile
+of the fp32 step and the bf16 one (top operators by self time). Ratios are measured in one run.
 
     python bench/train_step.py [--threads 1] [--batch 128] [--reps 10] [--d-model 128 --layers 4] [--no-compile]
     python bench/train_step.py --config configs/code-infill.toml [--batch 16] [--reps 5]
@@ -29,7 +28,7 @@ from unmask.core.config import load_toml
 from unmask.core.models import autocast_context, build_model
 from unmask.core.report import cpu_model
 from unmask.core.task import build_task
-from unmask.plugins.objectives.mdm import _inputs, mdm_loss
+from unmask.plugins.objectives.mdm import mdm_loss
 
 
 def _setup(a: argparse.Namespace) -> tuple[Any, torch.nn.Module, int, str]:
@@ -68,7 +67,7 @@ def main() -> None:
     hf_attention = getattr(getattr(hf_model, "config", None), "_attn_implementation", None)
     # what training uses: the transformer's matmul attention; the hf model's own implementation (sdpa by default)
     default_math = transformer or hf_attention == "eager"
-    sparse = "index" in _inputs(model)
+    sparse = "index" in getattr(model, "inputs", ())  # the loss applies the output layer at masked positions only
 
     def dense(m: Any) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda tokens: m(tokens)  # hides ``index``: the loss applies the output layer at every position

@@ -108,9 +108,11 @@ def test_local_links_exist() -> None:
 HISTORY = re.compile(r"\b(session|issue)s? \d+|\bthis session\b|\bhelper \d+", re.IGNORECASE)
 
 
-def test_no_build_history_in_docs() -> None:
+def test_no_build_history_in_docs_or_code() -> None:
     paths = [ROOT / "README.md", ROOT / "mkdocs.yml", *DOCS.rglob("*.md"), *(ROOT / "configs").rglob("*.toml"),
              *(ROOT / "results").glob("*.md")]
+    for folder in ("core", "plugins", "export", "tools", "bench", "tests", "package", "examples"):
+        paths += [p for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts]
     found = []
     for path in paths:
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):

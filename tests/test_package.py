@@ -1,4 +1,4 @@
-"""unmask works as an installed package, without the repository (issue 16, item 6).
+"""unmask works as an installed package, without the repository.
 
 The install test builds a wheel, installs it (not editable) into a fresh virtual environment whose dependencies come
 from the running one, and runs the installed ``unmask`` from an empty directory: --version, solve without --model,

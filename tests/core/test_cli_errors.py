@@ -1,4 +1,4 @@
-"""User mistakes on the command line end in one ``error:`` line and exit status 2, before any work (issue 16, 2)."""
+"""User mistakes on the command line end in one ``error:`` line and exit status 2, before any work."""
 
 from __future__ import annotations
 

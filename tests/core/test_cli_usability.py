@@ -1,5 +1,5 @@
 """The CLI a user expects: per-strategy options, warnings for options that do nothing, help with defaults, solve
-explains a failure, thread defaults, --resume says where it resumes (issue 16, item 7)."""
+explains a failure, thread defaults, --resume says where it resumes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The decode loop always ends and checks what engines and strategies give it (issue 16, item 1)."""
+"""The decode loop always ends and checks what engines and strategies give it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Temporary files of killed or failed writes are cleaned up (issue 16, item 5)."""
+"""Temporary files of killed or failed writes are cleaned up."""
 
 from __future__ import annotations
 

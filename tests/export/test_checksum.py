@@ -1,4 +1,4 @@
-"""Corruption is detected: model directories and ONNX files carry a checksum verified on load (issue 16, item 3)."""
+"""Corruption is detected: model directories and ONNX files carry a checksum verified on load."""
 
 from __future__ import annotations
 

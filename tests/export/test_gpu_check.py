@@ -1,5 +1,5 @@
 """unmask.export.gpu_check (``tools/gpu_check.py``) on the CPU: the no-GPU exit, the engine list, and the report
-assembled from CPU engines standing in for the GPU ones (issue 17, item 4). The real run is ``tools/gpu_check.py`` on
+assembled from CPU engines standing in for the GPU ones. The real run is ``tools/gpu_check.py`` on
 a GPU machine."""
 
 from __future__ import annotations

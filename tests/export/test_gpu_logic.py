@@ -1,4 +1,4 @@
-"""The GPU code's host-side logic, run on the CPU with fake TensorRT contexts and onnxruntime sessions (issue 16, 8).
+"""The GPU code's host-side logic, run on the CPU with fake TensorRT contexts and onnxruntime sessions.
 
 The real GPU paths are in test_gpu.py (``-m gpu`` / ``-m tensorrt``); these check what can be checked without one.
 """
