@@ -3,18 +3,24 @@
 A front end like ``solve``: the model's task parses the input (``--prompt`` TEXT, or ``--prompts`` FILE.jsonl read
 by the task), its decoding options come from the flags, and every row decodes in one batch (a slot table refilled
 as rows finish). On a terminal, a single prompt is shown filling in live, still-masked positions drawn as ``░``.
+With ``--out`` each answer is appended to a JSON Lines file as its row finishes, and ``--resume`` decodes only the
+prompts such a file still lacks.
 Nothing here knows a tokenizer or a model class: the ``text`` task and the ``hf`` backbone do.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from unmask.core.errors import InputError
+from unmask.core.files import read_text
 
 HELP = "generate text with a text MDM (a Hugging Face model directory or one of unmask's text models)"
 MASK_GLYPH = "\u2591"
@@ -52,6 +58,11 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--batch-size", type=int, default=16, help="rows decoded at once (--prompts)")
     s.add_argument("--seed", type=int, default=0, help="seed of the decoding randomness")
     s.add_argument("--json", help="write every answer, its forward passes and scores as JSON")
+    s.add_argument("--out", metavar="FILE.jsonl", help="write each answer to this JSON Lines file the moment its row "
+                   "finishes (index, answer, forward passes, scores), instead of printing the answers; an "
+                   "interrupted run keeps every finished row")
+    s.add_argument("--resume", action="store_true", help="with --out: keep the rows already in it and decode only "
+                   "the prompts it lacks (the same prompts and settings; checked)")
     s.add_argument("--no-live", action="store_true", help="no live view of the canvas (there is none when stdout "
                    "is not a terminal or for more than one prompt)")
 
@@ -66,8 +77,11 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--seed must lie in 0..2^63-1, got {args.seed}")
     if not args.cfg >= 0.0 or args.cfg > 1e4:
         raise InputError(f"--cfg must be a number in 0..10000, got {args.cfg}")
-    if args.json is not None and not str(args.json).strip():
-        raise InputError("--json is empty; give a file name")
+    for flag, value in (("--json", args.json), ("--out", args.out)):
+        if value is not None and not str(value).strip():
+            raise InputError(f"{flag} is empty; give a file name")
+    if args.resume and not args.out:
+        raise InputError("--resume continues an --out file; give --out FILE.jsonl")
     if not str(args.model).strip():
         raise InputError("--model is empty; give a model directory or a model name (unmask list models)")
     from unmask.core.resources import find_model
@@ -144,31 +158,116 @@ class _Live:
             self.stream.flush()
 
 
+class _Answers:
+    """``--out``: one JSON line per prompt, appended and synced to disk as its row finishes, so an interrupted run
+    keeps every finished row. Each row carries a ``key``: a hash of its prompt's tokens and of the settings that
+    decide its answer; ``--resume`` keeps the rows whose key matches this command's and decodes the rest."""
+
+    def __init__(self, path: str, keys: list[str], resume: bool) -> None:
+        self.path, self.keys = Path(path), keys
+        self.rows: dict[int, dict[str, Any]] = {}
+        if self.path.is_file() and self.path.stat().st_size:
+            if not resume:
+                raise InputError(f"--out '{self.path}' already holds answers; add --resume to keep them and decode "
+                                 "the rest, or choose another path")
+            self.rows = self._read()
+        self.before = len(self.rows)
+        self.file = open(self.path, "a" if resume else "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+
+    def _read(self) -> dict[int, dict[str, Any]]:
+        text = read_text(self.path, "--out")
+        complete = text[: text.rfind("\n") + 1]  # a line cut short by an interruption is decoded again
+        if len(complete.encode()) != self.path.stat().st_size:
+            with open(self.path, "r+b") as f:
+                f.truncate(len(complete.encode("utf-8")))
+        rows: dict[int, dict[str, Any]] = {}
+        n = len(self.keys)
+        for k, line in enumerate(complete.splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"--out '{self.path}' line {k}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise InputError(f"{where} is not JSON, so the file is not from unmask generate --out; choose "
+                                 "another --out") from None
+            index = row.get("index") if isinstance(row, dict) else None
+            if not isinstance(index, int) or isinstance(index, bool) or not 1 <= index <= n:
+                raise InputError(f"{where} has no index in 1..{n} (the prompts given); resume with the same "
+                                 "--prompts, or choose another --out")
+            if row.get("key") != self.keys[index - 1] or index in rows:
+                raise InputError(f"{where} answers prompt {index} with another prompt or other settings (--model, "
+                                 "--strategy, --steps, --gen-length, --block-length, --cfg, --seed...) than this "
+                                 "command; rerun it as it was, or choose another --out")
+            rows[index] = row
+        return rows
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.rows[row["index"]] = {**row, "key": self.keys[row["index"] - 1]}
+        self.file.write("".join(json.dumps(self.rows[r["index"]], ensure_ascii=False) + "\n" for r in rows))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _row_keys(args: argparse.Namespace, strategy: Any, data: Any) -> list[str]:
+    """Per prompt, a hash of its tokens and of every setting that decides its answer (``--out``'s ``key``)."""
+    import hashlib
+
+    settings = json.dumps({"model": args.model, "model_settings": model_settings(args), "steps": args.steps,
+                           "strategy": strategy.config_dict(), "block_length": args.block_length, "cfg": args.cfg,
+                           "seed": args.seed}, sort_keys=True, default=str)
+    keys = []
+    for i in range(len(data)):
+        n = int(data.meta["length"][i])
+        h = hashlib.sha256(settings.encode())
+        h.update(data.inputs[i, :n].tobytes())
+        h.update(data.given[i, :n].tobytes())
+        keys.append(h.hexdigest()[:16])
+    return keys
+
+
+def _rows(task: Any, tokens: Any, part: Any, index: Any, nfe: Any, scored: bool) -> list[dict[str, Any]]:
+    """The answer rows of decoded ``tokens`` (n, L) for the examples ``part`` (1-based ``index``, n): the answer
+    text, forward passes, generated positions and, where the prompts carry answers, exact match (and whether the
+    program passed its tests, for infills with tests)."""
+    scores = task.score(tokens, part) if scored else None
+    rows = []
+    for j in range(len(part)):
+        row: dict[str, Any] = {"index": int(index[j]), "answer": task.answer(tokens[j], part.given[j]),
+                               "nfe": int(nfe[j]), "generated": int((~part.given[j]).sum())}
+        if scores is not None:
+            row["exact"] = bool(scores.get("exact", scores["solved"])[j])
+            if "exact" in scores:
+                row["passed"] = bool(scores["solved"][j])
+        rows.append(row)
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from unmask.core.cli import default_threads
     from unmask.core.config import write_json
-    from unmask.core.decoding.loop import decode
     from unmask.core.decoding.runtime import open_engine
-    from unmask.core.decoding.schedule import decode_many
-    from unmask.core.engine import GuidanceEngine
     from unmask.core.files import check_outputs, check_writable
     from unmask.core.task import build_task
 
     _check(args)
-    if args.json:  # before any work
-        check_writable(args.json, "--json")
-        check_outputs([("--json", args.json)], [("--model", args.model), *([("--prompts", args.prompts)]
-                                                                            if args.prompts else [])])
+    written = [(flag, path) for flag, path in (("--json", args.json), ("--out", args.out)) if path]
+    for flag, path in written:  # before any work
+        check_writable(path, flag)
+    if written:
+        check_outputs(written, [("--model", args.model), *([("--prompts", args.prompts)] if args.prompts else [])])
     threads = args.threads or default_threads("generate")
     engine = open_engine(args.model, None, device=args.device, threads=threads, model=model_settings(args))
     task = build_task(engine.config["task"], "model task", model=args.model)
     if not hasattr(task, "answer"):
         raise InputError(f"model '{args.model}' decodes task '{task.name}', not text; use unmask solve or eval")
     data = task.read_file(args.prompts) if args.prompts else task.parse(args.prompt)
-    lengths = data.meta["length"]
     gen = (~data.given).sum(axis=1)  # (N,) masked positions per row
     steps = args.steps or int(gen.max())
     if args.block_length:
@@ -177,41 +276,88 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--steps {steps} is fewer than the {int(blocks.max())} blocks of --block-length "
                              f"{args.block_length}; give at least one step per block")
     strategy = text_strategy(args.strategy, steps, args.block_length)
+    has_ref = bool(np.any([bool(a) for a in data.meta["answer"]]))
+    answers = _Answers(args.out, _row_keys(args, strategy, data), args.resume) if args.out else None
+    try:
+        todo = np.array([i for i in range(len(data)) if answers is None or i + 1 not in answers.rows], dtype=np.int64)
+        new = _decode_rows(args, task, engine, strategy, data.take(todo), todo + 1, has_ref, answers,
+                           live_ok=len(data) == 1)
+    except KeyboardInterrupt:
+        if answers is None:
+            raise
+        raise KeyboardInterrupt(f"{len(answers.rows)} of {len(data)} answers are in {args.out}; rerun the same "
+                                "command with --resume to decode the rest") from None
+    finally:
+        if answers is not None:
+            answers.close()
+    rows, seconds = new
+    if answers is None:
+        for row in rows:
+            if len(data) > 1:
+                print(f"--- {row['index']}")
+            print(row["answer"])
+    nfe = np.array([r["nfe"] for r in rows], dtype=np.int64)
+    summary = "nothing left to decode" if not rows else (
+        f"forward passes: {int(nfe.sum())} ({nfe.mean():.1f} per row), tokens per forward: "
+        f"{sum(r['generated'] for r in rows) / max(int(nfe.sum()), 1):.2f}, {seconds:.2f} s")
+    if rows and has_ref:
+        summary += f", exact match: {np.mean([r['exact'] for r in rows]):.1%}"
+        if "passed" in rows[0]:
+            summary += f", tests passed: {np.mean([r['passed'] for r in rows]):.1%}"
+    if answers is not None:
+        kept = f" ({answers.before} kept from before)" if answers.before else ""
+        summary += f"; {len(answers.rows)} of {len(data)} answers in {args.out}{kept}"
+    print(summary, file=sys.stderr)
+    if args.json:
+        every = rows if answers is None else [
+            {k: v for k, v in answers.rows[i].items() if k != "key"} for i in sorted(answers.rows)]
+        report = {"model": str(args.model), "strategy": strategy.config_dict(), "cfg": args.cfg, "seconds": seconds,
+                  "rows": every}
+        write_json(args.json, report)
+    return 0
+
+
+def _decode_rows(args: argparse.Namespace, task: Any, engine: Any, strategy: Any, data: Any, index: Any,
+                 has_ref: bool, answers: _Answers | None, live_ok: bool) -> tuple[list[dict[str, Any]], float]:
+    """Decode the examples ``data`` (1-based prompt numbers ``index``); with ``answers`` each row is scored and
+    written the moment it finishes. Returns the rows, in prompt order, and the decoding seconds."""
+    import torch
+
+    from unmask.core.decoding.loop import decode
+    from unmask.core.decoding.schedule import decode_many
+    from unmask.core.engine import GuidanceEngine
+
+    if not len(data):
+        return [], 0.0
     if args.cfg:
         engine = GuidanceEngine(engine, args.cfg, task.mask_id)
     gen_t = torch.Generator().manual_seed(args.seed)
     inputs, given = torch.from_numpy(data.inputs), torch.from_numpy(data.given)
-    lens = torch.from_numpy(lengths)
+    lens = torch.from_numpy(data.meta["length"])
+    done: dict[int, dict[str, Any]] = {}
+
+    def finish(ids: torch.Tensor, tokens: torch.Tensor, nfe: torch.Tensor) -> None:
+        if answers is None:  # scored once at the end (infills with tests run in one sandbox pool)
+            return
+        idx = ids.numpy()
+        rows = _rows(task, tokens.numpy(), data.take(idx), index[idx], nfe.numpy(), has_ref)
+        answers.add(rows)
+        done.update((r["index"], r) for r in rows)
+
     live = None
-    if len(data) == 1 and sys.stdout.isatty() and not args.no_live:
+    if live_ok and sys.stdout.isatty() and not args.no_live:
         live = _Live(task, given, task.mask_id, sys.stdout)
     t0 = time.perf_counter()
     if len(data) == 1:
         res = decode(engine, inputs, given, strategy, mask_id=task.mask_id, generator=gen_t, lengths=lens,
                      on_step=live)
+        finish(torch.zeros(1, dtype=torch.int64), res.tokens, res.nfe)
     else:
         res = decode_many(engine, inputs, given, strategy, mask_id=task.mask_id, generator=gen_t,
-                          batch_size=args.batch_size, lengths=lens, progress=sys.stderr.isatty())
+                          batch_size=args.batch_size, lengths=lens, progress=sys.stderr.isatty(), on_finish=finish)
     seconds = time.perf_counter() - t0
     if live is not None:
         live.clear()
-    tokens = res.tokens.numpy()
-    nfe = res.nfe.numpy()
-    answers = [task.answer(tokens[i], data.given[i]) for i in range(len(data))]
-    has_ref = bool(np.any([bool(a) for a in data.meta["answer"]]))
-    scores = task.score(tokens, data) if has_ref else None
-    for i, text in enumerate(answers):
-        if len(data) > 1:
-            print(f"--- {i + 1}")
-        print(text)
-    total_gen = int(gen.sum())
-    print(f"forward passes: {int(nfe.sum())} ({nfe.mean():.1f} per row), tokens per forward: "
-          f"{total_gen / max(int(nfe.sum()), 1):.2f}, {seconds:.2f} s"
-          + (f", exact match: {scores['solved'].mean():.1%}" if scores is not None else ""), file=sys.stderr)
-    if args.json:
-        rows = [{"answer": answers[i], "nfe": int(nfe[i]), "generated": int(gen[i]),
-                 **({"exact": bool(scores["solved"][i])} if scores is not None else {})} for i in range(len(data))]
-        report = {"model": str(args.model), "strategy": strategy.config_dict(), "cfg": args.cfg, "seconds": seconds,
-                  "rows": rows}
-        write_json(args.json, report)
-    return 0
+    if answers is None:
+        return _rows(task, res.tokens.numpy(), data, index, res.nfe.numpy(), has_ref), seconds
+    return [done[int(i)] for i in index], seconds

@@ -20,6 +20,7 @@ Random strategies draw from ``generator`` batch-wise, so their draws depend on t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,6 +195,7 @@ def decode_many(
     vocab_size: int | None = None,
     validate: bool = True,
     lengths: torch.Tensor | None = None,
+    on_finish: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> DecodeResult:
     """Decode the N requests ``inputs`` (N, L) with a slot table of ``batch_size`` rows (continuous batching).
 
@@ -202,7 +204,10 @@ def decode_many(
     ``batch_size`` is capped by the engine's ``max_batch`` (a TensorRT profile's largest batch), if it has one.
     State lives on the engine's device (``engine.device``, when it is a torch device), results on the inputs'.
     ``vocab_size``, ``validate`` and ``lengths`` (right-padded rows) are as in
-    :func:`unmask.core.decoding.loop.decode` (errors name request ids).
+    :func:`unmask.core.decoding.loop.decode` (errors name request ids). ``on_finish(ids, tokens, nfe)``, if given,
+    hears of every request once, as soon as it is final (request ids (F,), tokens (F, L) and NFE (F,) on the inputs'
+    device): rows with nothing to decode before the first pass, the others as they finish, so a caller can keep
+    each answer the moment it exists.
     """
     from tqdm.auto import tqdm
 
@@ -241,6 +246,9 @@ def decode_many(
                     None if src_len is None else src_len[ids])
         head += count
 
+    if on_finish is not None and Q < N:
+        ready = (~src_masked.any(dim=1)).nonzero().squeeze(1)
+        on_finish(ready.to(out_dev), res_tok[ready].to(out_dev), res_nfe[ready].to(out_dev))
     load(min(B, Q))
     # Hard cap on passes (host-side, never skipped): a request takes at most `steps` passes, every pass serves
     # B rows while the queue lasts, and the tail after it drains takes at most `steps` more.
@@ -263,6 +271,8 @@ def decode_many(
                 res_order[fin.ids] = fin.order
             load(min(table.free, Q - head))  # refill the finished rows' slots at once
             bar.update(int(fin.ids.numel()))
+            if on_finish is not None:
+                on_finish(fin.ids.to(out_dev), fin.tokens.to(out_dev), fin.nfe.to(out_dev))
     assert head == Q, "scheduler left requests in the queue"
     return DecodeResult(
         res_tok.to(out_dev), res_nfe.to(out_dev), None if res_order is None else res_order.to(out_dev)

@@ -82,10 +82,24 @@ def test_equals_one_at_a_time_in_request_order(section, N, L, V, bs, steps, seed
     eng = RowEngine(V, L)
     strat = build_strategy({**section, "steps": steps})
     assert strat.deterministic
+    heard: list[tuple[int, torch.Tensor, int, int]] = []  # (request id, tokens, nfe, engine rows so far)
+
+    def on_finish(ids: torch.Tensor, tokens: torch.Tensor, nfe: torch.Tensor) -> None:
+        heard.extend((int(i), t.clone(), int(n), eng.rows) for i, t, n in zip(ids, tokens, nfe, strict=True))
+
     res = decode_many(eng, inputs, given_mask, strat, mask_id=V, generator=torch.Generator().manual_seed(1),
-                      batch_size=bs, trace=True)
+                      batch_size=bs, trace=True, on_finish=on_finish)
     tok, nfe, order = alone(section, inputs, given_mask, V, steps)
     assert torch.equal(res.tokens, tok) and torch.equal(res.nfe, nfe) and torch.equal(res.order, order)
+    # on_finish hears of every request once, already final, and before the decoding ends (rows that finish on an
+    # early pass are reported before the later passes run)
+    assert sorted(i for i, *_ in heard) == list(range(N))
+    for i, t, n, _ in heard:
+        assert torch.equal(t, res.tokens[i]) and n == int(res.nfe[i])
+    rows_when_heard = [r for *_, r in heard]
+    assert rows_when_heard == sorted(rows_when_heard)
+    if N and int(res.nfe.min()) < int(res.nfe.max()):
+        assert rows_when_heard[0] < eng.rows
     # no slot leaks: every engine row belongs to exactly one forward pass of one unfinished request
     assert eng.rows == int(res.nfe.sum())
     assert max(eng.sizes, default=0) <= bs

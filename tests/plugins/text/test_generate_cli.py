@@ -77,3 +77,77 @@ def test_remote_code_needs_the_trust_flag(capsys: pytest.CaptureFixture[str], ll
     cfg["auto_map"] = {"AutoModel": "modeling_x.XModel"}
     (d / "config.json").write_text(json.dumps(cfg))
     one_error(capsys, "generate", "--model", str(d), "--prompt", "the cat", needle="--trust-remote-code")
+
+
+def _prompts(tmp_path: Path, n: int) -> Path:
+    words = ["the cat", "a big dog sat", "hello", "one two three four", "sun", "the red hat on the mat", "ok"]
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps({"prompt": words[i % len(words)] + f" {i}", "answer": "x"}) + "\n"
+                            for i in range(n)))
+    return data
+
+
+def test_out_keeps_every_finished_row_and_resume_decodes_the_rest(
+        capsys: pytest.CaptureFixture[str], llada: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from unmask.core.decoding import schedule
+
+    data = _prompts(tmp_path, 9)
+    flags = ["generate", "--model", str(llada), "--prompts", str(data), "--gen-length", "5", "--steps", "5",
+             "--strategy", "margin", "--batch-size", "3"]
+    whole = tmp_path / "whole.jsonl"
+    code, out, err = run(capsys, *flags, "--out", str(whole))
+    assert code == 0, err
+    assert out == "" and f"9 of 9 answers in {whole}" in err and "exact match" in err
+    ref = [json.loads(x) for x in whole.read_text().splitlines()]
+    assert sorted(r["index"] for r in ref) == list(range(1, 10))
+    assert all(set(r) == {"index", "answer", "nfe", "generated", "exact", "key"} for r in ref)
+
+    # the same command, interrupted after its fourth pass: the rows finished by then are on disk
+    part = tmp_path / "part.jsonl"
+    real_step, calls = schedule.SlotTable.step, []
+
+    def step(self, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) > 7:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(schedule.SlotTable, "step", step)
+    code, _, err = run(capsys, *flags, "--out", str(part))
+    assert code == 130 and "--resume" in err, err
+    kept = [json.loads(x) for x in part.read_text().splitlines()]
+    assert 0 < len(kept) < 9
+    monkeypatch.setattr(schedule.SlotTable, "step", real_step)
+    with part.open("a") as f:  # a line cut short by the interruption is decoded again
+        f.write('{"index": 9, "answ')
+
+    # without --resume the answers already there are never overwritten
+    one_error(capsys, *flags, "--out", str(part), needle="--resume")
+    # other settings than the rows were decoded with: named, nothing decoded
+    one_error(capsys, *flags[:-4], "--strategy", "top_prob", "--batch-size", "3", "--out", str(part), "--resume",
+              needle="other settings")
+    code, _, err = run(capsys, *flags, "--out", str(part), "--resume", "--json", str(tmp_path / "r.json"))
+    assert code == 0, err
+    assert f"({len(kept)} kept from before)" in err
+    got = sorted((json.loads(x) for x in part.read_text().splitlines()), key=lambda r: r["index"])
+    assert got == sorted(ref, key=lambda r: r["index"])  # the same answers as the uninterrupted run
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [r["index"] for r in report["rows"]] == list(range(1, 10)) and "key" not in report["rows"][0]
+    code, _, err = run(capsys, *flags, "--out", str(part), "--resume")  # nothing left
+    assert code == 0 and "nothing left to decode" in err, err
+
+
+def test_out_errors(capsys: pytest.CaptureFixture[str], llada: Path, tmp_path: Path) -> None:
+    data = _prompts(tmp_path, 2)
+    flags = ["generate", "--model", str(llada), "--prompts", str(data), "--gen-length", "3"]
+    one_error(capsys, *flags, "--resume", needle="--out")
+    one_error(capsys, *flags, "--out", "", needle="--out is empty")
+    one_error(capsys, *flags, "--out", str(tmp_path), needle="is a directory")
+    one_error(capsys, *flags, "--out", str(data), needle="--out")  # would overwrite the prompts
+    same = str(tmp_path / "a.jsonl")
+    one_error(capsys, *flags, "--out", same, "--json", same, needle="overwrite the other")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    one_error(capsys, *flags, "--out", str(bad), "--resume", needle="line 1 is not JSON")
+    bad.write_text('{"index": 7, "key": "x"}\n')
+    one_error(capsys, *flags, "--out", str(bad), "--resume", needle="no index in 1..2")
