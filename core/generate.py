@@ -177,9 +177,6 @@ class _Answers:
     def _read(self) -> dict[int, dict[str, Any]]:
         text = read_text(self.path, "--out")
         complete = text[: text.rfind("\n") + 1]  # a line cut short by an interruption is decoded again
-        if len(complete.encode()) != self.path.stat().st_size:
-            with open(self.path, "r+b") as f:
-                f.truncate(len(complete.encode("utf-8")))
         rows: dict[int, dict[str, Any]] = {}
         n = len(self.keys)
         for k, line in enumerate(complete.splitlines(), 1):
@@ -195,11 +192,19 @@ class _Answers:
             if not isinstance(index, int) or isinstance(index, bool) or not 1 <= index <= n:
                 raise InputError(f"{where} has no index in 1..{n} (the prompts given); resume with the same "
                                  "--prompts, or choose another --out")
-            if row.get("key") != self.keys[index - 1] or index in rows:
+            if index in rows:
+                raise InputError(f"{where} answers prompt {index} a second time, so the file is not from unmask "
+                                 "generate --out; choose another --out")
+            if row.get("key") != self.keys[index - 1]:
                 raise InputError(f"{where} answers prompt {index} with another prompt or other settings (--model, "
                                  "--strategy, --steps, --gen-length, --block-length, --cfg, --seed...) than this "
                                  "command; rerun it as it was, or choose another --out")
             rows[index] = row
+        size = self.path.stat().st_size
+        keep = self.path.read_bytes().rfind(b"\n") + 1
+        if keep != size:  # drop the cut line (only once every complete line has checked out)
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
         return rows
 
     def add(self, rows: list[dict[str, Any]]) -> None:

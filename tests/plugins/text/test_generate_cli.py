@@ -151,3 +151,12 @@ def test_out_errors(capsys: pytest.CaptureFixture[str], llada: Path, tmp_path: P
     one_error(capsys, *flags, "--out", str(bad), "--resume", needle="line 1 is not JSON")
     bad.write_text('{"index": 7, "key": "x"}\n')
     one_error(capsys, *flags, "--out", str(bad), "--resume", needle="no index in 1..2")
+    good = tmp_path / "good.jsonl"
+    code, _, err = run(capsys, *flags, "--out", str(good))
+    assert code == 0, err
+    first = good.read_text().splitlines()[0]
+    bad.write_text(f"{first}\n{first}\n")
+    one_error(capsys, *flags, "--out", str(bad), "--resume", needle="a second time")
+    bad.write_text('{"index": 1, "key": "x"}\n{"index": 2, "ke')  # refused before the cut line is dropped
+    one_error(capsys, *flags, "--out", str(bad), "--resume", needle="other settings")
+    assert bad.read_text().endswith('"ke')
