@@ -102,7 +102,7 @@ def test_out_keeps_every_finished_row_and_resume_decodes_the_rest(
     assert sorted(r["index"] for r in ref) == list(range(1, 10))
     assert all(set(r) == {"index", "answer", "nfe", "generated", "exact", "key"} for r in ref)
 
-    # the same command, interrupted after its fourth pass: the rows finished by then are on disk
+    # the same command, interrupted after its seventh pass: the rows finished by then are on disk
     part = tmp_path / "part.jsonl"
     real_step, calls = schedule.SlotTable.step, []
 
