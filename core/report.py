@@ -59,14 +59,18 @@ def format_table(results: list[EvalResult]) -> str:
 
 
 def breakdown(result: EvalResult, labels: np.ndarray) -> dict[str, dict[str, float]]:
-    """% solved (and n) grouped by a per-example label (e.g. the clue count, or the technique a puzzle needs)."""
+    """% solved (and n, and the fraction of cells right where the task scores cells) grouped by a per-example label
+    (e.g. the clue count, or the technique a puzzle needs)."""
     vals = np.asarray(labels)
     solved = np.asarray(result.per_example["solved"], dtype=np.float64)
+    cells = result.per_example.get("cell_accuracy")
     out = {}
     for v in np.unique(vals):
         sel = vals == v
         key = str(int(v)) if np.issubdtype(vals.dtype, np.integer) else str(v)
         out[key] = {"n": int(sel.sum()), "solved": float(solved[sel].mean())}
+        if cells is not None:
+            out[key]["cell_accuracy"] = float(np.asarray(cells, dtype=np.float64)[sel].mean())
     return out
 
 

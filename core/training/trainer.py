@@ -56,6 +56,14 @@ class TrainOptions(Section):
     lr: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1e-3
     min_lr_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.05
     warmup_steps: Annotated[int, msgspec.Meta(ge=0)] = 500
+    schedule_steps: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Length of the warmup + cosine schedule (0 = ``steps``): a run branched off a longer one keeps that run's
+    learning rates by naming its length here."""
+    cooldown_steps: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """The run's last N steps (0 = none): the learning rate falls linearly from the schedule's value where they
+    begin to ``min_lr_ratio * lr`` (a warmup-stable-decay cooldown). It finishes a model off a long run at any point:
+    copy the run's latest checkpoint into another run directory and resume there with ``steps`` = the step to end at,
+    ``schedule_steps`` = the long run's ``steps`` and ``cooldown_steps`` = N; the long run goes on untouched."""
     weight_decay: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
     beta1: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.9
     beta2: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.98
@@ -140,6 +148,9 @@ def resolve_config(path: str | os.PathLike | None, overrides: list[str] | None =
                    raw: dict[str, Any] | None = None) -> Resolved:
     data = apply_overrides(raw if raw is not None else load_toml(path), overrides)  # type: ignore[arg-type]
     cfg = convert(data, RunConfig)
+    if cfg.train.cooldown_steps > cfg.train.steps and not cfg.train.flops:
+        raise ConfigError(f"train.cooldown_steps = {cfg.train.cooldown_steps:,} is longer than the run "
+                          f"(train.steps = {cfg.train.steps:,}); make it at most train.steps")
     task = build_task(cfg.task, "task")
     objective = build_objective(task, to_builtins(cfg.train))  # also checks the objective's own options
     if cfg.train.val_size:
@@ -211,12 +222,21 @@ def pick_device(name: str) -> torch.device:
 
 
 def lr_at(step: int, o: TrainOptions) -> float:
-    """Linear warmup then cosine decay to ``min_lr_ratio * lr``."""
-    if o.warmup_steps and step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    span = max(1, o.steps - o.warmup_steps)
-    prog = min(1.0, (step - o.warmup_steps) / span)
-    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
+    """Linear warmup then cosine decay to ``min_lr_ratio * lr`` over ``schedule_steps`` (or ``steps``); in the last
+    ``cooldown_steps`` a straight line from the cosine's value where they begin to ``min_lr_ratio * lr``, reached
+    on the last step."""
+    def cosine(s: int) -> float:
+        if o.warmup_steps and s < o.warmup_steps:
+            return o.lr * (s + 1) / o.warmup_steps
+        span = max(1, (o.schedule_steps or o.steps) - o.warmup_steps)
+        prog = min(1.0, (s - o.warmup_steps) / span)
+        return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * prog)))
+
+    start = o.steps - o.cooldown_steps
+    if o.cooldown_steps and step >= start:
+        high, low = cosine(start), o.lr * o.min_lr_ratio
+        return high + (low - high) * min(1.0, (step - start + 1) / o.cooldown_steps)
+    return cosine(step)
 
 
 def use_bf16(setting: bool | str, device: torch.device) -> bool:
@@ -561,6 +581,9 @@ class Trainer:
                 data = self._data()
                 self._count_flops(data)
             self.o = msgspec.structs.replace(self.o, steps=self._budget_steps())
+            if self.o.cooldown_steps > self.o.steps:
+                raise ConfigError(f"train.cooldown_steps = {self.o.cooldown_steps:,} is longer than the run "
+                                  f"(train.flops = {self.o.flops:.3g} is {self.o.steps:,} steps); make it shorter")
         o = self.o
         target = o.steps if self.max_steps is None else min(o.steps, self.max_steps)
         done = self.step >= target  # e.g. resumed with --set train.steps=N to finish early: no data needed

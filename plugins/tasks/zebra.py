@@ -320,6 +320,13 @@ class Zebra(Task):
         m = int(used.any(axis=1).sum()) or self.H
         return lib.format_text(self.decode_clues(tok)[0], n, m, self.decode_grid(tok)[0])
 
+    def groups(self, data: Dataset) -> dict[str, np.ndarray]:
+        """Clue count, and the puzzle's size as ``<houses>x<attributes>`` (e.g. ``"4x5"``), read from which answer
+        cells are blank, so puzzles read from files are grouped too."""
+        sizes = self.sizes_from_given(data.given)
+        size = np.array([f"{h}x{a}" for h, a in sizes], dtype=object)
+        return {**super().groups(data), "size": size}
+
     # -- scoring ------------------------------------------------------------------------------------------------
     def score(self, predictions: np.ndarray, data: Dataset) -> dict[str, np.ndarray]:
         """``solved``: every answer cell right (without targets: the grid satisfies every clue); ``cell_accuracy``:

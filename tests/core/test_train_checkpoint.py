@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unmask.core.training import checkpoint as ckpt
 from unmask.core.errors import CheckpointError, ConfigError
@@ -307,6 +309,68 @@ def test_resume_with_fewer_steps_exports_at_once(tmp_path):
     shutil.rmtree(cache)
     final = train(CONFIG, tiny(tmp_path / "r", cache, steps=10), resume=True, progress=False)
     assert ckpt.read_config(final)["step"] == 10 and not cache.exists()
+
+
+@settings(max_examples=200, deadline=None)
+@given(horizon=st.integers(1, 400), warmup=st.integers(0, 50), data=st.data())
+def test_cooldown_schedule(horizon, warmup, data):
+    """lr_at: warmup then cosine over schedule_steps; a cooldown takes the cosine's value where it starts down a
+    straight line to min_lr_ratio * lr on the last step; nothing before it changes."""
+    import math
+
+    from unmask.core.training.trainer import TrainOptions, lr_at
+
+    steps = data.draw(st.integers(1, horizon))
+    cooldown = data.draw(st.integers(0, steps))
+    long = TrainOptions(steps=horizon, warmup_steps=warmup, lr=1e-3, min_lr_ratio=0.05)
+    o = TrainOptions(steps=steps, schedule_steps=horizon, cooldown_steps=cooldown, warmup_steps=warmup, lr=1e-3,
+                     min_lr_ratio=0.05)
+
+    def reference(s):  # the plain warmup + cosine, written out again
+        if s < warmup:
+            return 1e-3 * (s + 1) / warmup
+        p = min(1.0, (s - warmup) / max(1, horizon - warmup))
+        return 1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+    start = steps - cooldown
+    for s in range(start):
+        assert lr_at(s, o) == pytest.approx(reference(s)) == lr_at(s, long)
+    cool = [lr_at(s, o) for s in range(start, steps)]
+    if cooldown:
+        assert cool[-1] == pytest.approx(5e-5)
+        gaps = [a - b for a, b in zip([reference(start)] + cool, cool, strict=False)]
+        assert max(gaps) - min(gaps) < 1e-12  # a straight line (down, or up from a value inside the warmup)
+
+
+def test_cooldown_branch_finishes_a_model_off_a_long_run(tmp_path):
+    """A branch (the long run's checkpoint copied, resumed with fewer steps, the long run's schedule and a cooldown)
+    trains the long run's learning rates up to the cooldown, then falls linearly to min_lr_ratio * lr on its last
+    step and exports its model; the long run goes on from its own checkpoint untouched."""
+    import shutil
+
+    from unmask.core.training.trainer import Trainer, lr_at, resolve_config, train
+
+    cache = tmp_path / "cache"
+    long = tiny(tmp_path / "long", cache, steps=40, **{"train.log_every": "1"})
+    Trainer(resolve_config(CONFIG, long), progress=False, max_steps=10).run()
+    (tmp_path / "branch" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ckpt.checkpoint_at(tmp_path / "long", 10), tmp_path / "branch" / "checkpoints" / "step-0000010")
+    branch = tiny(tmp_path / "branch", cache, steps=18, **{"train.log_every": "1", "train.schedule_steps": "40",
+                                                           "train.cooldown_steps": "6"})
+    final = train(CONFIG, branch, resume=True, progress=False)
+    assert ckpt.read_config(final)["step"] == 18
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "branch" / "metrics.jsonl").read_text().splitlines())
+           if "lr" in r}
+    o_long = resolve_config(CONFIG, long).train
+    assert lrs[11] == pytest.approx(lr_at(10, o_long)) and lrs[12] == pytest.approx(lr_at(11, o_long))
+    cool = [lrs[s] for s in range(13, 19)]  # the steps numbered 13..18 ran with the lr of steps 12..17
+    assert all(a > b for a, b in zip(cool, cool[1:], strict=False))
+    assert cool[-1] == pytest.approx(o_long.lr * o_long.min_lr_ratio) and cool[0] < lr_at(12, o_long)
+    assert not (tmp_path / "long" / "model").exists()
+    train(CONFIG, tiny(tmp_path / "long", cache, steps=12), resume=True, progress=False)
+    assert ckpt.read_config(tmp_path / "long" / "model")["step"] == 12
+    with pytest.raises(ConfigError, match=r"cooldown_steps = 30 is longer than the run \(train.steps = 18\)"):
+        resolve_config(CONFIG, tiny(tmp_path / "x", cache, steps=18, **{"train.cooldown_steps": "30"}))
 
 
 @pytest.mark.slow

@@ -300,6 +300,29 @@ def test_score():
     assert not t.score(grid, amb)["solved"][0]
 
 
+def test_report_breaks_results_down_by_size():
+    from unmask.core.evaluate import EvalResult
+    from unmask.core.report import eval_report
+
+    t = small_task(max_attributes=4)
+    d = t.generate("test", 40, 3)
+    sizes = [f"{h}x{a}" for h, a in zip(d.meta["houses"], d.meta["attributes"], strict=True)]
+    assert list(t.groups(d)["size"]) == sizes and len(set(sizes)) > 1
+    pred = d.targets.copy()
+    wrong = np.array([s.startswith("4x") for s in sizes])  # one wrong cell in every 4-house puzzle
+    for i in np.flatnonzero(wrong):
+        j = np.flatnonzero(~d.given[i])[0]
+        pred[i, j] = (pred[i, j] + 1) % 4
+    r = EvalResult.from_predictions(t, d, "margin", pred, np.ones(len(d)), 1.0)
+    by = eval_report(t, "m", "torch", d, [r])["results"][0]["by_size"]
+    assert sum(g["n"] for g in by.values()) == len(d) and set(by) == set(sizes)
+    for size, g in by.items():
+        sel = np.array(sizes) == size
+        assert g["n"] == sel.sum() and g["solved"] == (0.0 if size.startswith("4x") else 1.0)
+        assert np.isclose(g["cell_accuracy"], r.per_example["cell_accuracy"][sel].mean())
+        assert (g["cell_accuracy"] < 1) == size.startswith("4x")
+
+
 @settings(max_examples=3, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_augment_keeps_puzzles_valid(seed):
