@@ -159,6 +159,9 @@ def check_task_matches(task: Task, config: dict[str, Any], where: str) -> None:
                 f"model '{where}' has {attr}={getattr(ck, attr)} but task '{task.name}' has {getattr(task, attr)}; "
                 "the model does not fit this task configuration"
             )
+    if ck.structure() != task.structure():  # e.g. a Zebra grid of 4 houses x 6 attributes against 6 x 4
+        raise CheckpointError(f"model '{where}' was trained on another token layout of task '{task.name}' (its "
+                              "positions' structure differs); the model does not fit this task configuration")
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -599,6 +599,9 @@ class Trainer:
             self._log({"event": "flops", "sample_flops": self.sample_flops,
                        "step_flops": self.sample_flops * o.batch_size * self.world,
                        **({"budget": o.flops, "steps": o.steps} if o.flops else {})})
+        if val is not None and self.step == 0 and o.init_from:  # where a warm start begins, on this run's data
+            v = self.validate(val)
+            self._log({"step": 0, "samples": self.samples, **self._flops_record(), **v, "warm_start": True})
         self.model.train()
         bar = tqdm(total=o.steps, initial=self.step, desc="train", unit="step",
                    disable=not self.progress or self.rank != 0, dynamic_ncols=True)

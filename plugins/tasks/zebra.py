@@ -2,7 +2,8 @@
 
 Clue semantics, the deductive solver, generation and the text format are in :mod:`._zebra_lib` (see its docstring).
 
-Token layout (``C = max_clues``, ``W = max_houses``, ``H = max_attributes``; ``seq_len = 4 C + H W``):
+Token layout (``C = max_clues``, ``W = grid_houses`` (default ``max_houses``), ``H = grid_attributes`` (default
+``max_attributes``); ``seq_len = 4 C + H W``):
 
 * positions ``[0, 4C)``: ``C`` clue slots of 4 tokens ``[type, x, y, z]``; an operand is one token for an
   (attribute, value) item or a house (``=``/``!=`` only), unused operands and empty slots are PAD. Real clues fill
@@ -53,10 +54,17 @@ FIELDS = 4
 class ZebraOptions(Section):
     min_houses: Annotated[int, msgspec.Meta(ge=3, le=6)] = 3
     max_houses: Annotated[int, msgspec.Meta(ge=3, le=6)] = 6
-    """Houses per puzzle, uniform in [min_houses, max_houses]; max_houses is the answer grid's width."""
+    """Houses per puzzle, uniform in [min_houses, max_houses]; max_houses is the answer grid's width unless
+    grid_houses says otherwise."""
     min_attributes: Annotated[int, msgspec.Meta(ge=3, le=6)] = 3
     max_attributes: Annotated[int, msgspec.Meta(ge=3, le=6)] = 6
-    """Attributes per puzzle, uniform in [min_attributes, max_attributes]; max_attributes is the grid's height."""
+    """Attributes per puzzle, uniform in [min_attributes, max_attributes]; max_attributes is the grid's height
+    unless grid_attributes says otherwise."""
+    grid_houses: Annotated[int, msgspec.Meta(ge=0, le=6)] = 0
+    grid_attributes: Annotated[int, msgspec.Meta(ge=0, le=6)] = 0
+    """The answer grid's width and height (0 = max_houses, max_attributes). A grid bigger than the puzzles keeps the
+    token layout of bigger ones: a curriculum stage trained on small puzzles warm-starts (``train.init_from``) the
+    model of a later stage with larger ones, and the other way round."""
     max_clues: Annotated[int, msgspec.Meta(ge=1, le=128)] = 32
     """Clue slots in the sequence; a generated puzzle needing more is redrawn (6x6 pruned puzzles: mean 25,
     max ~32; 4x4: max ~12)."""
@@ -81,9 +89,13 @@ class Zebra(Task):
             lo, hi = getattr(o, f"min_{what}"), getattr(o, f"max_{what}")
             if lo > hi:
                 raise ConfigError(f"task.min_{what} ({lo}) must be <= task.max_{what} ({hi})")
+            grid = getattr(o, f"grid_{what}")
+            if grid and grid < hi:
+                raise ConfigError(f"task.grid_{what} ({grid}) must be 0 or >= task.max_{what} ({hi}): the answer "
+                                  "grid holds the biggest puzzle")
         self.C = o.max_clues
-        self.W = o.max_houses
-        self.H = o.max_attributes
+        self.W = o.grid_houses or o.max_houses
+        self.H = o.grid_attributes or o.max_attributes
         self.grid0 = FIELDS * self.C
 
     # -- layout -------------------------------------------------------------------------------------------------

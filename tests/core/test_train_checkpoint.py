@@ -195,6 +195,16 @@ def test_warm_start_from_a_model(tmp_path, model_dir):
         "train.init_from": f'"{model_dir}"', "train.lr": "1e-9", "train.warmup_steps": "0"}), progress=False)
     cfg = ckpt.read_config(out)
     assert cfg["init_from"]["samples"] == base["samples"] and cfg["samples"] == base["samples"] + 16
+    # with validation on, a warm start is validated before its first step: the base weights, on this run's data
+    v = tiny(tmp_path / "v", tmp_path / "cache", steps=1, **{"train.init_from": f'"{model_dir}"', "train.lr": "1e-9",
+                                                            "train.warmup_steps": "0", "train.val_size": "16",
+                                                            "train.val_every": "1"})
+    train(CONFIG, v, progress=False)
+    recs = [json.loads(x) for x in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in recs if "val_margin" in r]
+    assert [r["step"] for r in vals] == [0, 1] and vals[0]["warm_start"] and vals[0]["samples"] == base["samples"]
+    assert recs.index(vals[0]) < min(i for i, r in enumerate(recs) if "loss" in r)
+    assert vals[0]["val_margin_cells"] == pytest.approx(vals[1]["val_margin_cells"], abs=2e-3)  # the same weights
     w0, w1 = ckpt.load_tensors(model_dir / ckpt.MODEL_FILE), ckpt.load_tensors(out / ckpt.MODEL_FILE)
     assert all(torch.allclose(w0[k], w1[k], atol=1e-5) for k in w0)
     fresh = ckpt.load_tensors(train(CONFIG, tiny(tmp_path / "f", tmp_path / "cache", steps=1, **{

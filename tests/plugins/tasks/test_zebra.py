@@ -272,6 +272,33 @@ def test_options_validated():
         build_task({"name": "zebra", "min_houses": 5, "max_houses": 4})
     with pytest.raises(ConfigError):
         build_task({"name": "zebra", "max_houses": 7})
+    with pytest.raises(ConfigError, match=r"task.grid_houses \(4\) must be 0 or >= task.max_houses \(5\)"):
+        build_task({"name": "zebra", "max_houses": 5, "grid_houses": 4})
+
+
+def test_a_bigger_grid_keeps_the_big_layout_for_small_puzzles():
+    """grid_houses / grid_attributes: 3-house puzzles in the 6 x 6 layout, token for token the same as those puzzles
+    in a 6 x 6 task, so a model of one stage fits the other; a transposed grid of the same length does not."""
+    from unmask.core.errors import CheckpointError
+    from unmask.core.models import check_task_matches
+
+    big = build_task({"name": "zebra", "max_clues": 12, "cache_dir": ""})
+    small = build_task({"name": "zebra", "max_houses": 3, "max_attributes": 4, "grid_houses": 6,
+                        "grid_attributes": 6, "max_clues": 12, "cache_dir": ""})
+    assert small.seq_len == big.seq_len and small.structure() == big.structure()
+    d = small.generate("test", 30, 2)
+    assert (d.meta["houses"] == 3).all() and (d.meta["attributes"] <= 4).all()
+    same = big.from_arrays(small.decode_clues(d.inputs), small.decode_grid(d.targets),
+                           np.stack([d.meta["houses"], d.meta["attributes"]], axis=1))
+    assert np.array_equal(same.inputs, d.inputs) and np.array_equal(same.targets, d.targets)
+    assert np.array_equal(same.given, d.given) and small.score(d.targets, d)["solved"].all()
+    assert list(small.groups(d)["size"]) == [f"3x{a}" for a in d.meta["attributes"]]
+    check_task_matches(big, {"task": small.config_dict()}, "small")  # fits
+    wide = build_task({"name": "zebra", "max_houses": 6, "max_attributes": 4, "max_clues": 12, "cache_dir": ""})
+    tall = build_task({"name": "zebra", "max_houses": 4, "max_attributes": 6, "max_clues": 12, "cache_dir": ""})
+    assert wide.seq_len == tall.seq_len
+    with pytest.raises(CheckpointError, match="another token layout"):
+        check_task_matches(tall, {"task": wide.config_dict()}, "wide")
 
 
 # -- scoring and augmentation --------------------------------------------------------------------------------------
