@@ -252,6 +252,15 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
     return bool(cpu_bf16())
 
 
+def _checkpoint_seconds(src: Path) -> float:
+    """The training seconds a checkpoint records in its state file (a model directory has them in its config; 0
+    where neither says)."""
+    try:
+        return float(json.loads((src / ckpt.STATE_FILE).read_text(encoding="utf-8")).get("train_seconds", 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
+
+
 def _settings(section: dict[str, Any] | None) -> dict[str, Any]:
     """A task/backbone section without the keys that change neither the data nor the model (where data is cached)."""
     return {k: v for k, v in (section or {}).items() if k != "cache_dir"}
@@ -441,7 +450,7 @@ class Trainer:
             self._log({"event": "init_from_backbone_differs", "differences": diff})
         self.model.load_state_dict(state)
         self.samples = int(cfg.get("samples", 0))
-        self.train_seconds = float(cfg.get("train_seconds", 0.0))
+        self.train_seconds = float(cfg.get("train_seconds", _checkpoint_seconds(src)))
         if cfg.get("train_flops") is not None:
             self.train_flops = float(cfg["train_flops"])
         else:  # a model trained before training FLOPs were counted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,6 +211,14 @@ def test_warm_start_from_a_model(tmp_path, model_dir):
     fresh = ckpt.load_tensors(train(CONFIG, tiny(tmp_path / "f", tmp_path / "cache", steps=1, **{
         "train.lr": "1e-9", "train.warmup_steps": "0", "train.seed": "5"}), progress=False) / ckpt.MODEL_FILE)
     assert not all(torch.allclose(w0[k], fresh[k], atol=1e-5) for k in w0)
+    # from a run's checkpoint, whose training seconds are in its state file (made large here to tell them apart)
+    src = tmp_path / "step-0000001"
+    shutil.copytree(ckpt.checkpoint_at(tmp_path / "f", 1), src)
+    state = json.loads((src / ckpt.STATE_FILE).read_text())
+    (src / ckpt.STATE_FILE).write_text(json.dumps({**state, "train_seconds": 1e6}))
+    warm = train(CONFIG, tiny(tmp_path / "c", tmp_path / "cache", steps=1, **{"train.init_from": f'"{src}"'}),
+                 progress=False)
+    assert 1e6 < ckpt.read_config(warm)["train_seconds"] < 1e6 + 600
     # another backbone, or a path that is not there, is refused with a one-line error before any training
     with pytest.raises(CheckpointError, match="init_from: the backbone of .* differs"):
         train(CONFIG, tiny(tmp_path / "x", tmp_path / "cache", steps=1, **{
