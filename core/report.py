@@ -64,13 +64,14 @@ def breakdown(result: EvalResult, labels: np.ndarray) -> dict[str, dict[str, flo
     vals = np.asarray(labels)
     solved = np.asarray(result.per_example["solved"], dtype=np.float64)
     cells = result.per_example.get("cell_accuracy")
+    cells = None if cells is None else np.asarray(cells, dtype=np.float64)
     out = {}
     for v in np.unique(vals):
         sel = vals == v
         key = str(int(v)) if np.issubdtype(vals.dtype, np.integer) else str(v)
         out[key] = {"n": int(sel.sum()), "solved": float(solved[sel].mean())}
         if cells is not None:
-            out[key]["cell_accuracy"] = float(np.asarray(cells, dtype=np.float64)[sel].mean())
+            out[key]["cell_accuracy"] = float(cells[sel].mean())
     return out
 
 

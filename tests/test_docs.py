@@ -104,8 +104,9 @@ def test_local_links_exist() -> None:
     assert not bad, bad
 
 
-# How or in which round of work something was built is not documentation (the git history keeps it).
-HISTORY = re.compile(r"\b(session|issue)s?\s+\d+|\bthis\s+session\b|\bhelper\s+\d+", re.IGNORECASE)
+# How or in which round of work something was built is not documentation (the git history keeps it). A bracketed
+# letter in each word keeps the words themselves off this line, which the test also reads.
+HISTORY = re.compile(r"\b(s[e]ssion|i[s]sue)s?\s+\d+|\bthis\s+s[e]ssion\b|\bh[e]lper\s+\d+", re.IGNORECASE)
 
 
 def test_no_build_history_in_docs_or_code() -> None:

@@ -148,9 +148,8 @@ def resolve_config(path: str | os.PathLike | None, overrides: list[str] | None =
                    raw: dict[str, Any] | None = None) -> Resolved:
     data = apply_overrides(raw if raw is not None else load_toml(path), overrides)  # type: ignore[arg-type]
     cfg = convert(data, RunConfig)
-    if cfg.train.cooldown_steps > cfg.train.steps and not cfg.train.flops:
-        raise ConfigError(f"train.cooldown_steps = {cfg.train.cooldown_steps:,} is longer than the run "
-                          f"(train.steps = {cfg.train.steps:,}); make it at most train.steps")
+    if not cfg.train.flops:  # a FLOPs budget's step count is known once the training data is
+        check_cooldown(cfg.train)
     task = build_task(cfg.task, "task")
     objective = build_objective(task, to_builtins(cfg.train))  # also checks the objective's own options
     if cfg.train.val_size:
@@ -219,6 +218,14 @@ def pick_device(name: str) -> torch.device:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
+
+
+def check_cooldown(o: TrainOptions) -> None:
+    """A cooldown fits in the run (``steps``, or the steps a ``flops`` budget came to)."""
+    if o.cooldown_steps > o.steps:
+        run = f"train.flops = {o.flops:.3g} is {o.steps:,} steps" if o.flops else f"train.steps = {o.steps:,}"
+        raise ConfigError(f"train.cooldown_steps = {o.cooldown_steps:,} is longer than the run ({run}); make it at "
+                          "most the run's steps")
 
 
 def lr_at(step: int, o: TrainOptions) -> float:
@@ -590,9 +597,7 @@ class Trainer:
                 data = self._data()
                 self._count_flops(data)
             self.o = msgspec.structs.replace(self.o, steps=self._budget_steps())
-            if self.o.cooldown_steps > self.o.steps:
-                raise ConfigError(f"train.cooldown_steps = {self.o.cooldown_steps:,} is longer than the run "
-                                  f"(train.flops = {self.o.flops:.3g} is {self.o.steps:,} steps); make it shorter")
+            check_cooldown(self.o)
         o = self.o
         target = o.steps if self.max_steps is None else min(o.steps, self.max_steps)
         done = self.step >= target  # e.g. resumed with --set train.steps=N to finish early: no data needed

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from unmask.core.errors import InputError
+from unmask.core.errors import ConfigError, InputError
 from unmask.core.flops import TRAIN_FACTOR, config_sample_flops, forward_flops, sample_flops, step_flops
 from unmask.core.models import build_model
 from unmask.core.objective import build_objective
@@ -226,6 +226,14 @@ def test_flops_budget_sets_the_steps(tmp_path, objective):
     logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     last_lr = [r["lr"] for r in logged if "loss" in r][-1]
     assert last_lr == pytest.approx(lr_at(6, trainer.o)) and last_lr < 0.6e-3  # the budget's cosine, not 1,000 steps
+    # a cooldown longer than the steps the budget comes to is refused once they are known, before any step
+    long_cool = tiny(tmp_path / "cool", tmp_path / "cache", steps=1000, **{
+        "train.objective": f'"{objective}"', "train.augment": "false", "train.flops": repr(budget),
+        "train.cooldown_steps": "10"})
+    too_long = r"cooldown_steps = 10 is longer than the run \(train.flops = .* is 7 steps\)"
+    with pytest.raises(ConfigError, match=too_long):
+        Trainer(resolve_config(CONFIG, long_cool), progress=False).run()
+    assert not (tmp_path / "cool" / "checkpoints").exists()
 
 
 # -- curves against training FLOPs ------------------------------------------------------------------------------------
