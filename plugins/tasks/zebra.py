@@ -8,14 +8,18 @@ Token layout (``C = max_clues``, ``W = grid_houses`` (default ``max_houses``), `
 * positions ``[0, 4C)``: ``C`` clue slots of 4 tokens ``[type, x, y, z]``; an operand is one token for an
   (attribute, value) item or a house (``=``/``!=`` only), unused operands and empty slots are PAD. Real clues fill
   the first slots, in random order. ``in-between`` is ``[type, x, y, z]`` with y between x and z.
-* positions ``[4C, 4C + HW)``: the answer grid, row-major, row = attribute, column = house (0 = leftmost); a cell
-  holds the value token of that attribute in that house. Cells outside the puzzle's m x n are PAD.
+* positions ``[4C, 4C + HW)``: the answer grid, row-major, one row per attribute. ``answer = "cells"`` (default):
+  column = house (0 = leftmost), a cell holds the value token of that attribute in that house. ``answer =
+  "items"``: column = value, a cell holds the house token of the house that item (attribute, value) is in, so each
+  answer position stands for one item whatever is filled, and a clue operand naming it relates to it before it is
+  decoded. Both are the same answer (one is the other's inverse permutation per attribute). Cells outside the
+  puzzle's m x n are PAD.
 * ``given`` = the whole clue section and the PAD cells; the model fills the m x n answer cells.
 
 Vocabulary (57 ids, fixed whatever the options): values ``0..5``; items ``6 + 6a + v`` (a, v in 0..5); houses
 ``42 + k``; clue types ``48 + t`` in the order ``= != left-of immediate-left next-to at-an-end in-between``;
 PAD 55; MASK 56. ``structure()`` gives each position its segment (clue / answer), clue slot, clue field
-(type / x / y / z), answer attribute and answer house (each with a "not applicable" class).
+(type / x / y / z), answer attribute and answer column (house or value; each with a "not applicable" class).
 
 Splits: "train" and "test" are puzzles the deductive solver finishes (disjoint seed streams); "hard" are puzzles
 with a unique solution that it cannot finish (a guess is needed); these need the exact solver and generate at
@@ -29,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
@@ -65,6 +69,10 @@ class ZebraOptions(Section):
     """The answer grid's width and height (0 = max_houses, max_attributes). A grid bigger than the puzzles keeps the
     token layout of bigger ones: a curriculum stage trained on small puzzles warm-starts (``train.init_from``) the
     model of a later stage with larger ones, and the other way round."""
+    answer: Literal["cells", "items"] = "cells"
+    """What an answer position stands for: ``"cells"``, the (attribute, house) cell, filled with the value there;
+    ``"items"``, the (attribute, value) item, filled with its house. With ``"items"`` every answer position is tied
+    to the clue operands naming its item from the start (``backbone.relation_bias``), not only once it is filled."""
     max_clues: Annotated[int, msgspec.Meta(ge=1, le=128)] = 32
     """Clue slots in the sequence; a generated puzzle needing more is redrawn (6x6 pruned puzzles: mean 25,
     max ~32; 4x4: max ~12)."""
@@ -97,6 +105,8 @@ class Zebra(Task):
         self.W = o.grid_houses or o.max_houses
         self.H = o.grid_attributes or o.max_attributes
         self.grid0 = FIELDS * self.C
+        self.items = o.answer == "items"
+        self.answer0 = HOUSE0 if self.items else VALUE0  # the token of answer 0 (house 0 or value 0)
 
     # -- layout -------------------------------------------------------------------------------------------------
     vocab_size = VOCAB
@@ -116,16 +126,18 @@ class Zebra(Task):
             "clue_slot": (C + 1, np.where(clue, k // FIELDS, C)),
             "clue_field": (FIELDS + 1, np.where(clue, k % FIELDS, FIELDS)),
             "answer_attribute": (H + 1, np.where(clue, H, cell // W)),
-            "answer_house": (W + 1, np.where(clue, W, cell % W)),
+            f"answer_{'value' if self.items else 'house'}": (W + 1, np.where(clue, W, cell % W)),
         }
         return {name: (n, tuple(int(x) for x in ids)) for name, (n, ids) in feats.items()}
 
     def token_relations(self) -> dict[str, tuple[int, tuple[int, ...]]]:
         """What a clue refers to, for ``backbone.relation_bias`` (tags of (position, token); equal tags relate):
 
-        * ``item`` (36 tags): a clue operand naming item (a, v) and the answer cell of attribute a holding value v;
+        * ``item`` (36 tags): a clue operand naming item (a, v) and the answer cell of attribute a holding value v
+          (``answer = "items"``: the answer position of item (a, v), masked or not);
         * ``attribute`` (H): a clue operand naming an item of attribute a and the answer cells of attribute a;
-        * ``house`` (W): a clue operand naming house k and the answer cells of house k;
+        * ``house`` (W): a clue operand naming house k and the answer cells of house k (``"items"``: the answer
+          positions holding house k);
         * ``clue`` (C): the tokens of one clue slot. PAD relates to nothing.
         """
         C, H, W, V, L = self.C, self.H, self.W, VOCAB, self.seq_len
@@ -142,13 +154,17 @@ class Zebra(Task):
                 tags["attribute"][pos, item] = np.where(a < H, a, -1)
                 k = tok[house] - HOUSE0
                 tags["house"][pos, house] = np.where(k < W, k, -1)
+        real = tok != PAD
         for cell in range(H * W):
-            attr, h = divmod(cell, W)
+            attr, col = divmod(cell, W)
             pos = self.grid0 + cell
-            real = tok != PAD
             tags["attribute"][pos, real] = attr
-            tags["house"][pos, real] = h
-            tags["item"][pos, VALUE0:VALUE0 + 6] = 6 * attr + np.arange(6)
+            if self.items:  # column = value: the item is the position's, the house is the token's
+                tags["item"][pos, real] = 6 * attr + col
+                tags["house"][pos, HOUSE0:HOUSE0 + W] = np.arange(W)
+            else:  # column = house: the house is the position's, the item is the token's
+                tags["house"][pos, real] = col
+                tags["item"][pos, VALUE0:VALUE0 + 6] = 6 * attr + np.arange(6)
         n_tags = {"item": 36, "attribute": H, "house": W, "clue": C}
         return {name: (n_tags[name], tuple(int(x) for x in t.ravel())) for name, t in tags.items()}
 
@@ -177,10 +193,15 @@ class Zebra(Task):
         inputs = np.concatenate([tok.reshape(N, self.grid0), cells], axis=1)
         targets = None
         if solutions is not None:
-            s = np.asarray(solutions, dtype=np.int64)[:, : self.H, : self.W]
-            cells = np.where(real, VALUE0 + s, PAD).reshape(N, HW)
+            s = self._answer_grid(np.asarray(solutions, dtype=np.int64))[:, : self.H, : self.W]
+            cells = np.where(real, self.answer0 + s, PAD).reshape(N, HW)
             targets = np.concatenate([tok.reshape(N, self.grid0), cells], axis=1)
         return inputs, given, targets
+
+    def _answer_grid(self, solutions: np.ndarray) -> np.ndarray:
+        """Library solutions (N, 6, 6) [a, h] = v (-1 outside the puzzle) -> what the answer cells hold: the same
+        (``"cells"``), or [a, v] = h (``"items"``)."""
+        return _invert_rows(solutions) if self.items else solutions
 
     def _real_cells(self, sizes: np.ndarray) -> np.ndarray:
         a = np.arange(self.H)[None, :, None]
@@ -201,28 +222,39 @@ class Zebra(Task):
         return out
 
     def decode_grid(self, tokens: np.ndarray) -> np.ndarray:
-        """(N, L) tokens -> (N, 6, 6) grid [a, h] = value (-1 for mask, PAD or a non-value token)."""
+        """(N, L) tokens -> (N, 6, 6) grid [a, h] = value (-1 for mask, PAD or a non-answer token; with ``answer =
+        "items"``, also for a house two values of one attribute were put in)."""
         tok = np.asarray(tokens, dtype=np.int64)[:, self.grid0:].reshape(len(tokens), self.H, self.W)
         g = np.full((len(tokens), lib.MAXM, lib.MAXN), -1, np.int64)
-        g[:, : self.H, : self.W] = np.where((tok >= VALUE0) & (tok < VALUE0 + 6), tok - VALUE0, -1)
-        return g
+        g[:, : self.H, : self.W] = np.where((tok >= self.answer0) & (tok < self.answer0 + 6), tok - self.answer0, -1)
+        return self._answer_grid(g)
 
     def sizes_from_given(self, given: np.ndarray) -> np.ndarray:
         """(N, 2) (houses, attributes) from which answer cells are not given."""
         real = ~np.asarray(given)[:, self.grid0:].reshape(len(given), self.H, self.W)
         return np.stack([real.any(axis=1).sum(axis=1), real.any(axis=2).sum(axis=1)], axis=1).astype(np.int64)
 
-    def _order_positions(self, order: np.ndarray) -> np.ndarray:
-        """Library cell codes 6a+h (-1 pad) -> sequence positions, (N, H*W) int64."""
+    def _order_positions(self, order: np.ndarray, solutions: np.ndarray | None) -> np.ndarray:
+        """Library cell codes 6a+h (-1 pad) -> sequence positions, (N, H*W) int64. With ``answer = "items"`` the
+        position of cell (a, h) is that of the item (a, solutions[a, h]); without solutions there is no order (-1)."""
         o = np.asarray(order, dtype=np.int64)[:, : self.H * self.W]
-        return np.where(o < 0, -1, self.grid0 + (o // 6) * self.W + o % 6)
+        a, col = o // 6, o % 6
+        if self.items:
+            if solutions is None:
+                return np.full_like(o, -1)
+            col = np.take_along_axis(np.asarray(solutions, dtype=np.int64).reshape(len(o), -1), np.maximum(o, 0), 1)
+        return np.where(o < 0, -1, self.grid0 + a * self.W + col)
 
-    def from_arrays(self, clues, solutions, sizes, order=None, **meta: np.ndarray) -> Dataset:
+    def from_arrays(self, clues, solutions, sizes, order=None, witness=None, **meta: np.ndarray) -> Dataset:
+        """Library arrays (see :meth:`encode`) -> a Dataset; ``order`` = the deductive solver's cell order (computed
+        when None); ``witness`` = any solution of each puzzle, which places that order in the ``"items"`` layout when
+        ``solutions`` is None (the cells deduction fixes are the same in every solution)."""
         inputs, given, targets = self.encode(clues, solutions, sizes)
         sizes = np.asarray(sizes, dtype=np.int64)
         if order is None:
             order = lib.solve_batch(self.decode_clues(inputs), sizes)
-        m = {"order": self._order_positions(order), "houses": sizes[:, 0].copy(), "attributes": sizes[:, 1].copy(),
+        placed = self._order_positions(order, solutions if solutions is not None else witness)
+        m = {"order": placed, "houses": sizes[:, 0].copy(), "attributes": sizes[:, 1].copy(),
              "clues": (np.asarray(clues)[:, :, 0] >= 0).sum(axis=1).astype(np.int64), **meta}
         return Dataset(inputs, given, targets, m)
 
@@ -302,7 +334,7 @@ class Zebra(Task):
             unique.append(count == 1)
             deductive.append(status == 1)
         sz = np.array(sizes, dtype=np.int64)
-        ds = self.from_arrays(np.stack(clues), np.stack(sols) if known else None, sz,
+        ds = self.from_arrays(np.stack(clues), np.stack(sols) if known else None, sz, witness=np.stack(sols),
                               unique=np.array(unique), deductive=np.array(deductive))
         return ds
 
@@ -356,3 +388,16 @@ class Zebra(Task):
             solved = consistent
         cell_acc = (right & blank).sum(axis=1) / np.maximum(blank.sum(axis=1), 1)
         return {"solved": solved, "cell_accuracy": cell_acc, "invalid": ~consistent}
+
+
+def _invert_rows(grid: np.ndarray) -> np.ndarray:
+    """(N, 6, 6) rows mapping column -> 0..5 (-1 = unknown) -> the inverse maps: out[i, a, grid[i, a, c]] = c. A
+    target two columns map to stays -1, so a row that is not a permutation never inverts into one."""
+    out = np.full(grid.shape, -1, np.int64)
+    i, a, c = np.nonzero((grid >= 0) & (grid < grid.shape[2]))
+    g = grid[i, a, c]
+    hits = np.zeros(grid.shape, np.int64)
+    np.add.at(hits, (i, a, g), 1)
+    out[i, a, g] = c
+    out[hits > 1] = -1
+    return out

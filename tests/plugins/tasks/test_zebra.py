@@ -378,12 +378,13 @@ def test_generation_speed():
     assert 512 / (time.perf_counter() - t0) >= 100
 
 
-def test_train_smoke(tmp_path):
+@pytest.mark.parametrize("answer", ["cells", "items"])
+def test_train_smoke(tmp_path, answer):
     from unmask.core.training.trainer import train
 
     out = train("configs/zebra-cpu.toml", [f'out="{tmp_path / "run"}"', "train.steps=5", "train.data_size=200",
                                            "train.val_size=0", 'task.cache_dir=""', "train.batch_size=16",
-                                           "train.threads=1"], progress=False)
+                                           "train.threads=1", f'task.answer="{answer}"'], progress=False)
     assert out.is_dir() and any(out.iterdir())
 
 
@@ -418,6 +419,79 @@ def test_token_relations_link_clues_to_the_cells_they_name():
         masked = row.copy()
         masked[t.grid0:][masked[t.grid0:] != Z.PAD] = Z.MASK
         assert (tags["item"][pos, masked][t.grid0:] == -1).all()
+
+
+def test_items_layout_holds_the_inverse_answer():
+    """``answer = "items"``: the same inputs as the cells layout, each answer position is an item (a, v) holding its
+    house; decoding inverts it back to the library's grid, the solver order lands on the items it fixed, the text
+    round trip and augmentation keep it, and a grid putting two values in one house is invalid."""
+    cells = build_task({"name": "zebra", "cache_dir": ""})
+    items = build_task({"name": "zebra", "cache_dir": "", "answer": "items"})
+    raw = lib.generate_split(40, 6, "train", max_clues=32)
+    sizes = raw["info"][:, :2].astype(np.int64)
+    sols = raw["solutions"].astype(np.int64)
+    c = cells.from_arrays(raw["clues"], sols, sizes, raw["order"])
+    d = items.from_arrays(raw["clues"], sols, sizes, raw["order"])
+    assert items.seq_len == cells.seq_len and items.vocab_size == cells.vocab_size
+    assert np.array_equal(d.inputs, c.inputs) and np.array_equal(d.given, c.given)
+    np.testing.assert_array_equal(items.decode_grid(d.targets), sols)
+    assert "answer_value" in items.structure() and "answer_house" not in items.structure()
+    for i, (n, m) in enumerate(sizes):
+        grid = d.targets[i, items.grid0:].reshape(items.H, items.W)
+        for a in range(m):
+            for h in range(n):
+                assert grid[a, sols[i, a, h]] == Z.HOUSE0 + h  # item (a, v) holds the house v is in
+        # the k-th cell the solver fixed, (a, h), is the item (a, sols[a, h])
+        for p_cells, p_items in zip(c.meta["order"][i][: n * m], d.meta["order"][i][: n * m], strict=True):
+            a, h = divmod(int(p_cells) - cells.grid0, cells.W)
+            assert p_items == items.grid0 + a * items.W + sols[i, a, h]
+        p = items.parse(items.format(d.targets[i]))
+        assert np.array_equal(p.targets[0], d.targets[i]) and np.array_equal(p.meta["order"][0], d.meta["order"][i])
+        q = items.parse(items.format(d.inputs[i]))
+        assert np.array_equal(q.targets[0], d.targets[i])
+    s = items.score(d.targets, d)
+    assert s["solved"].all() and not s["invalid"].any() and not items.score(c.targets, d)["solved"].any()
+    pred = d.targets.copy()
+    row = pred[0, items.grid0: items.grid0 + items.W]
+    row[1] = row[0]  # values 0 and 1 of attribute A in one house
+    s = items.score(pred, d)
+    assert s["invalid"][0] and not s["solved"][0] and np.isclose(s["cell_accuracy"][0], 1 - 1 / (~d.given[0]).sum())
+    assert (items.decode_grid(pred)[0, 0] == -1).sum() >= 1
+    a = items.augment(d, np.random.default_rng(3))
+    assert lib.check_batch(items.decode_clues(a.inputs), sizes, items.decode_grid(a.targets)).all()
+    # an ambiguous puzzle: no answer, and the order of the cells deduction fixes is still placed on their items
+    text = "houses 3 attributes 3\nA1 = #1\nB2 = #3\n"
+    amb_c, amb_i = cells.parse(text), items.parse(text)
+    assert amb_i.targets is None
+    fixed_c = amb_c.meta["order"][0][amb_c.meta["order"][0] >= 0]
+    fixed_i = amb_i.meta["order"][0][amb_i.meta["order"][0] >= 0]
+    assert len(fixed_i) == len(fixed_c) == 2
+    assert sorted(fixed_i.tolist()) == [items.grid0 + 0, items.grid0 + items.W + 1]  # items A1 and B2
+
+
+def test_items_layout_relates_each_clue_operand_to_its_item_before_it_is_filled():
+    t = small_task(answer="items")
+    rel = t.token_relations()
+    V, L = Z.VOCAB, t.seq_len
+    tags = {name: np.asarray(tab).reshape(L, V) for name, (_, tab) in rel.items()}
+    d = t.generate("train", 16, 5)
+    pos = np.arange(L)
+    for full in d.targets:
+        masked = np.where(d.given[0] | (pos < t.grid0), full, Z.MASK)
+        masked[t.grid0:][full[t.grid0:] == Z.PAD] = Z.PAD
+        for row in (full, masked):
+            tg = {name: tab[pos, row] for name, tab in tags.items()}
+            for p in range(t.grid0):
+                tok = row[p]
+                if p % Z.FIELDS and Z.ITEM0 <= tok < Z.HOUSE0:
+                    a, v = divmod(int(tok) - Z.ITEM0, 6)
+                    same = {int(q) for q in np.nonzero(tg["item"] == tg["item"][p])[0] if q >= t.grid0}
+                    assert same == {t.grid0 + a * t.W + v}
+                elif Z.HOUSE0 <= tok < Z.TYPE0:  # a house operand relates to the answer positions holding it
+                    k = int(tok) - Z.HOUSE0
+                    got = {int(q) for q in np.nonzero(tg["house"] == k)[0] if q >= t.grid0}
+                    assert got == {int(q) for q in np.nonzero(row == tok)[0] if q >= t.grid0}
+        assert (tags["house"][pos, masked][t.grid0:] == -1).all()  # a masked item's house is not known yet
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to tell one thread from all of them")
