@@ -54,10 +54,10 @@ def test_parallel_margin_threshold_keeps_accuracy_in_few_passes(setup):
     assert par.solved >= PARALLEL_FLOOR and par.nfe_mean <= PARALLEL_MAX_NFE, par.summary()
 
 
-# Zebra, measured on 1,000 test puzzles (results/zebra-default.md): margin solves 75.4% of the 3-house puzzles (92.5%
-# of their answer positions), vanilla 16.1%; over all sizes margin 22.9%, vanilla 3.4%. On the 60 puzzles here:
-# 73.3% and 21.7% (one standard error at 75%: 5.6 points).
-ZEBRA_N, ZEBRA_MARGIN_FLOOR, ZEBRA_CELLS_FLOOR, ZEBRA_GAP_FLOOR = 60, 0.55, 0.80, 0.30
+# Zebra, measured on 1,000 test puzzles (results/zebra-default.md): margin solves 88.6% of the 3-house puzzles (96.4%
+# of their answer positions), vanilla 29.9%; over all sizes margin 47.8%, vanilla 6.8%. On the 60 puzzles here:
+# 91.7% (97.5% of positions) and 36.7% (one standard error at 89%: 4.1 points).
+ZEBRA_N, ZEBRA_MARGIN_FLOOR, ZEBRA_CELLS_FLOOR, ZEBRA_GAP_FLOOR = 60, 0.75, 0.90, 0.40
 
 
 def test_zebra_margin_floor_and_gap_over_vanilla_on_three_houses():
