@@ -54,10 +54,10 @@ def test_parallel_margin_threshold_keeps_accuracy_in_few_passes(setup):
     assert par.solved >= PARALLEL_FLOOR and par.nfe_mean <= PARALLEL_MAX_NFE, par.summary()
 
 
-# Zebra, measured on 1,000 test puzzles (results/zebra-default.md): margin solves 88.6% of the 3-house puzzles (96.4%
-# of their answer positions), vanilla 29.9%; over all sizes margin 47.8%, vanilla 6.8%. On the 60 puzzles here:
-# 91.7% (97.5% of positions) and 36.7% (one standard error at 89%: 4.1 points).
-ZEBRA_N, ZEBRA_MARGIN_FLOOR, ZEBRA_CELLS_FLOOR, ZEBRA_GAP_FLOOR = 60, 0.75, 0.90, 0.40
+# Zebra, measured on 1,000 test puzzles (results/zebra-default.md): margin solves 99.5% of the 3-house puzzles (99.9%
+# of their answer positions), vanilla 38.4%; over all sizes margin 60.5%, vanilla 9.2%. On the 60 puzzles here:
+# 100% (100% of positions) and 50.0% (vanilla's standard error on 60 puzzles: 6.5 points).
+ZEBRA_N, ZEBRA_MARGIN_FLOOR, ZEBRA_CELLS_FLOOR, ZEBRA_GAP_FLOOR = 60, 0.90, 0.97, 0.40
 
 
 def test_zebra_margin_floor_and_gap_over_vanilla_on_three_houses():
