@@ -281,6 +281,7 @@ def _differences(have: dict[str, Any], want: dict[str, Any]) -> str:
 
 POOL_FILE = "masking.safetensors"  # a checkpoint's objective state (the progressive-masking pool of an MDM)
 EMA_FILE = "ema.safetensors"  # a checkpoint's moving average of the weights (train.ema)
+VAL_SEED_OFFSET = 7919  # a run's validation puzzles: task.generate("test", val_size, train.seed + VAL_SEED_OFFSET)
 
 
 # -- RNG state (JSON-safe) ------------------------------------------------------------------------------------------
@@ -603,8 +604,8 @@ class Trainer:
         done = self.step >= target  # e.g. resumed with --set train.steps=N to finish early: no data needed
         if data is None and not done:
             data = self._data()
-        val = (self.task.generate("test", o.val_size, o.seed + 7919) if o.val_size and self.rank == 0 and not done
-               else None)
+        val = (self.task.generate("test", o.val_size, o.seed + VAL_SEED_OFFSET)
+               if o.val_size and self.rank == 0 and not done else None)
         if self.rank == 0 and self.step == 0:
             self._log({"event": "start", "params": count_parameters(self.model), "config": self.config,
                        "world_size": self.world, "device": str(self.device), "bf16": self.bf16})
