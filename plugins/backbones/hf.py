@@ -54,6 +54,10 @@ class HFOptions(Section):
     n_heads: Annotated[int, msgspec.Meta(ge=1, le=512)] = 4
     intermediate_size: Annotated[int, msgspec.Meta(ge=0, le=262144)] = 0
     """MLP width of a fresh model (0 = 4 x hidden_size)."""
+    tie_embeddings: bool = True
+    """A fresh model's output layer shares the input embedding's weights (transformers' ``tie_word_embeddings``).
+    Enforced after the model is built, so a model trains and loads alike whatever a transformers release defaults
+    to; ignored with ``path``."""
     attention: Literal["auto", "padding", "bidirectional"] = "auto"
     """How padding and direction are told to the model: ``padding`` = a (B, L) mask for models that are
     bidirectional by themselves; ``bidirectional`` = a (B, 1, L, L) mask over the real positions, which makes a
@@ -277,7 +281,8 @@ class HFBackboneFactory:
                               f"({options.n_heads})")
         kwargs: dict[str, Any] = dict(vocab_size=spec.vocab_size, hidden_size=options.hidden_size,
                                       num_hidden_layers=options.n_layers, num_attention_heads=options.n_heads,
-                                      intermediate_size=inter, max_position_embeddings=spec.seq_len)
+                                      intermediate_size=inter, max_position_embeddings=spec.seq_len,
+                                      tie_word_embeddings=options.tie_embeddings)
         if options.arch == "modernbert":  # ids it would otherwise take from its English vocabulary
             kwargs.update(pad_token_id=0, bos_token_id=None, eos_token_id=None, cls_token_id=None, sep_token_id=None,
                           mask_token_id=spec.mask_id, global_attn_every_n_layers=1)  # every layer global
@@ -289,7 +294,22 @@ class HFBackboneFactory:
             raise ConfigError(f"backbone.arch = '{options.arch}': {' '.join(str(exc).split())[:200]}") from None
         head, causal = _head_class(config, remote=False)
         model = getattr(tf, head).from_config(config)
+        _set_tie(model, options.tie_embeddings)
         return _wrap(model, config, options, causal)
+
+
+def _set_tie(model: nn.Module, tie: bool) -> None:
+    """Make the output layer share (``tie``) or not share the input embedding's weights, whichever way the
+    transformers release built it (releases differ for the same config)."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    out = get_out() if get_out is not None else None
+    inp = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if out is None or inp is None or out.weight.shape != inp.weight.shape:
+        return
+    if tie and out.weight is not inp.weight:
+        out.weight = inp.weight
+    elif not tie and out.weight is inp.weight:
+        out.weight = nn.Parameter(inp.weight.detach().clone())
 
 
 __all__ = ["HFBackbone", "HFOptions", "is_hf_model_dir", "open_pretrained", "read_hf_config"]
