@@ -583,3 +583,53 @@ def test_ship_model_from_a_checkpoint_keeps_the_average_and_the_record_up_to_its
     assert next(module.parameters()).dtype == torch.float32
     state = json.loads((src / "state.json").read_text())
     assert cfg["step"] == 5 and cfg["train_seconds"] == state["train_seconds"] > 0  # the checkpoint's training time
+
+
+def _tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_train_window_stops_the_run_then_finishes_it_with_a_cooldown_to_the_lowest_lr(tmp_path):
+    """tools/train_window.py: a long schedule stopped after --stable seconds (its checkpoint), then resumed with a
+    linear cooldown sized from the measured step rate; the run ends on min_lr_ratio * lr and writes its model."""
+    tool = _tool("train_window")
+    out = tmp_path / "run"
+    sets = tiny(out, tmp_path / "cache", steps=100000, **{"train.log_every": "1", "train.ckpt_every": "1000"})
+    args = [CONFIG, "--stable", "12", "--cool", "30", "--deadline", "120", *[a for s in sets for a in ("--set", s)]]
+    assert tool.main(args) == 0
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in rows if r.get("event") == "resume"]
+    assert len(resumed) == 1
+    k = resumed[0]["step"]
+    final = ckpt.read_config(out / "model")
+    assert final["step"] > k > 0
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert lrs[-1] == min(lrs)
+    cfg = final["train"]
+    assert cfg["schedule_steps"] == 100000 and cfg["cooldown_steps"] == final["step"] - k
+    assert lrs[-1] == pytest.approx(cfg["min_lr_ratio"] * cfg["lr"], rel=1e-3)
+    assert (tmp_path / "run.stable.log").is_file() and (tmp_path / "run.cool.log").is_file()
+
+
+@given(rate=st.floats(0.01, 1000), seconds=st.floats(0, 1000))
+@settings(max_examples=50, deadline=None)
+def test_train_window_cooldown_fits_the_time_left(rate, seconds):
+    tool = _tool("train_window")
+    c = tool.cooldown_steps(rate, seconds)
+    assert c >= 1
+    assert c == 1 or c / rate <= seconds  # never sized past the time left
+
+
+def test_train_window_refuses_bad_arguments(tmp_path, capsys):
+    tool = _tool("train_window")
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / "missing.toml"), "--stable", "10", "--cool", "5"])
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main([CONFIG, "--stable", "10", "--cool", "5", "--deadline", "5"])
+    assert "must come after --stable" in capsys.readouterr().err
