@@ -123,10 +123,9 @@ class Window:
                                                  f"train.cooldown_steps={c}"], "cool")
         self.wait(cooling, a.deadline)
         self.stop(cooling, a.grace)
-        failed = [run.name for run, p in cooling.items() if p.returncode != 0] + \
-            [run.name for _, (run, _) in runs.items() if run not in cooling]
+        failed = [run.name for run, _ in runs.values() if run not in cooling or cooling[run].returncode != 0]
         if a.ship:
-            for run, p in cooling.items():
+            for run in cooling:
                 if (run / "model").is_dir():
                     rc = subprocess.call([sys.executable, str(Path(__file__).with_name("ship_model.py")),
                                           str(run / "model"), str(Path(a.ship) / run.name), "--bf16"], env=self.env)

@@ -600,7 +600,8 @@ def test_train_window_stops_the_run_then_finishes_it_with_a_cooldown_to_the_lowe
     tool = _tool("train_window")
     out = tmp_path / "run"
     sets = tiny(out, tmp_path / "cache", steps=100000, **{"train.log_every": "1", "train.ckpt_every": "1000"})
-    args = [CONFIG, "--stable", "12", "--cool", "30", "--deadline", "120", *[a for s in sets for a in ("--set", s)]]
+    args = [CONFIG, "--stable", "12", "--cool", "30", "--deadline", "120", "--ship", str(tmp_path / "shipped"),
+            *[a for s in sets for a in ("--set", s)]]
     assert tool.main(args) == 0
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     resumed = [r for r in rows if r.get("event") == "resume"]
@@ -614,6 +615,8 @@ def test_train_window_stops_the_run_then_finishes_it_with_a_cooldown_to_the_lowe
     assert cfg["schedule_steps"] == 100000 and cfg["cooldown_steps"] == final["step"] - k
     assert lrs[-1] == pytest.approx(cfg["min_lr_ratio"] * cfg["lr"], rel=1e-3)
     assert (tmp_path / "run.stable.log").is_file() and (tmp_path / "run.cool.log").is_file()
+    shipped = ckpt.load_tensors(tmp_path / "shipped" / "run" / ckpt.MODEL_FILE)
+    assert all(v.dtype == torch.bfloat16 for v in shipped.values() if v.is_floating_point())
 
 
 @given(rate=st.floats(0.01, 1000), seconds=st.floats(0, 1000))
