@@ -301,9 +301,10 @@ class HFBackboneFactory:
 def _set_tie(model: nn.Module, tie: bool) -> None:
     """Make the output layer share (``tie``) or not share the input embedding's weights, whichever way the
     transformers release built it (releases differ for the same config)."""
-    get_out = getattr(model, "get_output_embeddings", None)
-    out = get_out() if get_out is not None else None
-    inp = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_out: Any = getattr(model, "get_output_embeddings", None)
+    get_in: Any = getattr(model, "get_input_embeddings", None)
+    out = get_out() if callable(get_out) else None
+    inp = get_in() if callable(get_in) else None
     if out is None or inp is None or out.weight.shape != inp.weight.shape:
         return
     if tie and out.weight is not inp.weight:

@@ -182,3 +182,31 @@ def test_a_missing_tokenizer_says_how_to_get_one(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"tokenizer directory '.*tokenizer' does not exist; point task\.tokenizer at "
                                          r".*python tools/code_data\.py data/code\)$"):
         _ = task.mask_id
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_hf_output_layer_is_tied_or_not_as_configured_and_survives_a_save(tmp_path: Path, corpus: Path,
+                                                                          tie: bool) -> None:
+    """``backbone.tie_embeddings`` holds whatever a transformers release defaults to: the output layer shares the
+    embedding's matrix or owns a copy, and a saved model loads back with the same weights and the same sharing."""
+    from unmask.core.models import build_model, load_model
+    from unmask.core.training.checkpoint import save_model_dir
+
+    task = _task(corpus)
+    section = {"name": "hf", "arch": "modernbert", "hidden_size": 16, "n_layers": 1, "n_heads": 2,
+               "intermediate_size": 32, "tie_embeddings": tie}
+    module, backbone = build_model(task, section)
+
+    def shared(m: torch.nn.Module) -> bool:
+        hf = m.model
+        return hf.get_output_embeddings().weight is hf.get_input_embeddings().weight
+
+    assert shared(module) is tie
+    with torch.no_grad():
+        module.model.get_output_embeddings().weight.mul_(2.0)  # untied: only the output layer changes
+    cfg = {"task": task.config_dict(), "backbone": backbone, "train": {"objective": "mdm"}}
+    out = save_model_dir(tmp_path / "m", module.state_dict(), cfg)
+    _, loaded, _ = load_model(out)
+    assert shared(loaded) is tie
+    for name, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
