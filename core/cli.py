@@ -102,6 +102,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _scale(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 SEED_MAX = 2**63 - 1
 
 
@@ -545,10 +556,13 @@ def _eval_ranks(args: argparse.Namespace, distributed: Any) -> int:
     for s, label in zip(strategies, labels, strict=True):
         r = distributed.sharded_evaluate(engine, task, data, s, batch_size=args.batch_size, seed=args.seed,
                                          device=engine.device, trace=args.trace, progress=main and _progress(args),
-                                         scheduler=args.scheduler)
+                                         scheduler=args.scheduler, retries=args.retries,
+                                         retry_noise=args.retry_noise)
         if r is None:  # not rank 0
             continue
         r.strategy = label  # tables, JSON, the bar chart and heat-map names tell options apart
+        if args.retries and "retries" in r.options:
+            r.strategy = f"{label} +{args.retries} retries"
         results.append(r)
     if not main:
         return 0
@@ -845,6 +859,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive, default=256, help="rows decoded at once")
     s.add_argument("--scheduler", choices=("static", "continuous"), default="static",
                    help="static batches, or a slot table refilled as rows finish")
+    s.add_argument("--retries", type=_count, default=0, metavar="N",
+                   help="decode an answer that breaks the puzzle's rules again, up to N more times, with noise on "
+                   "the scores; every attempt's passes count in NFE (default 0)")
+    s.add_argument("--retry-noise", type=_scale, default=0.1, metavar="S",
+                   help="Gumbel noise scale of the retries (default 0.1)")
     s.add_argument("--json", type=_path, help="write results as JSON (and a bar chart PNG beside it)")
     s.add_argument("--trace", action="store_true", help="record the commit order and plot it")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is not "

@@ -105,16 +105,18 @@ def all_gather(obj: Any) -> list[Any]:
 
 def sharded_evaluate(engine: Any, task: Task, data: Dataset, strategy: Any, *, batch_size: int = 256, seed: int = 0,
                      device: Any = "cpu", trace: bool = False, progress: bool = False,
-                     scheduler: str = "static") -> Any:
+                     scheduler: str = "static", retries: int = 0, retry_noise: float = 0.1) -> Any:
     """Evaluate ``strategy`` on ``data``; under torchrun each rank decodes its shard and rank 0 returns the gathered
-    :class:`~unmask.core.evaluate.EvalResult` (other ranks return None). ``strategy`` is a decoding strategy or an
+    :class:`~unmask.core.evaluate.EvalResult` (other ranks return None). ``retries``, ``retry_noise``: see
+    :func:`unmask.core.evaluate.evaluate`. ``strategy`` is a decoding strategy or an
     evaluator with an ``evaluate(engine, data, ...)`` method (an objective's own decoder, e.g. the ARM baseline's).
     """
     from unmask.core.evaluate import EvalResult, evaluate_with
 
     def run(part: Dataset, part_seed: int, show: bool) -> EvalResult:
         return evaluate_with(engine, task, part, strategy, batch_size=batch_size, seed=part_seed, device=device,
-                             trace=trace, progress=show, scheduler=scheduler)
+                             trace=trace, progress=show, scheduler=scheduler, retries=retries,
+                             retry_noise=retry_noise)
 
     if not active():
         return run(data, seed, progress)

@@ -124,15 +124,76 @@ def evaluate(
     trace: bool = False,
     progress: bool = False,
     scheduler: str = "static",
+    retries: int = 0,
+    retry_noise: float = 0.1,
 ) -> EvalResult:
-    """Decode ``data`` with ``strategy`` on ``engine`` in batches and score it."""
+    """Decode ``data`` with ``strategy`` on ``engine`` in batches and score it.
+
+    ``retries`` > 0: rows whose answer the task marks ``invalid`` (its score's verdict without the reference answer:
+    the grid breaks the puzzle's rules) are decoded again, up to ``retries`` more times, with Gumbel noise of scale
+    ``retry_noise`` on the strategy's scores (a strategy without noise options: its own random draws, from the
+    generator's later state); a row keeps its first valid answer, else its last attempt. Every attempt's forward
+    passes count in the row's NFE, and ``per_example["attempts"]`` counts the decodes. This is a search checked
+    against the rules, never against the reference answer."""
+    t0 = time.perf_counter()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    name = strategy.name or type(strategy).__name__
+    pred, nfe, order = _decode_all(engine, task, data, strategy, gen, batch_size=batch_size, device=device,
+                                   trace=trace, progress=progress, scheduler=scheduler, desc=f"eval {name}")
+    options = strategy.config_dict()
+    extra: dict[str, np.ndarray] = {}
+    if retries > 0:
+        attempts = np.ones(len(data), np.int64)
+        retry = noised(strategy, retry_noise)
+        todo = np.flatnonzero(invalid_rows(task, pred, data))
+        for _ in range(retries):
+            if not len(todo):
+                break
+            part = data.take(todo)
+            p2, n2, _ = _decode_all(engine, task, part, retry, gen, batch_size=batch_size, device=device,
+                                    trace=False, progress=False, scheduler=scheduler, desc=f"retry {name}")
+            pred[todo], attempts[todo] = p2, attempts[todo] + 1
+            nfe[todo] = nfe[todo] + n2
+            todo = todo[invalid_rows(task, p2, part)]
+        options = {**options, "retries": retries, "retry_noise": retry_noise}
+        extra["attempts"] = attempts
+        order = None if order is None or (attempts == 1).all() else order  # the first decode's order no longer holds
+    seconds = time.perf_counter() - t0
+    res = EvalResult.from_predictions(task, data, name, pred, nfe, seconds, order, options)
+    res.per_example.update(extra)
+    return res
+
+
+def invalid_rows(task: Task, pred: np.ndarray, data: Dataset) -> np.ndarray:
+    """(N,) bool: decoded rows that break the task's rules, judged by its score without the reference answer."""
+    from unmask.core.errors import InputError
+
+    scores = task.score(pred, Dataset(data.inputs, data.given, None, data.meta))
+    if "invalid" not in scores:
+        raise InputError(f"retries need a task that tells a wrong answer without the reference (its score reports "
+                         f"'invalid'); task '{getattr(task, 'name', type(task).__name__)}' does not: leave out "
+                         "--retries")
+    return np.asarray(scores["invalid"], dtype=bool)
+
+
+def noised(strategy: Strategy, scale: float) -> Strategy:
+    """``strategy`` with Gumbel noise of ``scale`` on its scores where it has noise options, else itself."""
+    from unmask.core.strategy import build_strategy
+
+    cfg = strategy.config_dict()
+    if "noise" not in cfg or scale <= 0:
+        return strategy
+    return build_strategy({**cfg, "noise": "gumbel", "noise_scale": float(scale)})
+
+
+def _decode_all(engine: Any, task: Task, data: Dataset, strategy: Strategy, gen: torch.Generator, *,
+                batch_size: int, device: str | torch.device, trace: bool, progress: bool, scheduler: str,
+                desc: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(predictions (N, L), NFE (N,), commit order or None) of ``data`` decoded in batches."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     preds, nfes, orders = [], [], []
-    t0 = time.perf_counter()
-    name = strategy.name or type(strategy).__name__
     lengths = data.meta.get("length")  # (N,) real lengths of right-padded rows (text), else None
     if scheduler == "continuous":
         from unmask.core.decoding.schedule import decode_many
@@ -140,14 +201,14 @@ def evaluate(
         res = decode_many(
             engine, torch.from_numpy(data.inputs), torch.from_numpy(data.given), strategy,
             mask_id=task.mask_id, generator=gen, batch_size=batch_size, trace=trace, progress=progress,
-            desc=f"eval {name}", vocab_size=task.vocab_size,
+            desc=desc, vocab_size=task.vocab_size,
             lengths=None if lengths is None else torch.from_numpy(np.asarray(lengths, dtype=np.int64)),
         )
         preds, nfes = [res.tokens.cpu().numpy()], [res.nfe.cpu().numpy()]
         if trace and res.order is not None:
             orders = [res.order.cpu().numpy()]
     else:
-        with tqdm(total=len(data), desc=f"eval {name}", unit="puzzle", disable=not progress, leave=False) as bar:
+        with tqdm(total=len(data), desc=desc, unit="puzzle", disable=not progress, leave=False) as bar:
             for start in range(0, len(data), batch_size):
                 sl = slice(start, start + batch_size)
                 inputs = torch.from_numpy(data.inputs[sl]).to(device)
@@ -160,19 +221,20 @@ def evaluate(
                 if trace and res.order is not None:
                     orders.append(res.order.cpu().numpy())
                 bar.update(inputs.shape[0])
-    seconds = time.perf_counter() - t0
-    return EvalResult.from_predictions(
-        task, data, name, np.concatenate(preds), np.concatenate(nfes), seconds,
-        np.concatenate(orders) if orders else None, strategy.config_dict(),
-    )
+    return np.concatenate(preds), np.concatenate(nfes), np.concatenate(orders) if orders else None
 
 
 def evaluate_with(engine: Any, task: Task, data: Dataset, decoder: Any, *, batch_size: int = 256, seed: int = 0,
                   device: str | torch.device = "cpu", trace: bool = False, progress: bool = False,
-                  scheduler: str = "static") -> EvalResult:
+                  scheduler: str = "static", retries: int = 0, retry_noise: float = 0.1) -> EvalResult:
     """:func:`evaluate` for a decode-loop strategy; a decoder that evaluates data itself (an objective's own, e.g.
-    the ARM baseline's greedy decoding: :class:`unmask.core.objective.Decoder`) does so."""
+    the ARM baseline's greedy decoding: :class:`unmask.core.objective.Decoder`) does so, without retries."""
     if hasattr(decoder, "evaluate"):
+        if retries:
+            from unmask.core.errors import InputError
+
+            raise InputError(f"retries apply to the decode loop's strategies; '{decoder.name}' decodes by itself: "
+                             "leave out --retries")
         return decoder.evaluate(engine, data, batch_size=batch_size, progress=progress, trace=trace)
     return evaluate(engine, task, data, decoder, batch_size=batch_size, seed=seed, device=device, trace=trace,
-                    progress=progress, scheduler=scheduler)
+                    progress=progress, scheduler=scheduler, retries=retries, retry_noise=retry_noise)
