@@ -125,6 +125,10 @@ class RowEntry(Section):
     """The size of the reference's model (e.g. "6M")."""
     group: str = ""
     """Overrides the model's group."""
+    retries: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Verified retries (``unmask eval --retries``): rows whose answer breaks the task's rules are decoded again, up
+    to this many more times, with Gumbel noise of ``retry_noise`` on the scores."""
+    retry_noise: Annotated[float, msgspec.Meta(ge=0.0)] = 0.1
 
 
 Value = Literal["reference", "score", "cell_accuracy", "nfe", "difference", "diagnostics"]
@@ -476,6 +480,8 @@ class PlannedRow:
     reference: float | None
     size: str
     group: str
+    retries: int = 0
+    retry_noise: float = 0.1
 
 
 @dataclass
@@ -532,7 +538,7 @@ def build_plan(spec: Experiment, file: Path, scale: str | None = None, *, n: int
                 continue
             ref = r.reference.get(k) if isinstance(r.reference, dict) else r.reference
             rows.append(PlannedRow(r.label, k, section, r.data or next(iter(spec.datasets), "test"), ref, r.size,
-                                   r.group or groups[k]))
+                                   r.group or groups[k], r.retries, r.retry_noise))
     if not rows:
         raise InputError(f"no row of '{file}' decodes the chosen models ({', '.join(keys)})")
     data = {}
@@ -968,20 +974,24 @@ def evaluate_rows(plan: Plan, models: dict[str, ModelInfo], *, device: str, batc
         by_options: dict[str, list[tuple[str, bool]]] = {}  # one eval command per set of options
         for r, ds in built:
             own = {k: v for k, v in r.section.items() if k != "name"}
+            if r.retries:  # not strategy options: the command line's own flags (below)
+                own = {**own, "--retries": r.retries, "--retry-noise": r.retry_noise}
             by_options.setdefault(json.dumps(own, sort_keys=True), []).append(
                 (str(r.section["name"]), any(isinstance(x, Strategy) for x in ds)))
         for key_opts, named in by_options.items():
             opts: dict[str, Any] = json.loads(key_opts)
+            flags = "".join(f" {k} {opts.pop(k)}" for k in ("--retries", "--retry-noise") if k in opts)
             cmd = (f"unmask eval --model {shlex.quote(_rel(info.path))} --generate {d.n} --split {d.split} "
                    f"--seed {d.seed} --strategies {','.join(dict.fromkeys(n for n, _ in named))}")
             if any(s for _, s in named) and "steps" not in opts:
                 cmd += f" --steps {steps}"
-            cmd += "".join(f" --opt {k}={_opt(v)}" for k, v in sorted(opts.items()))
+            cmd += "".join(f" --opt {k}={_opt(v)}" for k, v in sorted(opts.items())) + flags
             commands.append(cmd)
         for r, ds in built:
             for dec in ds:
                 res = sharded_evaluate(engine, task, data, dec, batch_size=batch_size, seed=d.seed,
-                                       device=engine.device, progress=progress and is_main())
+                                       device=engine.device, progress=progress and is_main(), retries=r.retries,
+                                       retry_noise=r.retry_noise)
                 if res is None:  # not rank 0
                     continue
                 log(f"[{key}] {d.split} {r.label}: {100 * res.solved:.2f}% solved, NFE {res.nfe_mean:.1f}")
@@ -1274,7 +1284,7 @@ def _plot(plan: Plan, p: PlotEntry, models: dict[str, ModelInfo], cells: list[Ce
     """% solved against a strategy option, one line per strategy in ``p.curves`` (per group when several)."""
     from unmask.core.report import line_chart
 
-    mine = [c for c in cells if not models[c.row.model].budget_of
+    mine = [c for c in cells if not models[c.row.model].budget_of and not c.row.retries  # one decode per point
             and all(c.row.section.get(k) == v for k, v in p.match.items())]
     groups = list(dict.fromkeys(_group(c.row, models) for c in mine))
 
