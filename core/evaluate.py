@@ -135,6 +135,8 @@ def evaluate(
     generator's later state); a row keeps its first valid answer, else its last attempt. Every attempt's forward
     passes count in the row's NFE, and ``per_example["attempts"]`` counts the decodes. This is a search checked
     against the rules, never against the reference answer."""
+    if retries > 0 and len(data):
+        invalid_rows(task, data.inputs[:1], data.take(slice(0, 1)))  # a task that cannot check: refused before work
     t0 = time.perf_counter()
     gen = torch.Generator(device="cpu").manual_seed(seed)
     name = strategy.name or type(strategy).__name__

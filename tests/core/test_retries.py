@@ -65,8 +65,11 @@ def test_retries_need_a_task_that_reports_invalid_answers(setup, monkeypatch):
     score = type(task).score
     monkeypatch.setattr(type(task), "score", lambda self, p, d: {k: v for k, v in score(self, p, d).items()
                                                                 if k != "invalid"})
+    decoded: list[int] = []
+    monkeypatch.setattr("unmask.core.evaluate._decode_all", lambda *a, **k: decoded.append(1))
     with pytest.raises(InputError, match="reports 'invalid'"):
         evaluate(engine, task, data.take(slice(0, 2)), build_strategy("margin"), retries=1)
+    assert not decoded  # refused before any decoding
 
 
 def test_retries_refused_for_a_decoder_that_decodes_by_itself(setup):
