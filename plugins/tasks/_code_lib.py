@@ -103,7 +103,7 @@ __all__ = [
     "CORPUS_VERSION", "EXCLUDED_DIRS", "EXCLUDED_FILES", "MIN_OVERLAP_CHARS", "SPECIAL_TOKENS", "MASK_TOKEN",
     "EOS_TOKEN", "PAD_TOKEN", "TASK_KINDS",
     "InfillTask", "Corpus", "ExecResult",
-    "stdlib_root", "list_stdlib_files", "extract_functions", "normalize_source", "module_split",
+    "stdlib_root", "list_stdlib_files", "package_sources", "extract_functions", "normalize_source", "module_split",
     "load_humaneval", "humaneval_sha256", "humaneval_overlap", "build_corpus", "write_corpus", "manifest_hash",
     "train_tokenizer", "single_line_tasks", "multi_line_tasks", "split_tasks", "stdlib_line_tasks",
     "write_jsonl", "read_jsonl", "assemble_program", "exact_match", "sandbox_features", "run_program",
@@ -172,6 +172,35 @@ def list_stdlib_files(root: Path | None = None) -> list[str]:
         if path.is_file() and not _excluded(rel):
             out.append(rel.as_posix())
     return sorted(out)
+
+
+SITE_PREFIX = "site-packages/"
+"""Manifest paths of files from installed packages (``build_corpus(packages=...)``) start with this."""
+
+
+def package_sources(name: str) -> tuple[Path, list[str], dict[str, Any]]:
+    """(install directory, relative POSIX paths of its Python sources, ``{name, version, license, files}``) of the
+    installed distribution ``name``: the files its installer recorded, minus tests and the other exclusions of
+    :func:`list_stdlib_files`."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        raise InputError(f"package '{name}' is not installed here; install it or leave it out of --packages") from None
+    root = Path(str(dist.locate_file(""))).resolve()
+    rels = sorted({Path(f).as_posix() for f in dist.files or []
+                   if f.suffix == ".py" and ".." not in Path(f).parts and not _excluded(Path(f))
+                   and (root / f).is_file()})
+    if not rels:
+        raise InputError(f"package '{name}' has no Python source files (outside its tests) to add; leave it out of "
+                         "--packages")
+    meta = dist.metadata
+    licence = meta.get("License-Expression") or ""
+    if not licence:
+        classifiers = [c.split(" :: ")[-1] for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
+        licence = "; ".join(classifiers) or (meta.get("License") or "").split("\n")[0] or "unknown"
+    return root, rels, {"name": meta["Name"], "version": dist.version, "license": licence[:120], "files": len(rels)}
 
 
 def _module_name(rel: str) -> str:
@@ -326,11 +355,14 @@ class Corpus:
 
 def build_corpus(root: str | Path | None = None, *, files: Sequence[str] | None = None,
                  validation_percent: float = 10.0, humaneval: Sequence[dict[str, Any]] | None = None,
-                 progress: bool = False) -> Corpus:
+                 packages: Sequence[str] = (), progress: bool = False) -> Corpus:
     """Build the function corpus from the standard library (or ``root``), deterministically.
 
     ``files``: relative paths to use instead of all of :func:`list_stdlib_files` (a subset, e.g. for tests).
     ``humaneval``: the problems to deduplicate against (default: :func:`load_humaneval`).
+    ``packages``: installed distributions whose Python sources join the corpus (:func:`package_sources`; their
+    manifest paths start with :data:`SITE_PREFIX`, and the manifest records each one's version and licence), split
+    by module and deduplicated like the standard library's.
     """
     if not 0 <= validation_percent <= 100:
         raise InputError(f"validation_percent is {validation_percent}; give a number from 0 to 100")
@@ -344,22 +376,28 @@ def build_corpus(root: str | Path | None = None, *, files: Sequence[str] | None 
             raise InputError(f"not corpus files under {root_path}: {unknown[:3]}; pass paths relative to it "
                              "(see list_stdlib_files)")
         rels = sorted(set(files))
+    sources = [(root_path / rel, rel, rel) for rel in rels]  # (file, manifest path, path its module is named by)
+    package_info = []
+    for name in dict.fromkeys(packages):
+        site, pkg_rels, info = package_sources(name)
+        sources += [(site / rel, SITE_PREFIX + rel, rel) for rel in pkg_rels]
+        package_info.append(info)
     problems = load_humaneval() if humaneval is None else humaneval
     index = _humaneval_index(problems)
     entries: list[dict[str, Any]] = []
     parse_errors: list[str] = []
     candidates: list[dict[str, Any]] = []
-    iterator: Iterable[str] = rels
+    iterator: Iterable[tuple[Path, str, str]] = sources
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(rels, desc="corpus", unit="file")
-    for rel in iterator:
-        data = (root_path / rel).read_bytes()
+        iterator = tqdm(sources, desc="corpus", unit="file")
+    for file, rel, mod_rel in iterator:
+        data = file.read_bytes()
         entry = {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "functions": 0}
         entries.append(entry)
         try:
-            funcs = extract_functions(data.decode("utf-8"), _module_name(rel), rel)
+            funcs = extract_functions(data.decode("utf-8"), _module_name(mod_rel), rel)
         except (SyntaxError, UnicodeDecodeError, ValueError) as e:
             parse_errors.append(f"{rel}: {type(e).__name__}")
             continue
@@ -419,6 +457,8 @@ def build_corpus(root: str | Path | None = None, *, files: Sequence[str] | None 
         "parse_errors": parse_errors,
         "files": entries,
     }
+    if package_info:  # a standard-library-only manifest stays as it was (and so does its hash)
+        out.manifest["packages"] = package_info
     return out
 
 

@@ -48,6 +48,32 @@ def test_corpus_is_deterministic(subset, tmp_path):
     assert all(len(e["sha256"]) == 64 for e in a.manifest["files"])
 
 
+def test_installed_packages_join_the_corpus_with_version_and_licence(subset):
+    """``packages``: an installed distribution's sources (catalogue: pure Python, a dependency of unmask) join the
+    corpus under site-packages/, split by module like the standard library's, and the manifest says what was used."""
+    from importlib import metadata
+
+    base = lib.build_corpus(files=subset, humaneval=[])
+    a = lib.build_corpus(files=subset, humaneval=[], packages=["catalogue", "catalogue"])
+    b = lib.build_corpus(files=list(reversed(subset)), humaneval=[], packages=["catalogue"])
+    assert lib.manifest_hash(a.manifest) == lib.manifest_hash(b.manifest)  # deterministic, a repeat counted once
+    assert "packages" not in base.manifest  # a standard-library corpus is described as before
+    (info,) = a.manifest["packages"]
+    assert info["name"].lower() == "catalogue" and info["version"] == metadata.version("catalogue")
+    added = [e for e in a.manifest["files"] if e["path"].startswith(lib.SITE_PREFIX)]
+    assert len(added) == info["files"] > 0 and not any("/tests/" in e["path"] for e in added)
+    assert {e["path"] for e in a.manifest["files"]} - {e["path"] for e in added} == set(subset)
+    ours = [f for f in a.train + a.validation if f["path"].startswith(lib.SITE_PREFIX)]
+    assert ours and all(f["module"].startswith("catalogue") for f in ours)
+    assert all(lib.module_split(f["module"], 10) == f["split"] for f in ours)
+    assert len(a.train) + len(a.validation) > len(base.train) + len(base.validation)
+
+
+def test_a_package_that_is_not_installed_is_one_clear_error(subset):
+    with pytest.raises(InputError, match="not installed"):
+        lib.build_corpus(files=subset, humaneval=[], packages=["no-such-package-here"])
+
+
 def test_corpus_split_by_module_and_no_leak(subset):
     c = lib.build_corpus(files=subset, humaneval=[])
     for split, fns in (("train", c.train), ("validation", c.validation)):
