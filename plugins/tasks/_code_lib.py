@@ -196,11 +196,16 @@ def package_sources(name: str) -> tuple[Path, list[str], dict[str, Any]]:
         raise InputError(f"package '{name}' has no Python source files (outside its tests) to add; leave it out of "
                          "--packages")
     meta = dist.metadata
-    licence = meta.get("License-Expression") or ""
+
+    def first(key: str) -> str:  # get_all: a missing key is None, never a KeyError or a deprecation warning
+        return str((meta.get_all(key) or [""])[0])
+
+    licence = first("License-Expression")
     if not licence:
         classifiers = [c.split(" :: ")[-1] for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
-        licence = "; ".join(classifiers) or (meta.get("License") or "").split("\n")[0] or "unknown"
-    return root, rels, {"name": meta["Name"], "version": dist.version, "license": licence[:120], "files": len(rels)}
+        licence = "; ".join(classifiers) or first("License").split("\n")[0] or "unknown"
+    return root, rels, {"name": first("Name") or name, "version": dist.version, "license": licence[:120],
+                        "files": len(rels)}
 
 
 def _module_name(rel: str) -> str:
