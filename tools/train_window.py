@@ -79,11 +79,11 @@ class Window:
 
     def start(self, config: str, run: Path, extra: list[str], tag: str) -> subprocess.Popen:
         run.parent.mkdir(parents=True, exist_ok=True)
-        log = open(f"{run}.{tag}.log", "w")  # noqa: SIM115 (the child writes it until it exits)
         cmd = [sys.executable, "-m", "unmask.core.cli", "train", "--config", config,
                *[a for o in self.args.set for a in ("--set", o)], *extra]
         self.say("start", run.name, " ".join(cmd[4:]))
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        with open(f"{run}.{tag}.log", "w") as log:  # the child keeps its own handle
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
 
     def wait(self, procs: dict[Path, subprocess.Popen], until: float) -> None:
         while self.now() < until and any(p.poll() is None for p in procs.values()):
