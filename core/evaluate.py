@@ -132,7 +132,7 @@ def evaluate(
     ``retries`` > 0: rows whose answer the task marks ``invalid`` (its score's verdict without the reference answer:
     the grid breaks the puzzle's rules) are decoded again, up to ``retries`` more times, with Gumbel noise of scale
     ``retry_noise`` on the strategy's scores (a strategy without noise options: its own random draws, from the
-    generator's later state); a row keeps its first valid answer, else its last attempt. Every attempt's forward
+    generator's later state); a row keeps its first valid answer, else its first answer. Every attempt's forward
     passes count in the row's NFE, and ``per_example["attempts"]`` counts the decodes. This is a search checked
     against the rules, never against the reference answer."""
     if retries > 0 and len(data):
@@ -154,9 +154,11 @@ def evaluate(
             part = data.take(todo)
             p2, n2, _ = _decode_all(engine, task, part, retry, gen, batch_size=batch_size, device=device,
                                     trace=False, progress=False, scheduler=scheduler, desc=f"retry {name}")
-            pred[todo], attempts[todo] = p2, attempts[todo] + 1
+            attempts[todo] += 1
             nfe[todo] = nfe[todo] + n2
-            todo = todo[invalid_rows(task, p2, part)]
+            bad = invalid_rows(task, p2, part)
+            pred[todo[~bad]] = p2[~bad]  # a row that never passes keeps its first, noise-free answer
+            todo = todo[bad]
         options = {**options, "retries": retries, "retry_noise": retry_noise}
         extra["attempts"] = attempts
         order = None if order is None or (attempts == 1).all() else order  # the first decode's order no longer holds

@@ -50,6 +50,7 @@ def test_retries_redecode_only_invalid_rows_without_reading_the_answer(setup, mo
     assert (res.per_example["nfe"][invalid] > base.per_example["nfe"][invalid]).all()
     still = task.score(res.predictions, data)["invalid"]
     assert (attempts[still] == 4).all()  # a row stops retrying only when valid or out of attempts
+    assert np.array_equal(res.predictions[still], base.predictions[still])  # and then keeps its first answer
     assert res.solved >= base.solved and res.options["retries"] == 3
 
 
