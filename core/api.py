@@ -140,29 +140,36 @@ class Model:
 
     @overload
     def solve(self, puzzles: str, strategy: str | Mapping[str, Any] = ..., steps: int | None = ..., *,
-              seed: int = ..., batch_size: int = ..., **options: Any) -> Solution: ...
+              seed: int = ..., batch_size: int = ..., retries: int = ..., retry_noise: float = ...,
+              **options: Any) -> Solution: ...
 
     @overload
     def solve(self, puzzles: Sequence[str] | Any, strategy: str | Mapping[str, Any] = ..., steps: int | None = ...,
-              *, seed: int = ..., batch_size: int = ..., **options: Any) -> list[Solution]: ...
+              *, seed: int = ..., batch_size: int = ..., retries: int = ..., retry_noise: float = ...,
+              **options: Any) -> list[Solution]: ...
 
     def solve(self, puzzles: Any, strategy: str | Mapping[str, Any] = "margin", steps: int | None = None, *,
-              seed: int = 0, batch_size: int = 256, **options: Any) -> Solution | list[Solution]:
+              seed: int = 0, batch_size: int = 256, retries: int = 0, retry_noise: float = 0.1,
+              **options: Any) -> Solution | list[Solution]:
         """Decode puzzles: one as text (the task's input format, as ``unmask solve`` takes it) gives a
         :class:`Solution`; a list of them, or a :class:`unmask.core.task.Dataset` (``task.generate``,
         ``task.read_file``), gives a list.
 
         ``strategy``: a name (``"margin"``), ``"NAME:KEY=VALUE..."`` or a config dict; ``steps``: the step budget T
-        (default: the strategy's, 50); ``options``: strategy options (``noise="gumbel"``, ``noise_scale=0.5``).
+        (default: the strategy's, 50); ``options``: strategy options (``noise="gumbel"``, ``noise_scale=0.5``);
+        ``retries``: decode an answer that breaks the puzzle's rules again, up to this many more times, with Gumbel
+        noise of ``retry_noise`` on the scores (:func:`unmask.core.evaluate.evaluate`).
         """
         from unmask.core.evaluate import evaluate_with
 
         data, one = self._data(puzzles)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        if retries < 0 or not 0 <= retry_noise < float("inf"):
+            raise InputError(f"retries must be >= 0 and retry_noise a number >= 0, got {retries} and {retry_noise}")
         decoder = self._decoder(strategy, steps, options)
         res = evaluate_with(self.engine, self.task, data, decoder, batch_size=batch_size, seed=seed,
-                            device=getattr(self.engine, "device", "cpu"))
+                            device=getattr(self.engine, "device", "cpu"), retries=retries, retry_noise=retry_noise)
         pred = res.predictions
         assert pred is not None  # evaluate keeps the predictions
         scores = res.per_example

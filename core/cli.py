@@ -113,6 +113,14 @@ def _scale(text: str) -> float:
     return value
 
 
+def _retry_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--retries", type=_count, default=0, metavar="N",
+                   help="decode an answer that breaks the puzzle's rules again, up to N more times, with noise on "
+                   "the scores; every attempt's passes count in NFE (default 0)")
+    s.add_argument("--retry-noise", type=_scale, default=0.1, metavar="S",
+                   help="Gumbel noise scale of the retries (default 0.1)")
+
+
 SEED_MAX = 2**63 - 1
 
 
@@ -617,7 +625,8 @@ def cmd_solve(args: argparse.Namespace) -> int:
     strategy = _decoders(engine, task, args.strategy, args.steps, args.opt)[0]
     if len(data) > 1 or args.out:
         return _solve_many(args, task, data, engine, strategy, "stdin" if args.puzzle == "-" else args.puzzle)
-    res = evaluate_with(engine, task, data, strategy, batch_size=1, seed=args.seed, device=engine.device, trace=True)
+    res = evaluate_with(engine, task, data, strategy, batch_size=1, seed=args.seed, device=engine.device, trace=True,
+                        retries=args.retries, retry_noise=args.retry_noise)
     pred = res.predictions
     assert pred is not None  # evaluate_with keeps the predictions
     print(task.format(pred[0]))
@@ -627,7 +636,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
     solved = np.asarray(scores["solved"])
     ok = bool(solved[0] >= 1.0) if solved.dtype.kind == "f" else bool(solved[0])  # a fraction counts when whole
     status = "solved" if ok else ("valid grid but not the unique solution" if valid else "NOT solved (invalid grid)")
-    print(f"{status}; {int(scores['nfe'][0])} forward passes; strategy {_labels(args.strategy, [strategy])[0]}")
+    tries = int(scores["attempts"][0]) if "attempts" in scores else 1
+    print(f"{status}; {int(scores['nfe'][0])} forward passes" + (f" in {tries} decodes" if tries > 1 else "")
+          + f"; strategy {_labels(args.strategy, [strategy])[0]}")
     if not ok and not valid:
         for line in task.explain(pred[0], data):
             print(line)
@@ -705,7 +716,7 @@ def _solve_many(args: argparse.Namespace, task: Any, data: Any, engine: Any, str
         raise InputError(f"--show-order and --order-png draw one puzzle, and {where} holds {n}; solve one at a time "
                          "for its order, or use 'unmask eval --data FILE --trace' for the mean order")
     res = evaluate_with(engine, task, data, strategy, batch_size=256, seed=args.seed, device=engine.device,
-                        progress=_progress(args))
+                        progress=_progress(args), retries=args.retries, retry_noise=args.retry_noise)
     pred = res.predictions
     assert pred is not None  # evaluate_with keeps the predictions
     scores = res.per_example
@@ -859,11 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive, default=256, help="rows decoded at once")
     s.add_argument("--scheduler", choices=("static", "continuous"), default="static",
                    help="static batches, or a slot table refilled as rows finish")
-    s.add_argument("--retries", type=_count, default=0, metavar="N",
-                   help="decode an answer that breaks the puzzle's rules again, up to N more times, with noise on "
-                   "the scores; every attempt's passes count in NFE (default 0)")
-    s.add_argument("--retry-noise", type=_scale, default=0.1, metavar="S",
-                   help="Gumbel noise scale of the retries (default 0.1)")
+    _retry_arguments(s)
     s.add_argument("--json", type=_path, help="write results as JSON (and a bar chart PNG beside it)")
     s.add_argument("--trace", action="store_true", help="record the commit order and plot it")
     s.add_argument("--no-progress", action="store_true", help="no progress bars (there are none when stderr is not "
@@ -874,6 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(s)
     s.add_argument("--strategy", default="margin", metavar="NAME[:KEY=VALUE...]",
                    help="decoding strategy, optionally with options, e.g. confidence_threshold:tau=0.99")
+    _retry_arguments(s)
     s.add_argument("--show-order", action="store_true", help="print the order in which cells were committed")
     s.add_argument("--order-png", metavar="PNG", type=_image, help="save the commit order as a PNG heat map")
     s.add_argument("--out", metavar="FILE", type=_rows_file, help="write every answer (index, puzzle, answer, "

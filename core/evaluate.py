@@ -152,16 +152,17 @@ def evaluate(
             if not len(todo):
                 break
             part = data.take(todo)
-            p2, n2, _ = _decode_all(engine, task, part, retry, gen, batch_size=batch_size, device=device,
-                                    trace=False, progress=False, scheduler=scheduler, desc=f"retry {name}")
+            p2, n2, o2 = _decode_all(engine, task, part, retry, gen, batch_size=batch_size, device=device,
+                                     trace=trace, progress=False, scheduler=scheduler, desc=f"retry {name}")
             attempts[todo] += 1
             nfe[todo] = nfe[todo] + n2
             bad = invalid_rows(task, p2, part)
             pred[todo[~bad]] = p2[~bad]  # a row that never passes keeps its first, noise-free answer
+            if order is not None and o2 is not None:
+                order[todo[~bad]] = o2[~bad]  # the commit order of the answer kept
             todo = todo[bad]
         options = {**options, "retries": retries, "retry_noise": retry_noise}
         extra["attempts"] = attempts
-        order = None if order is None or (attempts == 1).all() else order  # the first decode's order no longer holds
     seconds = time.perf_counter() - t0
     res = EvalResult.from_predictions(task, data, name, pred, nfe, seconds, order, options)
     res.per_example.update(extra)

@@ -102,3 +102,39 @@ def test_cli_retries_label_the_row_and_count_in_the_json(capsys, tmp_path):
 
     result = json.loads(out.read_text())["results"][0]
     assert result["options"]["retries"] == 2 and result["options"]["retry_noise"] == 0.1
+
+
+def _first_invalid(engine, task, data, strategy):
+    base = evaluate(engine, task, data, strategy, seed=0)
+    bad = np.flatnonzero(task.score(base.predictions, data)["invalid"])
+    assert len(bad), "the fixture should leave some rows invalid"
+    return int(bad[0]), base
+
+
+def test_solve_retries_an_answer_that_breaks_the_rules_and_shows_the_kept_order(setup, capsys):
+    engine, task, data = setup
+    i, _ = _first_invalid(engine, task, data, build_strategy({"name": "top_prob", "steps": 10}))
+    puzzle = "".join(c for c in task.format(data.inputs[i]) if c in "0123456789.")
+    assert len(puzzle) == 81
+    code, out, _ = run(capsys, "solve", "--model", str(MODEL), "--strategy", "top_prob:steps=10", puzzle,
+                       "--show-order")
+    assert code == 1 and "NOT solved (invalid grid)" in out and "decodes" not in out
+    code, out, _ = run(capsys, "solve", "--model", str(MODEL), "--strategy", "top_prob:steps=10", puzzle,
+                       "--retries", "8", "--show-order")
+    assert " decodes;" in out and "order (forward pass" in out
+    assert code == 0 or "NOT solved" in out  # 8 retries mostly find a valid grid; the output says which it is
+
+
+def test_api_solve_takes_retries(setup):
+    import unmask
+
+    engine, task, data = setup
+    model = unmask.load(str(MODEL))
+    part = data.take(slice(0, 12))
+    once = model.solve(part, "top_prob", steps=10)
+    again = model.solve(part, "top_prob", steps=10, retries=4)
+    assert sum(s.valid for s in again) >= sum(s.valid for s in once)
+    assert all(a.nfe >= o.nfe for a, o in zip(again, once, strict=True))
+    assert any(a.nfe > o.nfe for a, o in zip(again, once, strict=True))  # some row was decoded again
+    with pytest.raises(InputError, match="retries"):
+        model.solve(part, "top_prob", retries=-1)
