@@ -165,8 +165,6 @@ class Model:
         data, one = self._data(puzzles)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        if retries < 0 or not 0 <= retry_noise < float("inf"):
-            raise InputError(f"retries must be >= 0 and retry_noise a number >= 0, got {retries} and {retry_noise}")
         decoder = self._decoder(strategy, steps, options)
         res = evaluate_with(self.engine, self.task, data, decoder, batch_size=batch_size, seed=seed,
                             device=getattr(self.engine, "device", "cpu"), retries=retries, retry_noise=retry_noise)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from unmask.core.decoding.loop import decode
+from unmask.core.errors import InputError
 from unmask.core.strategy import Strategy
 from unmask.core.task import Dataset, Task
 
@@ -135,6 +136,8 @@ def evaluate(
     generator's later state); a row keeps its first valid answer, else its first answer. Every attempt's forward
     passes count in the row's NFE, and ``per_example["attempts"]`` counts the decodes. This is a search checked
     against the rules, never against the reference answer."""
+    if retries < 0 or not 0 <= retry_noise < float("inf"):
+        raise InputError(f"retries must be >= 0 and retry_noise a number >= 0, got {retries} and {retry_noise}")
     if retries > 0 and len(data):
         invalid_rows(task, data.inputs[:1], data.take(slice(0, 1)))  # a task that cannot check: refused before work
     t0 = time.perf_counter()
@@ -171,8 +174,6 @@ def evaluate(
 
 def invalid_rows(task: Task, pred: np.ndarray, data: Dataset) -> np.ndarray:
     """(N,) bool: decoded rows that break the task's rules, judged by its score without the reference answer."""
-    from unmask.core.errors import InputError
-
     scores = task.score(pred, Dataset(data.inputs, data.given, None, data.meta))
     if "invalid" not in scores:
         raise InputError(f"retries need a task that tells a wrong answer without the reference (its score reports "
@@ -236,8 +237,6 @@ def evaluate_with(engine: Any, task: Task, data: Dataset, decoder: Any, *, batch
     the ARM baseline's greedy decoding: :class:`unmask.core.objective.Decoder`) does so, without retries."""
     if hasattr(decoder, "evaluate"):
         if retries:
-            from unmask.core.errors import InputError
-
             raise InputError(f"retries apply to the decode loop's strategies; '{decoder.name}' decodes by itself: "
                              "leave out --retries")
         return decoder.evaluate(engine, data, batch_size=batch_size, progress=progress, trace=trace)

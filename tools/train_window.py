@@ -29,11 +29,11 @@ RATE_MARGIN = 0.8  # the cooldown is sized to this share of the measured rate (v
 
 
 def _run_dir(config: str, overrides: list[str]) -> tuple[Path, int]:
-    """(run directory, train.steps) of a config with its overrides, as the trainer resolves them."""
-    from unmask.core.config import apply_overrides, load_toml
+    """(run directory, train.steps) of a config with its overrides, resolved (and checked) as the trainer does."""
+    from unmask.core.training.trainer import resolve_config
 
-    data = apply_overrides(load_toml(config), overrides)
-    return Path(data.get("out", "runs/default")), int(data.get("train", {}).get("steps", 0))
+    resolved = resolve_config(config, overrides)
+    return resolved.out, resolved.train.steps
 
 
 def _rows(run: Path) -> list[dict[str, Any]]:
@@ -104,8 +104,14 @@ class Window:
             self.say("stopped", run.name, "exit status", p.returncode)
 
     def run(self) -> int:
+        from unmask.core.errors import UnmaskError
+
         a = self.args
-        runs = {cfg: _run_dir(cfg, a.set) for cfg in a.configs}
+        try:  # every config checked before any run starts
+            runs = {cfg: _run_dir(cfg, a.set) for cfg in a.configs}
+        except UnmaskError as exc:
+            print(f"train_window: {exc}", file=sys.stderr)
+            return 2
         stable = {run: self.start(cfg, run, [], "stable") for cfg, (run, _) in runs.items()}
         self.wait(stable, a.stable)
         self.stop(stable, a.grace)

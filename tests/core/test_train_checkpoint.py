@@ -636,3 +636,6 @@ def test_train_window_refuses_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main([CONFIG, "--stable", "10", "--cool", "5", "--deadline", "5"])
     assert "must come after --stable" in capsys.readouterr().err
+    assert tool.main([CONFIG, "--stable", "10", "--cool", "5", "--set", "train.batch_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train_window: ") and "batch_size" in err and len(err.strip().splitlines()) == 1
