@@ -153,6 +153,17 @@ class Task:
         """(rows, cols) when positions form a 2-D board worth plotting (commit-order heat maps); else None."""
         return None
 
+    def cell_grid(self) -> tuple[int, int, int] | None:
+        """``(offset, rows, cols)`` when positions ``offset .. offset + rows * cols - 1`` are the cells of a
+        rows x cols grid (row-major) that holds the answer, every other position being given in every example (a
+        Zebra puzzle's clues); None when there is no such grid. The autoregressive baselines write the grid as
+        (row, column, value) triples and read the other positions as plain tokens. Default: the
+        :meth:`board_shape` when it covers the whole sequence."""
+        shape = self.board_shape()
+        if shape is not None and int(shape[0]) * int(shape[1]) == int(self.seq_len):
+            return 0, int(shape[0]), int(shape[1])
+        return None
+
     # -- scoring ------------------------------------------------------------------------------------------------
     def score(self, predictions: np.ndarray, data: Dataset) -> dict[str, np.ndarray]:
         """Per-example metrics for decoded sequences (N, L): at least ``solved`` and ``cell_accuracy``.

@@ -110,6 +110,10 @@ class TrainOptions(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     order: Literal["solver", "row_major"] = "solver"
     """ARM only: fill order of the answer (the task's solver order, or row-major)."""
+    arm_cells: Literal["task", "square"] = "task"
+    """ARM only: what is written as (row, column, value) triples: the task's answer grid, the other positions read as
+    plain tokens ("task", :meth:`~unmask.core.task.Task.cell_grid`), or every position as a cell of a near-square
+    grid ("square", how models saved without this key were trained)."""
     init_from: str = ""
     """Warm start: a model, checkpoint or run directory whose weights start this run (fresh optimizer and schedule;
     its objective must match, its backbone's parameters one for one (options such as dropout or repeats may differ),

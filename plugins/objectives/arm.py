@@ -4,13 +4,16 @@ Kim et al. 2025 (Table 2, Table 3, Sec. 5) compare their MDMs with causal transf
 81 (row, col, value) triples, the givens first, then the empty cells either in the order a step solver fills them
 ("with ordering") or row-major ("without ordering") (Shah et al. 2024). :class:`ArmLayout` does that for any task:
 
-* positions are split into (row, column) by the task's :meth:`~unmask.core.task.Task.board_shape` when it covers
-  the whole sequence, else by a near-square grid (``cols = ceil(sqrt(L))``); cells of that grid past ``L`` do not
-  exist and are never written;
-* the ARM sequence is ``BOS`` then one triple per task position: the given positions first (row-major), then the
-  answer positions in the fill order: ``"solver"`` (``Dataset.meta["order"]``: sequence positions in the order the
-  task's solver placed them, -1 padded; answer positions missing from it follow row-major) or ``"row_major"``.
-  Length ``1 + 3 L`` (Sudoku: 1 + 243; the BOS gives the first triple something to be predicted from);
+* the cells are the task's answer grid (:meth:`~unmask.core.task.Task.cell_grid`: ``offset, R, C``); every other
+  position is context that each example gives (a Zebra puzzle's clues), read as the plain tokens it holds, in
+  sequence order, as Shah et al. feed the clues. ``cells = "square"`` (the layout of models trained before the
+  grid existed, and of tasks without one) makes every position a cell of a near-square grid (``C = ceil(sqrt(L))``;
+  cells of that grid past ``L`` do not exist and are never written), the context included;
+* the ARM sequence is ``BOS``, the context tokens, then one triple per cell: the given cells first (row-major), then
+  the answer cells in the fill order: ``"solver"`` (``Dataset.meta["order"]``: sequence positions in the order the
+  task's solver placed them, -1 padded; answer cells missing from it follow row-major) or ``"row_major"``.
+  Length ``1 + context + 3 cells`` (Sudoku: 1 + 243; Zebra, 32 clue slots and a 6 x 6 grid: 1 + 128 + 108; the BOS
+  gives the first token something to be predicted from);
 * its own vocabulary: the task's token ids ``0..V-1`` as values, then ``R`` row tokens, ``C`` column tokens, BOS;
 * training (:func:`arm_loss`) scores only the answer triples, position tokens included: the model
   learns *where* to write next as well as what (with ordering, the solver's order);
@@ -42,6 +45,8 @@ from unmask.core.task import Dataset, ModelSpec, Task
 
 Order = Literal["solver", "row_major"]
 ORDERS = ("solver", "row_major")
+Cells = Literal["task", "square"]
+CELLS = ("task", "square")
 # phase of a sequence position k >= 1 inside its triple
 ROW, COL, VAL = 0, 1, 2
 
@@ -57,8 +62,9 @@ class ArmSpecTask:
     slots: tuple[int, ...] = field(repr=False)
 
     def structure(self) -> dict[str, tuple[int, tuple[int, ...]]]:
-        """``slot``: 0 row token, 1 column token, 2 value token, 3 BOS (used by ``positions = "structure"/"both"``)."""
-        return {"slot": (4, self.slots)}
+        """``slot``: 0 row token, 1 column token, 2 value token, 3 BOS, 4 context token (only in layouts that have
+        context) (used by ``positions = "structure"/"both"``)."""
+        return {"slot": (max(self.slots) + 1, self.slots)}
 
     def model_spec(self, causal: bool = True) -> ModelSpec:
         return ModelSpec(self.vocab_size, self.seq_len, self.mask_id, self.structure(), causal)
@@ -70,47 +76,76 @@ class ArmSpecTask:
 class ArmLayout:
     """A task's examples as ``BOS (row, col, value) x L`` sequences, their training loss mask, and greedy decoding."""
 
-    def __init__(self, task: Task, order: str = "solver") -> None:
+    def __init__(self, task: Task, order: str = "solver", cells: str = "task") -> None:
         if order not in ORDERS:
             raise ConfigError(f"ARM order '{order}' is unknown; use one of {', '.join(ORDERS)} (train.order)")
+        if cells not in CELLS:
+            raise ConfigError(f"ARM cells '{cells}' is unknown; use one of {', '.join(CELLS)} (train.arm_cells)")
         self.task = task
         self.order = order
+        self.cells = cells
         self.L = int(task.seq_len)
         self.V = int(task.vocab_size)
-        shape = task.board_shape()
-        if shape is not None and int(shape[0]) * int(shape[1]) == self.L:
-            self.R, self.C = int(shape[0]), int(shape[1])
+        grid = task.cell_grid() if cells == "task" else None
+        if grid is not None:
+            off, R, C = (int(x) for x in grid)
+            if min(R, C) < 1 or off < 0 or off + R * C > self.L:
+                raise PluginError(f"task '{task.name}' declares a cell grid of {R} x {C} at position {off}, which "
+                                  f"does not fit its {self.L} positions (Task.cell_grid)")
+            self.offset, self.R, self.C, self.n_cells = off, R, C, R * C
         else:
-            self.C = max(1, math.ceil(math.sqrt(self.L)))
-            self.R = math.ceil(self.L / self.C)
+            shape = task.board_shape()
+            if shape is not None and int(shape[0]) * int(shape[1]) == self.L:
+                self.R, self.C = int(shape[0]), int(shape[1])
+            else:
+                self.C = max(1, math.ceil(math.sqrt(self.L)))
+                self.R = math.ceil(self.L / self.C)
+            self.offset, self.n_cells = 0, self.L
+        self.cell_pos = self.offset + np.arange(self.n_cells, dtype=np.int64)  # sequence position of each cell
+        self.context = np.setdiff1d(np.arange(self.L, dtype=np.int64), self.cell_pos)  # given in every example
+        self.t0 = 1 + len(self.context)  # first triple of the ARM sequence
         self.row0 = self.V
         self.col0 = self.V + self.R
         self.bos = self.V + self.R + self.C
         self.vocab_size = self.bos + 1
-        self.seq_len = 1 + 3 * self.L
+        self.seq_len = self.t0 + 3 * self.n_cells
 
     @classmethod
-    def for_task(cls, task: Task, order: str = "solver") -> ArmLayout:
-        return cls(task, order)
+    def for_task(cls, task: Task, order: str = "solver", cells: str = "task") -> ArmLayout:
+        return cls(task, order, cells)
 
     @classmethod
     def for_config(cls, task: Task, config: dict[str, Any]) -> ArmLayout:
-        """The layout a checkpoint was trained with (its ``train.order``)."""
-        return cls(task, str(config.get("train", {}).get("order", "solver")))
+        """The layout a checkpoint was trained with (its ``train.order`` and ``train.arm_cells``; a model saved
+        before ``arm_cells`` existed was trained with ``"square"``)."""
+        train = config.get("train", {})
+        return cls(task, str(train.get("order", "solver")), str(train.get("arm_cells", "square")))
 
     def spec_task(self) -> ArmSpecTask:
-        slots = (3,) + tuple((k - 1) % 3 for k in range(1, self.seq_len))
+        slots = (3,) + (4,) * len(self.context) + tuple(k % 3 for k in range(3 * self.n_cells))
         return ArmSpecTask(f"arm:{self.task.name}", self.vocab_size, self.seq_len, int(self.task.mask_id), slots)
+
+    def phase(self, k: np.ndarray) -> np.ndarray:
+        """ROW / COL / VAL of ARM sequence positions ``k`` (inside the triples)."""
+        return (k - self.t0) % 3
+
+    def _cells_given(self, data: Dataset) -> np.ndarray:
+        """(N, cells) bool: which cells each example gives; refuses data that leaves context positions to fill."""
+        given = np.asarray(data.given, dtype=bool)
+        if given.ndim != 2 or given.shape[1] != self.L:
+            raise InputError(f"data has sequences of shape {given.shape[1:]}; the ARM layout of task "
+                             f"'{self.task.name}' expects {self.L} positions")
+        if len(self.context) and not given[:, self.context].all():
+            raise InputError(f"task '{self.task.name}' leaves positions outside its answer grid to fill, which the "
+                             "ARM layout reads as given tokens; train with train.arm_cells = 'square'")
+        return given[:, self.cell_pos]
 
     # -- sequences ------------------------------------------------------------------------------------------------
     def fill_order(self, data: Dataset) -> np.ndarray:
-        """(N, L) int64: every task position once, given positions first (ascending), then the answer positions in
-        this layout's order."""
-        given = np.asarray(data.given, dtype=bool)
+        """(N, cells) int64: every cell once (its index in the grid), given cells first (ascending), then the answer
+        cells in this layout's order."""
+        given = self._cells_given(data)
         N, L = given.shape
-        if L != self.L:
-            raise InputError(f"data has sequences of length {L}; the ARM layout of task '{self.task.name}' "
-                             f"expects {self.L}")
         idx = np.broadcast_to(np.arange(L, dtype=np.int64), (N, L))
         if self.order == "row_major":
             key = np.where(given, idx, L + idx)
@@ -121,7 +156,7 @@ class ArmLayout:
                     f"'{self.task.name}' data lacks (augmentation may drop it: set train.augment = false), or use "
                     "train.order = 'row_major'"
                 )
-            o = np.asarray(data.meta["order"], dtype=np.int64).reshape(N, -1)
+            o = np.asarray(data.meta["order"], dtype=np.int64).reshape(N, -1) - self.offset  # cell indices
             K = o.shape[1]
             rank = np.full((N, L), K, dtype=np.int64)
             rows = np.repeat(np.arange(N), K)
@@ -133,25 +168,28 @@ class ArmLayout:
         return np.argsort(key, axis=1, kind="stable").astype(np.int64)
 
     def encode(self, batch: Dataset) -> tuple[np.ndarray, np.ndarray]:
-        """``(seq (B, 1 + 3L) int64, loss_mask (B, 1 + 3L) bool)``: the training sequence and which of its tokens
-        are scored (the answer triples: row, column and value tokens)."""
+        """``(seq (B, L') int64, loss_mask (B, L') bool)``: the training sequence and which of its tokens are
+        scored (the answer triples: row, column and value tokens)."""
         if batch.targets is None:
             raise InputError("ARM training needs targets (the answers)")
-        order = self.fill_order(batch)  # (B, L)
+        order = self.fill_order(batch)  # (B, cells)
         full = np.where(batch.given, batch.inputs, batch.targets).astype(np.int64)
-        seq = self._triples(order, np.take_along_axis(full, order, axis=1))
-        n_given = np.asarray(batch.given, dtype=bool).sum(axis=1)  # (B,)
-        triple = (np.arange(self.seq_len) - 1) // 3  # (L',); BOS -> -1
-        loss_mask = (np.arange(self.seq_len)[None, :] >= 1) & (triple[None, :] >= n_given[:, None])
+        seq = self._sequence(order, np.take_along_axis(full[:, self.cell_pos], order, axis=1), full)
+        n_given = self._cells_given(batch).sum(axis=1)  # (B,)
+        k = np.arange(self.seq_len)
+        loss_mask = k[None, :] >= (self.t0 + 3 * n_given)[:, None]
         return seq, loss_mask
 
-    def _triples(self, order: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        """``BOS`` then one (row, column, value) triple per position of ``order`` (N, L), with ``vals`` (N, L)."""
+    def _sequence(self, order: np.ndarray, vals: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """``BOS``, the context of ``tokens`` (N, L), then one (row, column, value) triple per cell of ``order``
+        (N, cells), with ``vals`` (N, cells)."""
         seq = np.empty((len(order), self.seq_len), dtype=np.int64)
         seq[:, 0] = self.bos
-        seq[:, 1::3] = self.row0 + order // self.C
-        seq[:, 2::3] = self.col0 + order % self.C
-        seq[:, 3::3] = vals
+        seq[:, 1 : self.t0] = tokens[:, self.context]
+        t = self.t0
+        seq[:, t::3] = self.row0 + order // self.C
+        seq[:, t + 1 :: 3] = self.col0 + order % self.C
+        seq[:, t + 2 :: 3] = vals
         return seq
 
     def decode_sequences(self, seq: np.ndarray, data: Dataset) -> np.ndarray:
@@ -159,23 +197,26 @@ class ArmLayout:
         sequence does not write keep ``data.inputs``."""
         seq = np.asarray(seq, dtype=np.int64)
         pred = np.array(data.inputs, dtype=np.int64, copy=True)
-        r = seq[:, 1::3] - self.row0
-        c = seq[:, 2::3] - self.col0
-        v = seq[:, 3::3]
-        pos = r * self.C + c
-        ok = (r >= 0) & (r < self.R) & (c >= 0) & (c < self.C) & (pos < self.L) & (v >= 0) & (v < self.V)
-        ok &= ~np.take_along_axis(np.asarray(data.given, bool), np.clip(pos, 0, self.L - 1), axis=1)
-        rows = np.broadcast_to(np.arange(len(seq))[:, None], pos.shape)
-        pred[rows[ok], pos[ok]] = v[ok]
+        t = self.t0
+        r = seq[:, t::3] - self.row0
+        c = seq[:, t + 1 :: 3] - self.col0
+        v = seq[:, t + 2 :: 3]
+        cell = r * self.C + c
+        ok = (r >= 0) & (r < self.R) & (c >= 0) & (c < self.C) & (cell < self.n_cells) & (v >= 0) & (v < self.V)
+        ok &= ~np.take_along_axis(self._cells_given(data), np.clip(cell, 0, self.n_cells - 1), axis=1)
+        rows = np.broadcast_to(np.arange(len(seq))[:, None], cell.shape)
+        pred[rows[ok], self.offset + cell[ok]] = v[ok]
         return pred
 
     # -- decoding -------------------------------------------------------------------------------------------------
     def _prefix(self, data: Dataset) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens (N, L') with BOS + the given triples and BOS filler after them, next position to write (N,))."""
-        given = np.asarray(data.given, dtype=bool)
+        """(tokens (N, L') with BOS, the context, the given triples and BOS filler after them, next position to
+        write (N,))."""
+        given = self._cells_given(data)
         order = np.argsort(np.where(given, 0, 1), axis=1, kind="stable")  # givens first, ascending
-        seq = self._triples(order, np.take_along_axis(np.asarray(data.inputs, dtype=np.int64), order, axis=1))
-        cur = 1 + 3 * given.sum(axis=1)
+        inputs = np.asarray(data.inputs, dtype=np.int64)
+        seq = self._sequence(order, np.take_along_axis(inputs[:, self.cell_pos], order, axis=1), inputs)
+        cur = self.t0 + 3 * given.sum(axis=1)
         seq[np.arange(self.seq_len)[None, :] >= cur[:, None]] = self.bos
         return seq, cur.astype(np.int64)
 
@@ -295,8 +336,8 @@ class _DecodeState:
         self.dev = dev
         self.seq = torch.from_numpy(seq_np).to(dev)
         self.cur = torch.from_numpy(cur_np).to(dev)
-        self.filled = torch.ones(B, lay.R * lay.C, dtype=torch.bool, device=dev)
-        self.filled[:, : lay.L] = torch.from_numpy(np.asarray(data.given, dtype=bool)).to(dev)
+        self.filled = torch.ones(B, lay.R * lay.C, dtype=torch.bool, device=dev)  # grid cells past n_cells: none
+        self.filled[:, : lay.n_cells] = torch.from_numpy(lay._cells_given(data)).to(dev)
         self.board = torch.from_numpy(np.asarray(data.inputs, dtype=np.int64).copy()).to(dev)
         self.row = torch.zeros(B, dtype=torch.int64, device=dev)
         self.col = torch.zeros(B, dtype=torch.int64, device=dev)
@@ -312,7 +353,7 @@ class _DecodeState:
         lay, dev = self.lay, self.dev
         lg = lg.to(dev).float()
         n = rows.numel()
-        phase = (pos - 1) % 3
+        phase = (pos - lay.t0) % 3
         free = ~self.filled[rows].view(-1, lay.R, lay.C)  # (Ba, R, C)
         allowed = torch.zeros_like(lg, dtype=torch.bool)
         allowed[:, lay.row0 : lay.row0 + lay.R] = free.any(dim=2) & (phase == ROW)[:, None]
@@ -328,10 +369,10 @@ class _DecodeState:
         if bool(is_val.any()):
             a = rows[is_val]
             cell = self.row[a] * lay.C + self.col[a]
-            self.board[a, cell] = tok[is_val]
+            self.board[a, lay.offset + cell] = tok[is_val]
             self.filled[a, cell] = True
             if self.order is not None:
-                self.order[a, cell] = self.nfe[a]
+                self.order[a, lay.offset + cell] = self.nfe[a]
 
 
 def arm_loss(logits_fn: Any, seq: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -358,7 +399,8 @@ class ArmObjective:
         if masking != "random":
             raise ConfigError(f"train.masking = '{masking}' is a masking process of the MDM objective, not of 'arm'; "
                               "set train.masking = 'random' or train.objective = 'mdm'")
-        self.layout = ArmLayout.for_task(task, str(train.get("order", "solver")))
+        # a saved model's config without train.arm_cells predates it: "square" (new runs get TrainOptions' default)
+        self.layout = ArmLayout.for_task(task, str(train.get("order", "solver")), str(train.get("arm_cells", "square")))
 
     def model_task(self) -> ArmSpecTask:
         return self.layout.spec_task()
@@ -367,8 +409,8 @@ class ArmObjective:
         return self.layout.encode(data)
 
     def flops_layout(self, module: Any, data: Dataset | None) -> tuple[int, float]:
-        """What one training example costs the backbone (:mod:`unmask.core.flops`): the ``BOS + 3 L`` sequence
-        minus its last token (:func:`arm_loss` predicts each next token), with logits at every position."""
+        """What one training example costs the backbone (:mod:`unmask.core.flops`): the ARM sequence minus its last
+        token (:func:`arm_loss` predicts each next token), with logits at every position."""
         n = self.layout.seq_len - 1
         return n, float(n)
 

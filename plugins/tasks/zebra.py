@@ -116,6 +116,10 @@ class Zebra(Task):
     def seq_len(self) -> int:
         return self.grid0 + self.H * self.W
 
+    def cell_grid(self) -> tuple[int, int, int]:
+        """The answer grid (one row per attribute) after the clue section, which every example gives."""
+        return self.grid0, self.H, self.W
+
     def structure(self) -> dict[str, tuple[int, tuple[int, ...]]]:
         C, H, W = self.C, self.H, self.W
         k = np.arange(self.seq_len)

@@ -33,7 +33,7 @@ def zebra(tmp_path_factory):
 def oracle(layout: ArmLayout, data: Dataset) -> FunctionEngine:
     """An engine that knows every answer: at each position, a one-hot logit on the encoded sequence's next token."""
     seqs, _ = layout.encode(data)
-    n_pre = 1 + 3 * data.given.sum(axis=1)
+    n_pre = layout.t0 + 3 * data.given[:, layout.cell_pos].sum(axis=1)
 
     def fn(tokens: torch.Tensor) -> torch.Tensor:
         B, L = tokens.shape
@@ -145,21 +145,64 @@ def test_solver_order_needs_meta(sudoku):
     assert rest == sorted(rest)
 
 
-def test_zebra_layout_without_board(zebra):
+@pytest.mark.parametrize(("cells", "shape"), [("task", (4, 4, 1 + 48 + 3 * 16)), ("square", (8, 8, 1 + 3 * 64))])
+def test_zebra_layouts(zebra, cells, shape):
+    """Zebra has no board covering its sequence: by default its answer grid (attribute x house) is written as
+    triples after the clues, read as plain tokens; ``square`` makes all 64 positions cells of an 8 x 8 grid."""
     task, data = zebra
-    assert task.board_shape() is None
+    assert task.board_shape() is None and task.cell_grid() == (48, 4, 4)
     for order in ("solver", "row_major"):
-        lay = ArmLayout.for_task(task, order)
-        assert (lay.R, lay.C, lay.seq_len) == (8, 8, 1 + 3 * 64)
+        lay = ArmLayout.for_task(task, order, cells)
+        assert (lay.R, lay.C, lay.seq_len) == shape
         seq, mask = lay.encode(data)
         assert (lay.decode_sequences(seq, data) == data.targets).all()
         assert (mask.sum(axis=1) == 3 * (~data.given).sum(axis=1)).all()
         res = lay.evaluate(oracle(lay, data), data, batch_size=4)
         assert res.solved == 1.0
+        if cells == "task":  # the clue section verbatim, then triples whose row is the attribute
+            assert (seq[:, 1:49] == data.inputs[:, :48]).all() and len(lay.context) == 48
+            cell = (seq[:, 49::3] - lay.row0) * 4 + (seq[:, 50::3] - lay.col0)
+            full = np.where(data.given, data.inputs, data.targets)
+            assert (np.take_along_axis(full, 48 + cell, axis=1) == seq[:, 51::3]).all()
+            slots = lay.spec_task().structure()["slot"]
+            assert slots[0] == 5 and slots[1][1:49] == (4,) * 48 and slots[1][49:52] == (0, 1, 2)
     # augmentation recomputes the solver order, so augmented batches encode in solver order
     aug = task.augment(data, np.random.default_rng(0))
-    seq, _ = ArmLayout.for_task(task, "solver").encode(aug)
-    assert seq.shape == (len(data), 193)
+    seq, _ = ArmLayout.for_task(task, "solver", cells).encode(aug)
+    assert seq.shape == (len(data), shape[2])
+
+
+def test_saved_configs_without_arm_cells_load_the_square_layout(zebra):
+    from unmask.core.objective import build_objective
+    from unmask.core.training.trainer import TrainOptions
+
+    task, _ = zebra
+    assert ArmLayout.for_config(task, {"train": {"order": "solver"}}).cells == "square"
+    assert build_objective(task, {"objective": "arm"}).layout.cells == "square"  # type: ignore[attr-defined]
+    assert TrainOptions().arm_cells == "task"  # what a new run trains (and saves)
+    assert ArmLayout.for_config(task, {"train": {"arm_cells": "task"}}).seq_len == 97
+
+
+def test_cell_grid_errors(zebra):
+    from unmask.core.errors import ConfigError, PluginError
+
+    task, data = zebra
+
+    class Bad:
+        name, seq_len, vocab_size, mask_id = "bad", 10, 4, 3
+
+        def cell_grid(self):
+            return (4, 2, 4)  # 8 cells from position 4 overrun 10 positions
+
+    with pytest.raises(PluginError, match="task 'bad' declares a cell grid of 2 x 4 at position 4"):
+        ArmLayout.for_task(Bad())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="ARM cells 'grid' is unknown"):
+        ArmLayout.for_task(task, "solver", "grid")
+    given = data.given.copy()
+    given[0, 5] = False  # a clue token left to fill
+    bad = Dataset(data.inputs, given, data.targets, dict(data.meta))
+    with pytest.raises(InputError, match="outside its answer grid.*arm_cells = 'square'"):
+        ArmLayout.for_task(task, "row_major").encode(bad)
 
 
 def test_spec_task_builds_a_causal_model(sudoku):
@@ -205,13 +248,14 @@ def test_kv_cache_is_refused_for_a_bidirectional_model(sudoku):
         model.new_cache(1)
 
 
-def test_prefix_only_and_kv_cache_decoding_match_full_length(sudoku):
+@pytest.mark.parametrize("puzzle", ["sudoku", "zebra"])
+def test_prefix_only_and_kv_cache_decoding_match_full_length(request, puzzle):
     """Feeding a causal model only the live prefix, or one token at a time through its key/value cache, gives the
-    same greedy decoding as the full-length sequence."""
+    same greedy decoding as the full-length sequence (Zebra: with its clues as context before the triples)."""
     from unmask.core.engine import TorchEngine
     from unmask.core.models import build_model
 
-    task, data = sudoku
+    task, data = request.getfixturevalue(puzzle)
     lay = ArmLayout.for_task(task, "solver")
     torch.manual_seed(0)
     model, _ = build_model(lay.spec_task(), {"name": "transformer", "d_model": 32, "n_layers": 1, "n_heads": 2},
@@ -224,6 +268,9 @@ def test_prefix_only_and_kv_cache_decoding_match_full_length(sudoku):
     c = lay.decode(engine, part, kv_cache=True, trace=True)
     for x in (b, c):
         assert all((u == v).all() for u, v in zip(a, x))
+    blank = ~part.given
+    assert (a[2][blank] > 0).all() and (a[2][~blank] == 0).all()  # every blank written once, nothing else
+    assert (a[1] == 3 * blank.sum(axis=1)).all()
 
 
 def test_decoders_dispatch_through_the_objective_registry(sudoku):
