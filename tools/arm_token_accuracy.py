@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UnmaskError(f"'{args.model}' is not an ARM model (train.objective = 'arm'); give an ARM's directory")
         lay = ArmLayout.for_config(task, config)
         seed = int(config["train"].get("seed", 0)) + VAL_SEED_OFFSET if args.seed is None else args.seed
-        seq, loss_mask = lay.encode(task.generate("test", args.n, seed))
+        data = task.generate("test", args.n, seed)
+        seq, loss_mask = lay.encode(data)
     except UnmaskError as exc:
         print(f"arm_token_accuracy: {exc}", file=sys.stderr)
         return 2
@@ -45,7 +47,37 @@ def main(argv: list[str] | None = None) -> int:
     for k, name in ((ROW, "row"), (COL, "column"), (VAL, "value")):
         m = scored & (slot[None, :] == k)
         print(f"{name:>6}: {100 * float((pred[m] == target[m]).mean()):.1f}% of {int(m.sum()):,} answer tokens")
+    chance = row_elimination(ArmLayout.for_task(task, lay.order), data)  # the task's grid, whatever the model's
+    if chance is not None:
+        print(f"        (a guess among the values left in the cell's grid row: {100 * chance:.1f}%)")
     return 0
+
+
+def row_elimination(lay: Any, data: Any) -> float | None:
+    """Expected value accuracy of a guesser that knows only that each row of the answer grid (an
+    :class:`~unmask.plugins.objectives.arm.ArmLayout`'s) holds distinct values (a Zebra attribute, a Sudoku row): the
+    mean of 1 / (cells of its row still open) over the answer cells in the layout's fill order. None when a row's
+    answer cells repeat a value or the grid has cells that do not exist."""
+    import numpy as np
+
+    full = np.where(data.given, data.inputs, data.targets)[:, lay.cell_pos]
+    if lay.n_cells != lay.R * lay.C:
+        return None
+    given = np.asarray(data.given, bool)[:, lay.cell_pos]
+    rows = full.reshape(len(full), lay.R, lay.C)
+    open_ = ~given.reshape(rows.shape)
+    for b in range(len(rows)):  # the answer cells of a row must hold distinct values
+        for r in range(lay.R):
+            v = rows[b, r][open_[b, r]]
+            if len(set(v.tolist())) != len(v):
+                return None
+    guesses = []
+    for b, order in enumerate(lay.fill_order(data)):
+        left = open_[b].sum(axis=1)  # (R,) open cells per row
+        for cell in order[~given[b][order]]:
+            guesses.append(1.0 / left[cell // lay.C])
+            left[cell // lay.C] -= 1
+    return float(np.mean(guesses)) if guesses else None
 
 
 if __name__ == "__main__":

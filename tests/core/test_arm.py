@@ -332,3 +332,21 @@ def test_train_arm_then_eval_cli(tmp_path, capsys):
     assert rc in (0, 1) and f"{3 * int((~data.given[0]).sum())} forward passes; strategy arm" in printed
     assert main(["serve", "--model", str(final), "--strategy", "arm"]) == 2
     assert "steps the decode loop's strategies; 'arm'" in capsys.readouterr().err
+
+
+def test_row_elimination_baseline_of_the_token_accuracy_tool(sudoku):
+    """tools/arm_token_accuracy.py's reference: a guesser that knows only that a grid row holds distinct values is
+    right 1/k of the time with k cells of the row open, whatever the order (a row with k open cells adds 1 + 1/2 + ...
+    + 1/k); a grid whose rows repeat values has no such reference."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("arm_token_accuracy_tool", ROOT / "tools" / "arm_token_accuracy.py")
+    tool = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(tool)  # type: ignore[union-attr]
+    task, data = sudoku
+    k = (~data.given).reshape(len(data), 9, 9).sum(axis=2)  # open cells per row
+    expect = sum(sum(1 / j for j in range(1, n + 1)) for n in k.ravel()) / k.sum()
+    for order in ("solver", "row_major"):
+        assert tool.row_elimination(ArmLayout.for_task(task, order), data) == pytest.approx(expect)
+    bad = Dataset(data.inputs, data.given, np.zeros_like(data.targets), dict(data.meta))
+    assert tool.row_elimination(ArmLayout.for_task(task, "row_major"), bad) is None
