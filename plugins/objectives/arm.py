@@ -45,9 +45,8 @@ from unmask.core.task import Dataset, ModelSpec, Task
 
 Order = Literal["solver", "row_major"]
 ORDERS = ("solver", "row_major")
-Cells = Literal["task", "square"]
 CELLS = ("task", "square")
-# phase of a sequence position k >= 1 inside its triple
+# phase of a sequence position k >= t0 inside its triple (t0: the first triple's position)
 ROW, COL, VAL = 0, 1, 2
 
 
@@ -74,7 +73,8 @@ class ArmSpecTask:
 
 
 class ArmLayout:
-    """A task's examples as ``BOS (row, col, value) x L`` sequences, their training loss mask, and greedy decoding."""
+    """A task's examples as ``BOS, context, (row, col, value) x cells`` sequences, their training loss mask, and greedy
+    decoding."""
 
     def __init__(self, task: Task, order: str = "solver", cells: str = "task") -> None:
         if order not in ORDERS:
@@ -124,10 +124,6 @@ class ArmLayout:
     def spec_task(self) -> ArmSpecTask:
         slots = (3,) + (4,) * len(self.context) + tuple(k % 3 for k in range(3 * self.n_cells))
         return ArmSpecTask(f"arm:{self.task.name}", self.vocab_size, self.seq_len, int(self.task.mask_id), slots)
-
-    def phase(self, k: np.ndarray) -> np.ndarray:
-        """ROW / COL / VAL of ARM sequence positions ``k`` (inside the triples)."""
-        return (k - self.t0) % 3
 
     def _cells_given(self, data: Dataset) -> np.ndarray:
         """(N, cells) bool: which cells each example gives; refuses data that leaves context positions to fill."""
