@@ -246,3 +246,15 @@ def test_bf16_export_refuses_the_cpu(tiny_model: Path, tmp_path: Path) -> None:
     assert read_onnx_info(out).precision == "bf16"
     with pytest.raises(DeviceError, match="bf16"):
         open_engine(out, "onnxruntime", device="cpu")
+
+
+def test_an_autoregressive_model_is_refused_before_any_export(tmp_path: Path) -> None:
+    """An ARM reads its own token layout (row, column and value tokens over a longer sequence), which the exported
+    artifact's task metadata cannot describe: one line naming the layout, and nothing written."""
+    from unmask.export.onnx import export_onnx
+
+    model = Path(__file__).parents[2] / "models" / "sudoku-arm"
+    out = tmp_path / "arm.onnx"
+    with pytest.raises(ConfigError, match=r"train.objective = 'arm'.*vocabulary 29, sequences of 244.*torch runtime"):
+        export_onnx(model, out)
+    assert not list(tmp_path.iterdir())
