@@ -657,12 +657,20 @@ def cmd_solve(args: argparse.Namespace) -> int:
                       labels=cells)
         print(f"order plot: {args.order_png}")
     if args.show_order:
-        print("order (forward pass at which each position was committed; '.' = given):")
         cells = ["." if g else str(int(o)) for o, g in zip(order, data.given[0], strict=True)]
+        off = 0
+        grid = None if shape else task.cell_grid()
+        if grid is not None:  # the answer grid alone, when every position outside it is given (a Zebra's clues)
+            outside = np.ones(len(cells), dtype=bool)
+            outside[grid[0] : grid[0] + grid[1] * grid[2]] = False
+            if bool(np.asarray(data.given[0])[outside].all()):
+                off, shape = grid[0], (grid[1], grid[2])
+        where = " of the answer grid" if grid is not None and shape else ""
+        print(f"order (forward pass at which each position{where} was committed; '.' = given):")
         w = max(len(c) for c in cells)
         if shape:
             for r in range(shape[0]):
-                print(" ".join(c.rjust(w) for c in cells[r * shape[1] : (r + 1) * shape[1]]))
+                print(" ".join(c.rjust(w) for c in cells[off + r * shape[1] : off + (r + 1) * shape[1]]))
         else:
             print(" ".join(cells))
     return 0 if ok or (valid and not unique) else 1

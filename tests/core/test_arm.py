@@ -415,3 +415,25 @@ def test_any_cell_grid_round_trips_and_decodes():
                 assert res.solved == 1.0 and res.nfe_mean == 3 * (~given_[b]).sum()
 
     check()
+
+
+def test_solve_shows_a_zebra_order_on_its_answer_grid(tmp_path, capsys):
+    """``unmask solve --show-order`` on a task without a board prints the commit order on its answer grid
+    (Task.cell_grid) when every position outside it is given: one row per attribute, givens as '.'."""
+    from unmask.core.cli import main
+
+    task = build_task({"name": "zebra", "cache_dir": ""})
+    data = task.generate("test", 1, 3)
+    puzzle = tmp_path / "zebra.txt"
+    puzzle.write_text(task.format(data.inputs[0]) + "\n")
+    model = ROOT / "models" / "zebra-default-arm-grid"
+    rc = main(["solve", "--model", str(model), "--strategy", "arm", "--show-order", "--threads", "1", str(puzzle)])
+    out = capsys.readouterr().out
+    assert rc in (0, 1) and "order (forward pass at which each position of the answer grid" in out
+    rows = out.split("was committed; '.' = given):\n")[1].strip().splitlines()
+    H, W = task.cell_grid()[1:]  # type: ignore[index]
+    assert len(rows) == H
+    cells = [c for r in rows for c in r.split()]
+    blank = ~data.given[0, task.cell_grid()[0]:]  # type: ignore[index]
+    assert len(cells) == H * W and [c != "." for c in cells] == list(blank)
+    assert sorted(int(c) for c in cells if c != ".") == list(range(3, 3 * int(blank.sum()) + 1, 3))
