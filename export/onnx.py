@@ -296,8 +296,8 @@ def export_onnx(
     spec = getattr(module, "spec", None)
     if spec is not None and (int(spec.vocab_size), int(spec.seq_len)) != (int(task.vocab_size), int(task.seq_len)):
         raise ConfigError(f"model '{model_path}' (train.objective = '{objective}') reads its own token layout "
-                          f"(vocabulary {spec.vocab_size}, sequences of {spec.seq_len}) instead of task "
-                          f"'{task.name}''s, which export does not write; decode it with the torch runtime")
+                          f"(vocabulary {spec.vocab_size}, sequences of {spec.seq_len}), not that of task "
+                          f"'{task.name}', and export does not write it; decode it with the torch runtime")
     module = module.float().eval()
     text = optional_inputs(module)  # a text backbone: lengths, index
     if text and accuracy_puzzles > 0:
