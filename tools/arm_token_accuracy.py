@@ -60,9 +60,9 @@ def row_elimination(lay: Any, data: Any) -> float | None:
     answer cells repeat a value or the grid has cells that do not exist."""
     import numpy as np
 
-    full = np.where(data.given, data.inputs, data.targets)[:, lay.cell_pos]
     if lay.n_cells != lay.R * lay.C:
         return None
+    full = np.where(data.given, data.inputs, data.targets)[:, lay.cell_pos]
     given = np.asarray(data.given, bool)[:, lay.cell_pos]
     rows = full.reshape(len(full), lay.R, lay.C)
     open_ = ~given.reshape(rows.shape)

@@ -6,7 +6,7 @@ Kim et al. 2025 (Table 2, Table 3, Sec. 5) compare their MDMs with causal transf
 
 * the cells are the task's answer grid (:meth:`~unmask.core.task.Task.cell_grid`: ``offset, R, C``); every other
   position is context that each example gives (a Zebra puzzle's clues), read as the plain tokens it holds, in
-  sequence order, as Shah et al. feed the clues. ``cells = "square"`` (the layout of models trained before the
+  sequence order. ``cells = "square"`` (the layout of models trained before the
   grid existed, and of tasks without one) makes every position a cell of a near-square grid (``C = ceil(sqrt(L))``;
   cells of that grid past ``L`` do not exist and are never written), the context included;
 * the ARM sequence is ``BOS``, the context tokens, then one triple per cell: the given cells first (row-major), then
@@ -171,7 +171,7 @@ class ArmLayout:
         order = self.fill_order(batch)  # (B, cells)
         full = np.where(batch.given, batch.inputs, batch.targets).astype(np.int64)
         seq = self._sequence(order, np.take_along_axis(full[:, self.cell_pos], order, axis=1), full)
-        n_given = self._cells_given(batch).sum(axis=1)  # (B,)
+        n_given = self.n_cells - (~np.asarray(batch.given, dtype=bool)).sum(axis=1)  # (B,); fill_order checked it
         k = np.arange(self.seq_len)
         loss_mask = k[None, :] >= (self.t0 + 3 * n_given)[:, None]
         return seq, loss_mask
@@ -395,8 +395,7 @@ class ArmObjective:
         if masking != "random":
             raise ConfigError(f"train.masking = '{masking}' is a masking process of the MDM objective, not of 'arm'; "
                               "set train.masking = 'random' or train.objective = 'mdm'")
-        # a saved model's config without train.arm_cells predates it: "square" (new runs get TrainOptions' default)
-        self.layout = ArmLayout.for_task(task, str(train.get("order", "solver")), str(train.get("arm_cells", "square")))
+        self.layout = ArmLayout.for_config(task, {"train": train})  # new runs get TrainOptions' arm_cells default
 
     def model_task(self) -> ArmSpecTask:
         return self.layout.spec_task()
